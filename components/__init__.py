@@ -1,0 +1,1 @@
+"""The pipeline's components: one module each for those that carry project logic."""

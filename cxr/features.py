@@ -1,0 +1,41 @@
+"""Every feature name, written once.
+
+The schema (`schemas/`), the converters, the trainer, the evaluator's slices and the serving
+signature all import these names, so a rename happens in exactly one place.
+"""
+
+IMAGE = "image"            # encoded PNG (8- or 16-bit, MONOCHROME2) or 8-bit JPEG bytes
+LABEL = "label"            # 1 = cardiomegaly, 0 = normal
+IMAGE_ID = "image_id"      # the source's image identifier (file name without extension)
+PATIENT_ID = "patient_id"  # salted hash of the source's patient identifier, never the raw id
+SITE = "site"              # acquisition site; the external site is its own split and slice
+SEX = "sex"                # "F", "M" or "unknown"
+AGE = "age"                # age in years at acquisition; absent when unknown
+AGE_BAND = "age_band"      # slicing band derived from AGE, "unknown" when AGE is absent
+VIEW = "view"              # projection, "PA" for the study's cohort
+
+SEX_VALUES = ("F", "M", "unknown")
+UNKNOWN = "unknown"
+
+# Age bands used for slicing (upper bounds exclusive); the last band is open-ended.
+AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, "80+"))
+
+
+def age_band(age):
+    """Returns the slicing band for an age in years, or "unknown" for None."""
+    if age is None:
+        return UNKNOWN
+    for low, high, name in AGE_BANDS:
+        if low <= age < high:
+            return name
+    raise ValueError(f"age {age} is outside 0-200 years")
+
+
+# Splits, as ExampleGen names them. `external` is the independent site: it gates and reports,
+# never trains and never chooses among models.
+TRAIN, VALIDATION, TEST, EXTERNAL = "train", "validation", "test", "external"
+SPLITS = (TRAIN, VALIDATION, TEST, EXTERNAL)
+
+# Serving and evaluation outputs.
+PROBABILITY = "probability"
+PREDICTED_LABEL = "predicted_label"

@@ -1,0 +1,70 @@
+"""The one record every source is converted to, and its tf.Example encoding.
+
+Synthetic data, PadChest, OpenI and a generic CSV export all become `Record`s; everything
+downstream (schema, ExampleGen, trainer, evaluator) sees only this shape.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import os
+
+import numpy as np
+from PIL import Image
+
+from cxr import features as F
+
+
+@dataclasses.dataclass
+class Record:
+    image_png: bytes   # MONOCHROME2 PNG, 8- or 16-bit
+    label: int
+    image_id: str
+    patient_id: str    # already salted and hashed (see `hash_patient_id`)
+    site: str
+    sex: str = F.UNKNOWN
+    age: int | None = None
+    view: str = "PA"
+
+
+def hash_patient_id(raw_id: str, salt: str) -> str:
+    """Salted SHA-256 of a patient identifier: stable per salt, not reversible without it."""
+    if not salt:
+        raise ValueError("a non-empty patient-id salt is required (set CARDIO_PATIENT_SALT)")
+    return hashlib.sha256(f"{salt}\0{raw_id}".encode()).hexdigest()[:20]
+
+
+def patient_salt() -> str:
+    """The deployment's salt, from the environment; a fixed public default only for demos."""
+    return os.environ.get("CARDIO_PATIENT_SALT", "")
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """Encodes a 2-D uint8 or uint16 array as a grayscale PNG of the same bit depth."""
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"expected a 2-D uint8/uint16 image, got {pixels.dtype} {pixels.shape}")
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def to_example(record: Record):
+    import tensorflow as tf
+
+    def b(value: str):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value.encode()]))
+
+    feature = {
+        F.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[record.image_png])),
+        F.LABEL: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record.label)])),
+        F.IMAGE_ID: b(record.image_id),
+        F.PATIENT_ID: b(record.patient_id),
+        F.SITE: b(record.site),
+        F.SEX: b(record.sex),
+        F.AGE_BAND: b(F.age_band(record.age)),
+        F.VIEW: b(record.view),
+    }
+    if record.age is not None:
+        feature[F.AGE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record.age)]))
+    return tf.train.Example(features=tf.train.Features(feature=feature))

@@ -1,0 +1,1 @@
+"""Pipeline definition (`pipeline.create_pipeline`), its configuration and the runners."""

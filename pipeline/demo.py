@@ -1,0 +1,64 @@
+"""The main job on the built-in default data: synthesise, run the pipeline, report, point at the push.
+
+Steps: synthetic radiographs from two sites -> TFRecords (span 1) -> the local pipeline ->
+evaluation per site slice -> where the blessed model was pushed.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from cxr import convert
+from pipeline import configs, local_runner, outputs, report
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def default_weights() -> str | None:
+    """ImageNet weights for the demo's MobileNet: $CARDIO_WEIGHTS, the shared folder beside the
+    repository, or Keras's own cache (trainer.model looks there too). None if there are none."""
+    for candidate in (os.environ.get("CARDIO_WEIGHTS"),
+                      os.path.join(os.path.dirname(REPO_ROOT), "shared", "weights")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def make_data(data_root: str, n: int, seed: int, size: int | None, config, progress) -> dict:
+    records = (record for record, _ in convert.synthetic_records(seed, n, size))
+    return convert.write_span(records, data_root, span=1, external_sites=(config.external_site,),
+                              seed=seed, progress=progress)
+
+
+def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
+        echo: Callable[[str], None], progress_factory) -> dict:
+    started = time.time()
+    config = configs.demo_config(weights)
+    data_root = os.path.join(workdir, "data")
+    pipeline_root = os.path.join(workdir, "pipeline")
+    serving_root = os.path.join(workdir, "serving")
+
+    gate = config.gate
+    echo(f"Gate profile '{gate.name}': external-site AUC >= {gate.external_auc_min}, "
+         f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} "
+         f"(point estimates per site slice)")
+    echo(f"ImageNet weights: {weights or 'none found: random initialisation'}")
+    if not os.path.exists(os.path.join(data_root, "span-1", "counts.json")):
+        with progress_factory(n, "synthesising radiographs") as bar:
+            counts = make_data(data_root, n, seed, size, config, bar.update)
+    else:
+        echo(f"Reusing the synthetic data in {data_root}")
+        counts = report.read_counts(data_root)
+    echo(report.format_counts(counts))
+
+    echo(f"Running the pipeline (LocalDagRunner, Beam FnApiRunner); root {pipeline_root}")
+    local_runner.run(config, data_root, pipeline_root, serving_root)
+
+    store = outputs.open_store(local_runner.metadata_path(pipeline_root))
+    summary = {"seconds": round(time.time() - started, 1), "models": {}}
+    for cell in config.grid:
+        result = report.cell_result(store, config, cell, serving_root)
+        summary["models"][cell.name] = result
+        echo(report.format_cell(cell.name, result))
+    return summary

@@ -1,0 +1,62 @@
+"""The pipeline, assembled in one place. It reads top to bottom like the data flow."""
+from __future__ import annotations
+
+import os
+
+from tfx import v1 as tfx
+
+from components import evaluator as evaluator_lib
+from cxr import features as F
+from pipeline.configs import PipelineConfig
+from schemas import SCHEMA_FILE
+
+
+def example_gen_input_config():
+    """One split per directory of the newest `span-{SPAN}` (see cxr/convert.py)."""
+    return tfx.proto.Input(splits=[
+        tfx.proto.Input.Split(name=split, pattern=f"span-{{SPAN}}/{split}/*")
+        for split in F.SPLITS])
+
+
+def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
+                    serving_root: str, metadata_connection_config=None,
+                    schema_file: str = SCHEMA_FILE) -> tfx.dsl.Pipeline:
+    # Radiograph TFRecords of the newest span, split by directory.
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=data_root, input_config=example_gen_input_config())
+    # Feature statistics of every split (TFDV).
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    # The curated schema from schemas/, not one inferred from this span.
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    # Anomalies (unknown site, label outside {0, 1}, missing image) stop the run before training.
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+    components = [example_gen, statistics_gen, schema_gen, example_validator]
+
+    for cell in config.grid:
+        # One Trainer per (backbone x class weighting), each with its own artifacts and lineage.
+        trainer = tfx.components.Trainer(
+            run_fn="trainer.task.run_fn",
+            examples=example_gen.outputs["examples"],
+            schema=schema_gen.outputs["schema"],
+            train_args=tfx.proto.TrainArgs(splits=[F.TRAIN]),
+            eval_args=tfx.proto.EvalArgs(splits=[F.VALIDATION]),
+            custom_config=config.trainer_custom_config(cell)).with_id(f"Trainer.{cell.name}")
+        # The anomaly check must pass before any training starts.
+        trainer.add_upstream_node(example_validator)
+        # TFMA metrics per site slice on test + external; blesses only models that pass the gate.
+        evaluator = evaluator_lib.create(example_gen.outputs["examples"], trainer.outputs["model"],
+                                         config, cell.name)
+        # Blessed models land in <serving_root>/<model name>/<version>/, as TF Serving reads it.
+        pusher = tfx.components.Pusher(
+            model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+            push_destination=tfx.proto.PushDestination(
+                filesystem=tfx.proto.PushDestination.Filesystem(
+                    base_directory=os.path.join(serving_root, cell.name)))).with_id(
+                        f"Pusher.{cell.name}")
+        components += [trainer, evaluator, pusher]
+
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.pipeline_name, pipeline_root=pipeline_root, components=components,
+        enable_cache=True, metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=list(config.beam_pipeline_args))

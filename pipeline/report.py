@@ -1,0 +1,73 @@
+"""Turns a run's artifacts into what a reviewer reads: counts, per-slice metrics, push status."""
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+import tensorflow_model_analysis as tfma
+
+from cxr import features as F
+from pipeline import outputs
+
+METRICS = ("example_count", "auc", "sensitivity", "specificity", "accuracy", "precision", "f1")
+
+
+def read_counts(data_root: str, span: int = 1) -> dict:
+    with open(os.path.join(data_root, f"span-{span}", "counts.json")) as f:
+        return json.load(f)
+
+
+def format_counts(counts: dict) -> str:
+    lines = ["split        normal  cardiomegaly"]
+    for split in F.SPLITS:
+        c = counts.get(split, {})
+        lines.append(f"{split:<12} {c.get('normal', 0):>6}  {c.get('cardiomegaly', 0):>12}")
+    return "\n".join(lines)
+
+
+def slice_name(slice_key) -> str:
+    return ", ".join(f"{k}={v}" for k, v in slice_key) or "overall"
+
+
+def slice_metrics(eval_result) -> dict:
+    """{slice name: {metric: value}} from a tfma.EvalResult."""
+    table = {}
+    for slice_key, metrics in eval_result.slicing_metrics:
+        values = metrics.get("", {}).get("", {})
+        table[slice_name(slice_key)] = {
+            name: value.get("doubleValue") for name, value in values.items()
+            if isinstance(value, dict) and "doubleValue" in value}
+    return table
+
+
+def cell_result(store, config, cell, serving_root: str) -> dict:
+    evaluation = outputs.latest_output(store, config.pipeline_name, f"Evaluator.{cell.name}",
+                                       "evaluation")
+    blessing = outputs.latest_output(store, config.pipeline_name, f"Evaluator.{cell.name}",
+                                     "blessing")
+    pushed = outputs.latest_output(store, config.pipeline_name, f"Pusher.{cell.name}",
+                                   "pushed_model")
+    result = {"slices": {}, "blessed": False, "pushed_to": None}
+    if evaluation is not None:
+        result["slices"] = slice_metrics(tfma.load_eval_result(evaluation.uri))
+        result["evaluation_uri"] = evaluation.uri
+    if blessing is not None:
+        result["blessed"] = tf.io.gfile.exists(os.path.join(blessing.uri, "BLESSED"))
+    if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
+        result["pushed_to"] = pushed.custom_properties["pushed_destination"].string_value
+    return result
+
+
+def format_cell(name: str, result: dict) -> str:
+    header = f"{'slice':<34}" + "".join(f"{m:>13}" for m in METRICS)
+    lines = [f"\nModel {name}: evaluation per slice (test + external splits)", header]
+    for slice_, values in sorted(result["slices"].items()):
+        cells = "".join(f"{values[m]:>13.3f}" if values.get(m) is not None else f"{'-':>13}"
+                        for m in METRICS)
+        lines.append(f"{slice_:<34}{cells}")
+    if result["blessed"]:
+        lines.append(f"BLESSED; pushed to {result['pushed_to']}")
+    else:
+        lines.append("NOT BLESSED: the model failed the gate and was not pushed")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""The TFX Trainer's module: model factory, input pipeline, run_fn and the serving export."""

@@ -1,0 +1,79 @@
+"""tf.data input pipeline over the radiograph TFRecords.
+
+Parallel read and decode, shuffle, prefetch; augmentation runs on the CPU inside the pipeline and
+only on cardiomegaly images (the study's way of reducing the class imbalance).
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+from cxr import features as F
+from cxr import imaging
+
+FEATURE_SPEC = {
+    F.IMAGE: tf.io.FixedLenFeature([], tf.string),
+    F.LABEL: tf.io.FixedLenFeature([], tf.int64),
+}
+
+
+def list_files(file_patterns) -> list:
+    if isinstance(file_patterns, str):
+        file_patterns = [file_patterns]
+    files = sorted(f for pattern in file_patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no TFRecord files match {list(file_patterns)}")
+    return files
+
+
+def random_affine(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Rotation (±10°), shift (±10%), shear (±0.1), scale (0.9-1.1) and horizontal flip."""
+    size = tf.cast(tf.shape(image)[0], tf.float32)
+    r = tf.random.stateless_uniform([6], seed=seed, minval=-1.0, maxval=1.0)
+    angle, shear = r[0] * math.radians(10), r[1] * 0.1
+    scale = 1.0 + r[2] * 0.1
+    tx, ty = r[3] * 0.1 * size, r[4] * 0.1 * size
+    flip = tf.where(r[5] > 0, -1.0, 1.0)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    # Output -> input mapping about the image centre.
+    a0, a1 = flip * cos / scale, (sin + shear) / scale
+    b0, b1 = -flip * sin / scale, cos / scale
+    c = size / 2
+    transform = tf.stack([a0, a1, c - a0 * c - a1 * c + tx,
+                          b0, b1, c - b0 * c - b1 * c + ty, 0.0, 0.0])
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[tf.newaxis], transforms=transform[tf.newaxis],
+        output_shape=tf.shape(image)[:2], fill_value=0.0, interpolation="BILINEAR",
+        fill_mode="REFLECT")
+    return out[0]
+
+
+def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool,
+                 deterministic: bool = False, seed: int = 0, augment_positives: bool = True,
+                 repeat: bool | None = None) -> tf.data.Dataset:
+    """Yields (images [N, size, size, 3] in 0-255, labels [N] float32)."""
+    files = list_files(file_patterns)
+    ds = tf.data.TFRecordDataset(files, compression_type="GZIP",
+                                 num_parallel_reads=min(len(files), tf.data.AUTOTUNE))
+    if training:
+        ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
+    if repeat if repeat is not None else training:
+        ds = ds.repeat()
+
+    def decode(serialized):
+        parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
+        return imaging.preprocess(parsed[F.IMAGE], image_size), tf.cast(parsed[F.LABEL], tf.float32)
+
+    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not training)
+    if training and augment_positives:
+        # Stateless seeds from a counter keep a deterministic run reproducible.
+        ds = ds.enumerate().map(
+            lambda i, xy: (tf.cond(xy[1] > 0.5,
+                                   lambda: random_affine(xy[0], tf.stack([tf.cast(seed, tf.int64), i])),
+                                   lambda: xy[0]), xy[1]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

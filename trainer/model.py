@@ -1,0 +1,99 @@
+"""Model factory: an ImageNet backbone with the study's 3-layer MLP head.
+
+ImageNet weights are never downloaded: they come from a local file, or from a cache directory
+holding the file under the name Keras itself uses. With neither, `WeightsNotFound` says where it
+looked; random initialisation happens only when asked for with `weights="random"`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import tf_keras as keras
+
+
+class WeightsNotFound(FileNotFoundError):
+    pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    constructor: str          # attribute of keras.applications
+    weights_file: str         # the file name keras.applications downloads for include_top=False
+    scaling: str              # how the backbone expects its 0-255 input scaled
+    kwargs: tuple = ()
+
+
+BACKBONES = {
+    "efficientnetb2": Backbone("EfficientNetB2", "efficientnetb2_notop.h5", "none"),
+    "densenet121": Backbone("DenseNet121", "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                            "torch"),
+    "xception": Backbone("Xception", "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "tf"),
+    "inceptionv3": Backbone("InceptionV3", "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                            "tf"),
+    "mobilenet": Backbone("MobileNet", "mobilenet_1_0_{size}_tf_no_top.h5", "tf", (("alpha", 1.0),)),
+    # The small MobileNet whose ImageNet weights ship in ../shared/weights (used by the demo).
+    "mobilenet_025": Backbone("MobileNet", "mobilenet_2_5_{size}_tf_no_top.h5", "tf", (("alpha", 0.25),)),
+}
+
+
+def resolve_weights(backbone: str, image_size: int, weights: str | None) -> str | None:
+    """Returns the weights file to load, None for explicit random initialisation."""
+    if weights == "random":
+        return None
+    spec = BACKBONES[backbone]
+    # MobileNet's files are per input size; its convolutions fit any size, so 224 is a fallback.
+    names = dict.fromkeys(spec.weights_file.format(size=s) for s in (image_size, 224))
+    directories = [os.path.expanduser("~/.keras/models")]
+    candidates = []
+    if weights and not os.path.isdir(weights):
+        candidates.append(weights)
+    elif weights:
+        directories.insert(0, weights)
+    candidates += [os.path.join(d, name) for d in directories for name in names]
+    file_name = next(iter(names))
+    for path in candidates:
+        if os.path.isfile(path):
+            return path
+    raise WeightsNotFound(
+        f"ImageNet weights for {backbone} not found (looked for {', '.join(candidates)}). "
+        f"Put {file_name} in a directory and pass it as the weights path, or pass "
+        f"weights='random' to train from random initialisation.")
+
+
+def _scaling_layers(scaling: str):
+    if scaling == "tf":      # [-1, 1]
+        return [keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="scale_to_unit_range")]
+    if scaling == "torch":   # [0, 1], then ImageNet mean/std
+        return [keras.layers.Rescaling(1 / 255.0, name="scale_to_0_1"),
+                keras.layers.Normalization(mean=[0.485, 0.456, 0.406],
+                                           variance=[0.229**2, 0.224**2, 0.225**2],
+                                           name="imagenet_normalisation")]
+    return []                 # EfficientNet scales inside the network
+
+
+def build_model(backbone: str, image_size: int = 224, weights: str | None = None,
+                dropout: float = 0.3, head_units=(256, 128)) -> keras.Model:
+    """Backbone (global-average pooled) -> Dense-ReLU -> Dropout -> Dense-ReLU -> Dropout -> sigmoid.
+
+    The model takes float images [N, size, size, 3] with values 0-255 (see cxr.imaging).
+    """
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
+    spec = BACKBONES[backbone]
+    weights_path = resolve_weights(backbone, image_size, weights)
+    base = getattr(keras.applications, spec.constructor)(
+        include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="avg",
+        **dict(spec.kwargs))
+    if weights_path:
+        base.load_weights(weights_path)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    for layer in _scaling_layers(spec.scaling):
+        x = layer(x)
+    x = base(x)
+    for units in head_units:
+        x = keras.layers.Dense(units, activation="relu")(x)
+        x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", name="cardiomegaly", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"cardio_{backbone}")

@@ -1,0 +1,105 @@
+"""run_fn: the TFX Trainer entry point (`run_fn="trainer.task.run_fn"`).
+
+Trains one grid cell (backbone x class weighting) with the study's recipe, chooses the
+operating threshold on validation and exports the serving SavedModel.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+from trainer import data, distribution, export, model as model_lib, operating_point
+
+# Class weights of the study's two strategies: {label: weight}.
+CLASS_WEIGHTINGS = {"75-25": {0: 0.25, 1: 0.75}, "50-50": {0: 0.5, 1: 0.5}}
+KERAS_MODEL_DIR = "keras_model"  # inside the ModelRun artifact: the in-memory model, as trained
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """The study's recipe as defaults; the pipeline passes overrides as the Trainer's custom_config."""
+    backbone: str = "efficientnetb2"
+    weighting: str = "75-25"
+    image_size: int = 224
+    weights: str | None = None            # ImageNet weights file or cache dir; "random" to opt out
+    epochs: int = 30
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    steps_per_epoch: int | None = None    # None: one pass over the training split
+    target_sensitivity: float = 0.9
+    seed: int = 0
+    deterministic: bool = False
+
+    @classmethod
+    def from_custom_config(cls, custom_config: dict | None) -> "TrainingConfig":
+        config = dict(custom_config or {})
+        unknown = set(config) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training option(s): {sorted(unknown)}")
+        result = cls(**config)
+        if result.weighting not in CLASS_WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {sorted(CLASS_WEIGHTINGS)}, "
+                             f"got {result.weighting!r}")
+        return result
+
+
+def count_examples(file_patterns) -> int:
+    ds = tf.data.TFRecordDataset(data.list_files(file_patterns), compression_type="GZIP")
+    return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def predict(model, file_patterns, config: TrainingConfig):
+    ds = data.make_dataset(file_patterns, config.batch_size, config.image_size, training=False)
+    labels, probabilities = [], []
+    for images, batch_labels in ds:
+        probabilities.append(model(images, training=False).numpy().reshape(-1))
+        labels.append(batch_labels.numpy())
+    return np.concatenate(labels), np.concatenate(probabilities)
+
+
+def run_fn(fn_args):
+    config = TrainingConfig.from_custom_config(fn_args.custom_config)
+    logging.info("training config: %s", config)
+    if config.deterministic:
+        keras.utils.set_random_seed(config.seed)
+        tf.config.experimental.enable_op_determinism()
+
+    strategy = distribution.choose_strategy()
+    with strategy.scope():
+        model = model_lib.build_model(config.backbone, config.image_size, config.weights)
+        model.compile(optimizer=keras.optimizers.RMSprop(config.learning_rate),
+                      loss=keras.losses.BinaryCrossentropy(),
+                      metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)])
+
+    n_train = count_examples(fn_args.train_files)
+    steps_per_epoch = config.steps_per_epoch or math.ceil(n_train / config.batch_size)
+    train_ds = data.make_dataset(fn_args.train_files, config.batch_size, config.image_size,
+                                 training=True, deterministic=config.deterministic, seed=config.seed)
+    val_ds = data.make_dataset(fn_args.eval_files, config.batch_size, config.image_size, training=False)
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=5),
+        keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
+    ]
+    history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                        validation_data=val_ds, class_weight=CLASS_WEIGHTINGS[config.weighting],
+                        callbacks=callbacks, verbose=2)
+
+    labels, probabilities = predict(model, fn_args.eval_files, config)
+    threshold = operating_point.choose_threshold(labels, probabilities, config.target_sensitivity)
+    logging.info("operating threshold %.4f for validation sensitivity >= %.2f",
+                 threshold, config.target_sensitivity)
+
+    export.export(model, fn_args.serving_model_dir, config.image_size, threshold)
+    model.save(os.path.join(fn_args.model_run_dir, KERAS_MODEL_DIR), save_format="tf")
+    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
+        json.dump({"config": dataclasses.asdict(config), "train_examples": n_train,
+                   "steps_per_epoch": steps_per_epoch, "operating_threshold": threshold,
+                   "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}},
+                  f, indent=2)
