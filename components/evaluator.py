@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.proto import config_pb2 as tfma
 from tfx import v1 as tfx
 
 from cxr import features as F

@@ -36,7 +36,7 @@ def slice_metrics(eval_result) -> dict:
     for slice_key, metrics in eval_result.slicing_metrics:
         values = metrics.get("", {}).get("", {})
         table[slice_name(slice_key)] = {
-            name: value.get("doubleValue") for name, value in values.items()
+            name: float(value["doubleValue"]) for name, value in values.items()
             if isinstance(value, dict) and "doubleValue" in value}
     return table
 
