@@ -20,8 +20,9 @@ SLICE_FEATURES = ([F.SITE], [F.SITE, F.SEX], [F.SITE, F.AGE_BAND])
 EVAL_SPLITS = [F.TEST, F.EXTERNAL]
 
 
-def _metric(class_name: str, **config) -> tfma.MetricConfig:
-    return tfma.MetricConfig(class_name=class_name, config=json.dumps(config) if config else "")
+def _metric(class_name: str, per_slice_thresholds=(), **config) -> tfma.MetricConfig:
+    return tfma.MetricConfig(class_name=class_name, config=json.dumps(config) if config else "",
+                             per_slice_thresholds=list(per_slice_thresholds))
 
 
 def _threshold(lower_bound: float) -> tfma.MetricThreshold:
@@ -43,8 +44,8 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     sensitivity_gates = [_per_site(s, gate.sensitivity_min) for s in sites]
     metrics = [
         _metric("ExampleCount"),
-        _metric("AUC", num_thresholds=10000),
-        _metric("Recall", name="sensitivity"),
+        _metric("AUC", per_slice_thresholds=auc_gates, num_thresholds=10000),
+        _metric("Recall", per_slice_thresholds=sensitivity_gates, name="sensitivity"),
         _metric("Specificity", name="specificity"),
         _metric("BinaryAccuracy", name="accuracy"),
         _metric("Precision", name="precision"),
@@ -55,12 +56,7 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         model_specs=[tfma.ModelSpec(signature_name=SERVING_EXAMPLES, label_key=F.LABEL,
                                     prediction_key=F.PROBABILITY)],
         slicing_specs=[tfma.SlicingSpec(feature_keys=keys) for keys in SLICE_FEATURES],
-        metrics_specs=[tfma.MetricsSpec(
-            metrics=metrics,
-            per_slice_thresholds={
-                "auc": tfma.PerSliceMetricThresholds(thresholds=auc_gates),
-                "sensitivity": tfma.PerSliceMetricThresholds(thresholds=sensitivity_gates),
-            })])
+        metrics_specs=[tfma.MetricsSpec(metrics=metrics)])
 
 
 def create(examples, model, config: PipelineConfig, cell_name: str):

@@ -1,3 +1,4 @@
 from cxr.cli import main
 
-main(prog_name="cardio")
+if __name__ == "__main__":
+    main(prog_name="cardio")

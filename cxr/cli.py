@@ -28,19 +28,25 @@ def main():
 @main.command()
 @click.option("--workdir", default="cardio-demo", show_default=True, type=click.Path(),
               help="Where data, pipeline artifacts, MLMD and pushed models go.")
-@click.option("--n", "n", default=400, show_default=True, help="Synthetic radiographs to make.")
+@click.option("--n", "n", default=600, show_default=True, help="Synthetic radiographs to make.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--size", default=None, type=int,
               help="Image size in pixels (default: each site's own, 1024-1280).")
 @click.option("--weights", default=None, type=click.Path(),
               help="ImageNet weights file or directory (default: $CARDIO_WEIGHTS, ../shared/weights).")
 @click.option("--random-init", is_flag=True, help="Train from random initialisation on purpose.")
-def demo(workdir, n, seed, size, weights, random_init):
+@click.option("--epochs", default=None, type=int, help="Training epochs (demo default: 8).")
+@click.option("--deterministic", is_flag=True, help="Op determinism: reruns give the same model.")
+def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic):
     """Run the main job end to end on the built-in synthetic data."""
     from pipeline import demo as demo_lib
 
     weights = "random" if random_init else (weights or demo_lib.default_weights() or "random")
-    summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo, _progress)
+    overrides = {"deterministic": deterministic}
+    if epochs:
+        overrides["epochs"] = epochs
+    summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo, _progress,
+                           **overrides)
     click.echo(json.dumps(summary["models"] and {
         "seconds": summary["seconds"],
         "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"]}

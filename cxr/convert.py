@@ -11,6 +11,7 @@ import csv
 import dataclasses
 import io
 import json
+import multiprocessing
 import os
 from typing import Iterable, Iterator
 
@@ -51,13 +52,27 @@ class Quarantine:
                 f"{limit:.1%}); reasons: {dict(reasons)}")
 
 
-def synthetic_records(seed: int, n: int, size: int | None = None) -> Iterator[tuple[Record, float]]:
-    """The built-in default dataset: yields (record, ctr) for n synthetic radiographs."""
-    for index, site, patient in synth.cohort(seed, n):
-        r = synth.sample(seed, index, site, patient, size=size)
-        yield Record(image_png=encode_png(r.image), label=r.label, image_id=f"synth-{seed}-{index:06d}",
-                     patient_id=hash_patient_id(r.patient_id, DEMO_SALT), site=r.site, sex=r.sex,
-                     age=r.age, view=r.view), r.ctr
+def _synthetic_record(args) -> tuple[Record, float]:
+    seed, index, site, patient, size = args
+    r = synth.sample(seed, index, site, patient, size=size)
+    return Record(image_png=encode_png(r.image), label=r.label, image_id=f"synth-{seed}-{index:06d}",
+                  patient_id=hash_patient_id(r.patient_id, DEMO_SALT), site=r.site, sex=r.sex,
+                  age=r.age, view=r.view), r.ctr
+
+
+def synthetic_records(seed: int, n: int, size: int | None = None,
+                      workers: int | None = None) -> Iterator[tuple[Record, float]]:
+    """The built-in default dataset: yields (record, ctr) for n synthetic radiographs, in order.
+
+    Drawing and PNG encoding are CPU-bound, so they run in a process pool (one per core)."""
+    jobs = [(seed, index, site, patient, size) for index, site, patient in synth.cohort(seed, n)]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        yield from map(_synthetic_record, jobs)
+        return
+    # Fork would copy TensorFlow's threads if it was imported; spawn starts clean workers.
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        yield from pool.imap(_synthetic_record, jobs, chunksize=4)
 
 
 def normalised_png(path: str) -> bytes:

@@ -3,8 +3,7 @@
 Each image is drawn from a simple anatomical model (body, lungs, heart, mediastinum, diaphragm,
 ribs, clavicles, spine, and outside the chest cavity the neck, shoulders, arms and a burned-in
 marker). Cardiomegaly is defined as a cardiothoracic ratio (heart width / thoracic width) above
-0.5; CTRs are drawn from N(0.45, 0.05), which puts about 16% of the images above 0.5, close to
-the prevalence of clinical cohorts. Sites differ in acquisition (bit depth, contrast, gamma,
+0.5; CTRs come from a mixture of normal and enlarged hearts with 17% prevalence (`draw_ctr`). Sites differ in acquisition (bit depth, contrast, gamma,
 noise, resolution and positioning) so that an external-site slice shows a real domain shift.
 
 Ground-truth lung and heart masks and the CTR are returned with every image. Everything is
@@ -20,6 +19,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 CARDIOMEGALY_CTR = 0.5
+PREVALENCE = 0.17
+DRAW_SIZE = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,11 @@ def _ellipse(xx, yy, cx, cy, rx, ry, power=2.0):
 def draw(rng: np.random.Generator, ctr: float, site: SiteProfile, size: int | None = None):
     """Draws one radiograph with the given CTR; returns (image in [0,1], lungs, heart)."""
     size = size or site.size
-    h, w = size, int(round(size * rng.uniform(0.9, 1.0)))
+    full_h, full_w = size, int(round(size * rng.uniform(0.9, 1.0)))
+    # Anatomy is smooth: draw it at most at DRAW_SIZE and interpolate up; the site's noise is
+    # added later at full resolution. This keeps a 2000 px radiograph well under a second.
+    scale = min(1.0, DRAW_SIZE / size)
+    h, w = int(round(full_h * scale)), int(round(full_w * scale))
     zoom = rng.uniform(*site.zoom)
     dx, dy = rng.normal(0, site.shift, 2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -132,8 +137,14 @@ def draw(rng: np.random.Generator, ctr: float, site: SiteProfile, size: int | No
     ImageDraw.Draw(marker).rectangle([mx, my, mx + w // 25, my + h // 20], fill=255)
     img = np.maximum(img, np.asarray(marker, np.float32) / 255 * 0.95)
 
-    img = ndimage.gaussian_filter(img, sigma=size / 400)
-    return img, lungs & ~heart, heart
+    img = ndimage.gaussian_filter(img, sigma=h / 400)
+    lungs &= ~heart
+    if (h, w) != (full_h, full_w):
+        zoom = (full_h / h, full_w / w)
+        img = ndimage.zoom(img, zoom, order=1, grid_mode=True, mode="nearest")
+        lungs = ndimage.zoom(lungs.astype(np.uint8), zoom, order=0, grid_mode=True, mode="nearest") > 0
+        heart = ndimage.zoom(heart.astype(np.uint8), zoom, order=0, grid_mode=True, mode="nearest") > 0
+    return img, lungs, heart
 
 
 def acquire(img: np.ndarray, site: SiteProfile, rng: np.random.Generator) -> np.ndarray:
@@ -145,11 +156,24 @@ def acquire(img: np.ndarray, site: SiteProfile, rng: np.random.Generator) -> np.
     return np.round(img * top).astype(np.uint16 if site.bit_depth > 8 else np.uint8)
 
 
+def draw_ctr(rng: np.random.Generator) -> float:
+    """A CTR from a two-component mixture: normal hearts N(0.44, 0.035) below 0.5 and, with
+    probability PREVALENCE, enlarged hearts N(0.57, 0.045) above it (clinical cohorts' shape)."""
+    if rng.random() < PREVALENCE:
+        low, high, mean, sd = CARDIOMEGALY_CTR + 0.005, 0.72, 0.57, 0.045
+    else:
+        low, high, mean, sd = 0.33, CARDIOMEGALY_CTR, 0.44, 0.035
+    while True:
+        ctr = rng.normal(mean, sd)
+        if low <= ctr <= high:
+            return float(ctr)
+
+
 def sample(seed: int, index: int, site: str, patient_id: str, size: int | None = None) -> Radiograph:
     """The radiograph number `index` of a dataset with this seed. Deterministic."""
     rng = _rng(seed, index)
     profile = SITES[site]
-    ctr = float(np.clip(rng.normal(0.45, 0.05), 0.3, 0.7))
+    ctr = draw_ctr(rng)
     image, lungs, heart = draw(rng, ctr, profile, size)
     patient = _rng(seed, "patient", patient_id)
     return Radiograph(

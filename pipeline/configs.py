@@ -62,6 +62,7 @@ class PipelineConfig:
     steps_per_epoch: int | None = None     # None: one pass over the training split per epoch
     target_sensitivity: float = 0.9
     seed: int = 0
+    deterministic: bool = False            # op determinism: same data + seed -> same model
     beam_pipeline_args: tuple = (f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory")
 
     def trainer_custom_config(self, cell: GridCell) -> dict:
@@ -69,12 +70,13 @@ class PipelineConfig:
                 "image_size": self.image_size, "weights": self.weights, "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "steps_per_epoch": self.steps_per_epoch,
-                "target_sensitivity": self.target_sensitivity, "seed": self.seed}
+                "target_sensitivity": self.target_sensitivity, "seed": self.seed,
+                "deterministic": self.deterministic}
 
 
-def demo_config(weights: str | None) -> PipelineConfig:
-    """One small MobileNet, a few epochs at 128 px, the `demo` gate."""
-    return dataclasses.replace(
-        PipelineConfig(), pipeline_name="cardiomegaly-demo",
-        grid=(GridCell("mobilenet_025", "75-25"),), gate=GATE_PROFILES["demo"],
-        image_size=128, weights=weights, epochs=6, batch_size=16, steps_per_epoch=None)
+def demo_config(weights: str | None, **overrides) -> PipelineConfig:
+    """One small MobileNet (alpha 0.25), 8 epochs at 128 px, the `demo` gate."""
+    demo = dict(pipeline_name="cardiomegaly-demo", grid=(GridCell("mobilenet_025", "75-25"),),
+                gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8)
+    demo.update(overrides)
+    return dataclasses.replace(PipelineConfig(), **demo)

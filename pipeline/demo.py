@@ -32,9 +32,10 @@ def make_data(data_root: str, n: int, seed: int, size: int | None, config, progr
 
 
 def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
-        echo: Callable[[str], None], progress_factory) -> dict:
+        echo: Callable[[str], None], progress_factory, **overrides) -> dict:
+    """Runs the demo; `overrides` replace fields of the demo's PipelineConfig (e.g. epochs)."""
     started = time.time()
-    config = configs.demo_config(weights)
+    config = configs.demo_config(weights, seed=seed, **overrides)
     data_root = os.path.join(workdir, "data")
     pipeline_root = os.path.join(workdir, "pipeline")
     serving_root = os.path.join(workdir, "serving")

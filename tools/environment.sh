@@ -127,12 +127,13 @@ ensure_env() {
 
 # Runs a command (argv) in the environment, cwd preserved, exit status passed through.
 run_in_env() {
+  if [ "${CARDIO_IN_ENV:-}" = 1 ]; then "$@"; return; fi  # already inside: run as is
   ensure_env
   local dest; dest=$(env_path)
   if [ "$(env_mode)" = native ]; then
-    PATH="$dest/bin:$PATH" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" VIRTUAL_ENV="$dest" "$@"
+    CARDIO_IN_ENV=1 PATH="$dest/bin:$PATH" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" VIRTUAL_ENV="$dest" "$@"
   else
-    in_root "$dest" env PATH="$VENV_IN_ROOT/bin:/usr/local/bin:/usr/bin:/bin" VIRTUAL_ENV="$VENV_IN_ROOT" \
+    in_root "$dest" env CARDIO_IN_ENV=1 PATH="$VENV_IN_ROOT/bin:/usr/local/bin:/usr/bin:/bin" VIRTUAL_ENV="$VENV_IN_ROOT" \
       PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$@"
   fi
 }

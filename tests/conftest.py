@@ -1,0 +1,78 @@
+"""Shared fixtures: paths to ../shared (skipping when absent) and one end-to-end pipeline run."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts) -> Path:
+    """A file under ../shared, or a skip saying it is absent (real data stays outside the repo)."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"../shared/{'/'.join(parts)} is not present on this machine")
+    return path
+
+
+def can_cut_network() -> bool:
+    try:
+        return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@dataclasses.dataclass
+class PipelineRun:
+    workdir: Path
+    stdout: str
+    summary: dict
+    network_interfaces: list | None  # interfaces seen by the run; None when it could not be cut off
+    command: list
+
+    @property
+    def pipeline_root(self) -> Path:
+        return self.workdir / "pipeline"
+
+
+# Small but real: two sites, every split, a few epochs; deterministic so reruns agree.
+E2E_ARGS = ["--n", "240", "--size", "384", "--epochs", "5", "--deterministic"]
+
+
+def run_demo(workdir: Path, cut_network: bool) -> tuple[subprocess.CompletedProcess, list]:
+    command = [sys.executable, "-m", "cxr", "demo", "--workdir", str(workdir), *E2E_ARGS]
+    if not (SHARED / "weights").exists():
+        command.append("--random-init")
+    if cut_network:
+        # A new network namespace has only a loopback device, and it is down: nothing leaves.
+        netdev = workdir / "net_dev.txt"
+        command = ["unshare", "--net", "--", "sh", "-c", 'cat /proc/self/net/dev > "$0"; exec "$@"',
+                   str(netdev), *command]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=2400)
+    if result.returncode != 0:
+        pytest.fail(f"demo failed ({result.returncode}):\n{result.stderr[-6000:]}")
+    return result, command
+
+
+@pytest.fixture(scope="session")
+def e2e(tmp_path_factory) -> PipelineRun:
+    """The pipeline, end to end, once per test session, with the network cut off when possible."""
+    workdir = tmp_path_factory.mktemp("e2e")
+    cut = can_cut_network()
+    result, command = run_demo(workdir, cut)
+    interfaces = None
+    if cut:
+        lines = (workdir / "net_dev.txt").read_text().splitlines()[2:]
+        interfaces = [line.split(":")[0].strip() for line in lines]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    return PipelineRun(workdir, result.stdout, summary, interfaces, command)

@@ -1,0 +1,32 @@
+"""The same pipeline definition compiles for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
+import json
+
+import pytest
+
+from pipeline import configs, kubeflow_runner
+
+
+@pytest.mark.parametrize("profile", ["demo", "study"])
+def test_pipeline_compiles_to_a_pipeline_job(tmp_path, profile):
+    config = configs.demo_config(None) if profile == "demo" else configs.PipelineConfig()
+    path = kubeflow_runner.compile_pipeline(
+        config, str(tmp_path / "job.json"), data_root="gs://bucket/data",
+        pipeline_root="gs://bucket/root", serving_root="gs://bucket/serving", image="registry/cardio:1.2.3")
+    job = json.loads(open(path).read())
+    spec = job["pipelineSpec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    expected = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator"}
+    for cell in config.grid:
+        expected |= {f"Trainer.{cell.name}", f"Evaluator.{cell.name}", f"Pusher.{cell.name}"}
+    assert expected == set(tasks)
+    assert len(config.grid) == (1 if profile == "demo" else 10)
+    # Data flows ExampleGen -> Trainer -> Evaluator -> Pusher, and training waits for validation.
+    for cell in config.grid:
+        trainer = tasks[f"Trainer.{cell.name}"]
+        assert "ExampleValidator" in trainer.get("dependentTasks", [])
+        assert trainer["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == \
+            "ImportExampleGen"
+        pusher = tasks[f"Pusher.{cell.name}"]["inputs"]["artifacts"]
+        assert pusher["model_blessing"]["taskOutputArtifact"]["producerTask"] == f"Evaluator.{cell.name}"
+    executors = spec["deploymentSpec"]["executors"]
+    assert {e["container"]["image"] for e in executors.values()} == {"registry/cardio:1.2.3"}
