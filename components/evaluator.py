@@ -42,21 +42,26 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
     auc_gates = [_per_site(s, gate.internal_auc_min) for s in config.internal_sites]
     auc_gates.append(_per_site(config.external_site, gate.external_auc_min))
     sensitivity_gates = [_per_site(s, gate.sensitivity_min) for s in sites]
-    metrics = [
+    # Ranking and calibration metrics score the probability; the confusion-matrix metrics score
+    # the label at the operating threshold baked into the model, which is what clinicians get.
+    probability_metrics = [
         _metric("ExampleCount"),
         _metric("AUC", per_slice_thresholds=auc_gates, num_thresholds=10000),
+        _metric("BinaryCrossentropy", name="log_loss"),
+    ]
+    label_metrics = [
         _metric("Recall", per_slice_thresholds=sensitivity_gates, name="sensitivity"),
         _metric("Specificity", name="specificity"),
         _metric("BinaryAccuracy", name="accuracy"),
         _metric("Precision", name="precision"),
         _metric("F1Score", name="f1"),
-        _metric("BinaryCrossentropy", name="log_loss"),
     ]
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=SERVING_EXAMPLES, label_key=F.LABEL,
-                                    prediction_key=F.PROBABILITY)],
+        model_specs=[tfma.ModelSpec(signature_name=SERVING_EXAMPLES,
+                                    label_keys={F.PROBABILITY: F.LABEL, F.PREDICTED_LABEL: F.LABEL})],
         slicing_specs=[tfma.SlicingSpec(feature_keys=keys) for keys in SLICE_FEATURES],
-        metrics_specs=[tfma.MetricsSpec(metrics=metrics)])
+        metrics_specs=[tfma.MetricsSpec(output_names=[F.PROBABILITY], metrics=probability_metrics),
+                       tfma.MetricsSpec(output_names=[F.PREDICTED_LABEL], metrics=label_metrics)])
 
 
 def create(examples, model, config: PipelineConfig, cell_name: str):

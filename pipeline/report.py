@@ -34,10 +34,12 @@ def slice_metrics(eval_result) -> dict:
     """{slice name: {metric: value}} from a tfma.EvalResult."""
     table = {}
     for slice_key, metrics in eval_result.slicing_metrics:
-        values = metrics.get("", {}).get("", {})
-        table[slice_name(slice_key)] = {
-            name: float(value["doubleValue"]) for name, value in values.items()
-            if isinstance(value, dict) and "doubleValue" in value}
+        row = {}
+        for by_sub_key in metrics.values():          # one entry per model output
+            for name, value in by_sub_key.get("", {}).items():
+                if isinstance(value, dict) and "doubleValue" in value:
+                    row[name] = float(value["doubleValue"])
+        table[slice_name(slice_key)] = row
     return table
 
 

@@ -73,7 +73,7 @@ def _scaling_layers(scaling: str):
 
 
 def build_model(backbone: str, image_size: int = 224, weights: str | None = None,
-                dropout: float = 0.3, head_units=(256, 128)) -> keras.Model:
+                dropout: float = 0.3, head_units=(256, 128), bn_momentum: float = 0.9) -> keras.Model:
     """Backbone (global-average pooled) -> Dense-ReLU -> Dropout -> Dense-ReLU -> Dropout -> sigmoid.
 
     The model takes float images [N, size, size, 3] with values 0-255 (see cxr.imaging).
@@ -91,6 +91,12 @@ def build_model(backbone: str, image_size: int = 224, weights: str | None = None
     x = inputs
     for layer in _scaling_layers(spec.scaling):
         x = layer(x)
+    # Batch-norm moving averages must follow the fine-tuned weights within a few hundred steps
+    # of batch 16; with Keras's default momentum (0.99) they lag, and a model whose training loss
+    # falls can score a constant at inference.
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
     x = base(x)
     for units in head_units:
         x = keras.layers.Dense(units, activation="relu")(x)

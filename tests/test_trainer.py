@@ -1,0 +1,78 @@
+"""Model factory, weights resolution, operating point and the input pipeline."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import shared_path
+from cxr import convert, features as F
+from trainer import data, model as model_lib, operating_point, task
+
+
+def test_missing_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(model_lib.WeightsNotFound, match="densenet121.*weights='random'"):
+        model_lib.resolve_weights("densenet121", 224, str(tmp_path))
+
+
+def test_random_initialisation_only_when_asked():
+    assert model_lib.resolve_weights("xception", 224, "random") is None
+
+
+def test_shared_mobilenet_imagenet_weights_load():
+    weights = shared_path("weights", "mobilenet_2_5_224_tf_no_top.h5")
+    model = model_lib.build_model("mobilenet_025", 224, str(weights.parent))
+    base = next(l for l in model.layers if l.name.startswith("mobilenet"))
+    assert base.count_params() == 218544
+    random = model_lib.build_model("mobilenet_025", 224, "random")
+    random_base = next(l for l in random.layers if l.name.startswith("mobilenet"))
+    assert not np.allclose(base.get_weights()[0], random_base.get_weights()[0])
+    # 3-layer MLP head: two ReLU layers with dropout 0.3, one sigmoid output.
+    dense = [l for l in model.layers if isinstance(l, tf.keras.layers.Dense)]
+    assert [d.activation.__name__ for d in dense] == ["relu", "relu", "sigmoid"]
+    assert [l.rate for l in model.layers if isinstance(l, tf.keras.layers.Dropout)] == [0.3, 0.3]
+
+
+def test_unknown_training_option_is_rejected():
+    with pytest.raises(ValueError, match="unknown training option"):
+        task.TrainingConfig.from_custom_config({"epocs": 3})
+    with pytest.raises(ValueError, match="weighting"):
+        task.TrainingConfig.from_custom_config({"weighting": "60-40"})
+
+
+def test_operating_threshold_reaches_target_sensitivity():
+    rng = np.random.default_rng(0)
+    labels = rng.random(500) < 0.3
+    probs = np.clip(labels * 0.3 + rng.random(500) * 0.7, 0, 1)
+    threshold = operating_point.choose_threshold(labels, probs, 0.9)
+    sensitivity = (probs[labels] >= threshold).mean()
+    assert sensitivity >= 0.9
+    # The highest such threshold: any higher one misses the target.
+    assert (probs[labels] >= np.nextafter(threshold, 1)).mean() < 0.9
+
+
+@pytest.fixture(scope="module")
+def tiny_span(tmp_path_factory):
+    out = tmp_path_factory.mktemp("span")
+    recs = (r for r, _ in convert.synthetic_records(0, 24, size=128, workers=1))
+    convert.write_span(recs, str(out), 1, external_sites=(), seed=0)
+    return out
+
+
+def test_input_pipeline_augments_only_positives_and_is_deterministic(tiny_span):
+    pattern = str(tiny_span / "span-1" / "*" / "*.tfrecord.gz")
+    plain = data.make_dataset(pattern, 64, 64, training=False)
+    augmented = data.make_dataset(pattern, 64, 64, training=True, deterministic=True, seed=3,
+                                  repeat=False)
+    augmented_again = data.make_dataset(pattern, 64, 64, training=True, deterministic=True,
+                                        seed=3, repeat=False)
+    (x0, y0), = list(plain)
+    (x1, y1), = list(augmented)
+    (x2, _), = list(augmented_again)
+    np.testing.assert_array_equal(x1, x2)
+    # Match images across the shuffle by their untouched negatives.
+    originals = {x.numpy().tobytes(): y for x, y in zip(x0, y0)}
+    negatives = [x for x, y in zip(x1, y1) if y == 0]
+    positives = [x for x, y in zip(x1, y1) if y == 1]
+    assert positives and negatives
+    assert all(x.numpy().tobytes() in originals for x in negatives)
+    assert not any(x.numpy().tobytes() in originals for x in positives)
+    assert x1.shape[1:] == (64, 64, 3) and float(tf.reduce_max(x1)) <= 255.0
