@@ -38,5 +38,8 @@ if ls /dev/nvidia* >/dev/null 2>&1; then
   export LD_LIBRARY_PATH="/run/host-nvidia${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
+# Host pip settings that point at paths the root does not have would only produce warnings.
+if [ -n "${PIP_FIND_LINKS:-}" ] && [ ! -e "$root$PIP_FIND_LINKS" ]; then unset PIP_FIND_LINKS; fi
+
 cwd=$(pwd -P)
 exec chroot "$root" /bin/sh -c 'cd "$1" 2>/dev/null || cd /; shift; exec "$@"' sh "$cwd" "$@"

@@ -53,11 +53,20 @@ env_path() {
   if [ "$(env_mode)" = native ]; then echo "$CACHE/venv-$(env_key)"; else echo "$CACHE/root-$(env_key)"; fi
 }
 
-pip_install_locked() {  # $1: python of the venv; runs with the lock as constraints
-  local py=$1
+pip_install_locked() {  # $1: python of the venv
+  local py=$1 total n=0
+  total=$(grep -vc '^#' "$LOCK")
   "$py" -m pip install --upgrade --quiet pip
-  log "installing the locked stack (a few minutes the first time)"
-  "$py" -m pip install --progress-bar off --no-input -r "$LOCK"
+  log "installing the locked stack: $total distributions (a few minutes the first time)"
+  # One progress line per distribution fetched; pip's own errors still reach stderr.
+  "$py" -m pip install --progress-bar off --no-input -r "$LOCK" | while IFS= read -r line; do
+    case "$line" in
+      Collecting*) n=$((n + 1)); log "  [$n/$total] ${line#Collecting }" ;;
+      Installing\ collected*) log "  unpacking and installing" ;;
+      Successfully\ installed*) log "  installed" ;;
+    esac
+  done
+  return "${PIPESTATUS[0]}"
 }
 
 build_native() {
@@ -105,7 +114,7 @@ build_root() {
   cp -L /etc/resolv.conf "$tmp/etc/resolv.conf" 2>/dev/null || true
   log "creating the venv inside the root"
   in_root "$tmp" python3.13 -m venv "$VENV_IN_ROOT"
-  in_root "$tmp" bash -c "$(declare -f log pip_install_locked); LOCK='$LOCK'; pip_install_locked $VENV_IN_ROOT/bin/python"
+  in_root "$tmp" bash -c "set -euo pipefail; $(declare -f log pip_install_locked); LOCK='$LOCK'; pip_install_locked $VENV_IN_ROOT/bin/python"
   mv "$tmp" "$dest"
 }
 
@@ -119,7 +128,8 @@ ensure_env() {
   exec 9>"$CACHE/.lock"
   flock 9
   if [ ! -e "$dest" ]; then
-    if [ "$(env_mode)" = native ]; then build_native "$dest"; else build_root "$dest"; fi
+    # Set-up talks on stderr only: stdout belongs to the command being run.
+    if [ "$(env_mode)" = native ]; then build_native "$dest" >&2; else build_root "$dest" >&2; fi
     log "environment ready in $((SECONDS - start)) s: $dest"
   fi
   exec 9>&-
