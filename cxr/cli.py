@@ -58,21 +58,131 @@ def data():
     """Make and convert datasets."""
 
 
+def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, seed,
+                        quarantine=None, quarantine_limit=None, salt=None):
+    """Shared tail of the converters: a dry run prints the selection; otherwise convert."""
+    from cxr import convert, records
+
+    salt = salt or records.patient_salt()
+    if not salt:
+        raise click.UsageError("set CARDIO_PATIENT_SALT: patient ids are replaced by salted hashes "
+                               "and the salt must come from your deployment's configuration")
+    if dry_run:
+        click.echo(json.dumps(convert.dry_run_summary(selection, external_sites, seed, salt)))
+        return
+    with _progress(len(selection.candidates), "converting radiographs") as bar:
+        try:
+            summary = convert.convert(
+                selection, loader, out, span, external_sites, salt, seed, quarantine=quarantine,
+                quarantine_limit=(convert.DEFAULT_QUARANTINE_LIMIT if quarantine_limit is None
+                                  else quarantine_limit), progress=bar.update)
+        except convert.QuarantineLimitExceeded as error:
+            raise click.ClickException(f"{error}; see {out}/span-{span}/quarantine.csv")
+    click.echo(f"quarantined {summary['quarantined']} record(s): {summary['quarantine_reasons']}",
+               err=True)
+    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary}))
+
+
+_out = click.option("--out", type=click.Path(), help="Output directory (span-N/<split>/ TFRecords).")
+_span = click.option("--span", default=1, show_default=True, help="Span number to write.")
+_dry_run = click.option("--dry-run", is_flag=True,
+                        help="Read only the metadata; print the selection as JSON.")
+_seed = click.option("--seed", default=0, show_default=True, help="Split seed.")
+_limit = click.option("--quarantine-limit", default=0.05, show_default=True,
+                      help="Fail when more than this fraction of records is quarantined.")
+
+
 @data.command()
 @click.option("--out", required=True, type=click.Path(), help="Output directory for TFRecords.")
-@click.option("--n", "n", default=400, show_default=True)
+@click.option("--n", "n", default=600, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--size", default=None, type=int, help="Image size (default: each site's own).")
-@click.option("--span", default=1, show_default=True)
+@_span
 @click.option("--external-site", default="site-b", show_default=True)
 def synth(out, n, seed, size, span, external_site):
     """Synthetic PA chest radiographs as TFRecords (the built-in default dataset)."""
     from cxr import convert
 
     with _progress(n, "synthesising radiographs") as bar:
-        records = (r for r, _ in convert.synthetic_records(seed, n, size))
-        counts = convert.write_span(records, out, span, (external_site,), seed, progress=bar.update)
-    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, "counts": counts}))
+        summary = convert.write_synthetic(out, n, seed, size, span, (external_site,),
+                                          progress=bar.update)
+    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary}))
+
+
+@data.command()
+@click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="PadChest label CSV (.csv or .csv.gz).")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="Image root holding <ImageDir>/<ImageID> 16-bit PNGs.")
+@_out
+@_span
+@_dry_run
+@_seed
+@_limit
+def padchest(labels, images, out, span, dry_run, seed, quarantine_limit):
+    """PadChest -> the study's cohort (PA, physician-labelled, no external objects)."""
+    import functools
+
+    from cxr import convert
+    from cxr.sources import padchest as source
+
+    if not dry_run and not (images and out):
+        raise click.UsageError("--images and --out are required unless --dry-run")
+    selection = source.select(labels)
+    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images or ""), out, span,
+                        ("openi",), dry_run, seed, quarantine_limit=quarantine_limit)
+
+
+@data.command()
+@click.option("--reports", required=True, type=click.Path(exists=True),
+              help="OpenI report XMLs: the .tgz or its extracted directory.")
+@click.option("--dicom-metadata", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="DICOM metadata table (.csv or .csv.gz) with imageid and View Position.")
+@click.option("--images", type=click.Path(exists=True, file_okay=False),
+              help="Image root holding <image id>.png.")
+@_out
+@_span
+@_dry_run
+@_seed
+@_limit
+def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_limit):
+    """OpenI / Indiana -> the external site (PA; MeSH normal vs cardiomegaly)."""
+    import functools
+
+    from cxr import convert
+    from cxr.sources import openi as source
+
+    if not dry_run and not (images and out):
+        raise click.UsageError("--images and --out are required unless --dry-run")
+    selection = source.select(reports, dicom_metadata)
+    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images or ""), out, span,
+                        (source.SITE,), dry_run, seed, quarantine_limit=quarantine_limit)
+
+
+@data.command("csv")
+@click.option("--csv", "csv_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV with path,label,patient_id[,sex,age,view,site].")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Root the CSV's paths are relative to (PNG, JPEG or DICOM files).")
+@click.option("--external-site", "external_sites", multiple=True,
+              help="Site(s) that form the external split (repeatable).")
+@_out
+@_span
+@_dry_run
+@_seed
+@_limit
+def csv_(csv_path, images, external_sites, out, span, dry_run, seed, quarantine_limit):
+    """Any other hospital's export, described by a CSV."""
+    import functools
+
+    from cxr import convert
+
+    if not dry_run and not out:
+        raise click.UsageError("--out is required unless --dry-run")
+    selection, quarantine = convert.csv_selection(csv_path)
+    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images), out, span,
+                        tuple(external_sites), dry_run, seed, quarantine=quarantine,
+                        quarantine_limit=quarantine_limit)
 
 
 @main.group()

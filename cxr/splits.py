@@ -4,6 +4,7 @@ A patient's split depends only on a hash of (seed, patient id), so no patient ap
 splits and a rerun or a new span assigns returning patients to the same split. Images from an
 external site always go to `external`: it gates and reports, never trains.
 """
+import collections
 import hashlib
 
 from cxr import features as F
@@ -25,3 +26,29 @@ def assign_split(patient_id: str, site: str, external_sites, seed: int = 0,
     if u < test_fraction + (1 - test_fraction) * validation_fraction:
         return F.VALIDATION
     return F.TRAIN
+
+
+def assign_splits(patients: dict, external_sites, seed: int = 0, test_fraction: float = 0.2,
+                  validation_fraction: float = 0.2) -> dict:
+    """{patient id: (site, label)} -> {patient id: split}, patient-level and class-balanced.
+
+    The test set takes `test_fraction` of the internal cardiomegaly patients and as many normal
+    patients, chosen in hash order, so it is class-balanced; the remaining patients split
+    train/validation (by default 80:20) on a second hash. A patient's label is 1 if any of their
+    images is positive. The external site is its own split.
+    """
+    internal = {p: label for p, (site, label) in patients.items() if site not in external_sites}
+    by_class = collections.defaultdict(list)
+    for patient, label in internal.items():
+        by_class[label].append(patient)
+    test_per_class = round(test_fraction * len(by_class[1]))
+    split = {p: F.EXTERNAL for p, (site, _) in patients.items() if site in external_sites}
+    for label, members in by_class.items():
+        members.sort(key=lambda p: unit_hash(p, seed))
+        for patient in members[:test_per_class]:
+            split[patient] = F.TEST
+    for patient in internal:
+        if patient not in split:
+            split[patient] = (F.VALIDATION if unit_hash(patient, seed + 1) < validation_fraction
+                              else F.TRAIN)
+    return split

@@ -169,17 +169,23 @@ def draw_ctr(rng: np.random.Generator) -> float:
             return float(ctr)
 
 
+def metadata(seed: int, index: int, patient_id: str) -> dict:
+    """CTR, label, sex and age of image `index`, without drawing it (the same draws `sample` makes)."""
+    ctr = draw_ctr(_rng(seed, index))
+    patient = _rng(seed, "patient", patient_id)
+    return {"ctr": round(ctr, 4), "label": int(ctr > CARDIOMEGALY_CTR),
+            "sex": str(patient.choice(["F", "M"])), "age": int(patient.integers(18, 95))}
+
+
 def sample(seed: int, index: int, site: str, patient_id: str, size: int | None = None) -> Radiograph:
     """The radiograph number `index` of a dataset with this seed. Deterministic."""
     rng = _rng(seed, index)
-    profile = SITES[site]
     ctr = draw_ctr(rng)
-    image, lungs, heart = draw(rng, ctr, profile, size)
-    patient = _rng(seed, "patient", patient_id)
-    return Radiograph(
-        image=acquire(image, profile, rng), lungs=lungs, heart=heart, ctr=round(ctr, 4),
-        label=int(ctr > CARDIOMEGALY_CTR), site=site, patient_id=patient_id,
-        sex=str(patient.choice(["F", "M"])), age=int(patient.integers(18, 95)))
+    meta = metadata(seed, index, patient_id)
+    image, lungs, heart = draw(rng, ctr, SITES[site], size)
+    return Radiograph(image=acquire(image, SITES[site], rng), lungs=lungs, heart=heart,
+                      ctr=meta["ctr"], label=meta["label"], site=site, patient_id=patient_id,
+                      sex=meta["sex"], age=meta["age"])
 
 
 def cohort(seed: int, n: int, sites=("site-a", "site-b"), weights=(0.75, 0.25)):

@@ -65,6 +65,10 @@ class PipelineConfig:
     deterministic: bool = False            # op determinism: same data + seed -> same model
     beam_pipeline_args: tuple = (f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory")
 
+    @property
+    def sites(self) -> tuple:
+        return tuple(self.internal_sites) + (self.external_site,)
+
     def trainer_custom_config(self, cell: GridCell) -> dict:
         return {"backbone": cell.backbone, "weighting": cell.weighting,
                 "image_size": self.image_size, "weights": self.weights, "epochs": self.epochs,

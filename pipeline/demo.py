@@ -26,9 +26,9 @@ def default_weights() -> str | None:
 
 
 def make_data(data_root: str, n: int, seed: int, size: int | None, config, progress) -> dict:
-    records = (record for record, _ in convert.synthetic_records(seed, n, size))
-    return convert.write_span(records, data_root, span=1, external_sites=(config.external_site,),
-                              seed=seed, progress=progress)
+    summary = convert.write_synthetic(data_root, n, seed, size, span=1,
+                                      external_sites=(config.external_site,), progress=progress)
+    return summary["splits"]
 
 
 def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
@@ -45,7 +45,7 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
          f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} "
          f"(point estimates per site slice)")
     echo(f"ImageNet weights: {weights or 'none found: random initialisation'}")
-    if not os.path.exists(os.path.join(data_root, "span-1", "counts.json")):
+    if not os.path.exists(os.path.join(data_root, "span-1", "summary.json")):
         with progress_factory(n, "synthesising radiographs") as bar:
             counts = make_data(data_root, n, seed, size, config, bar.update)
     else:

@@ -6,9 +6,9 @@ import os
 from tfx import v1 as tfx
 
 from components import evaluator as evaluator_lib
+from components.anomaly_gate import AnomalyGate
 from cxr import features as F
 from pipeline.configs import PipelineConfig
-from schemas import SCHEMA_FILE
 
 
 def example_gen_input_config():
@@ -19,19 +19,21 @@ def example_gen_input_config():
 
 
 def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
-                    serving_root: str, metadata_connection_config=None,
-                    schema_file: str = SCHEMA_FILE) -> tfx.dsl.Pipeline:
+                    serving_root: str, schema_file: str,
+                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
     # Radiograph TFRecords of the newest span, split by directory.
     example_gen = tfx.components.ImportExampleGen(
         input_base=data_root, input_config=example_gen_input_config())
     # Feature statistics of every split (TFDV).
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    # The curated schema from schemas/, not one inferred from this span.
+    # The curated schema (schemas/, with the deployment's sites), not one inferred from the span.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
     # Anomalies (unknown site, label outside {0, 1}, missing image) stop the run before training.
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
-    components = [example_gen, statistics_gen, schema_gen, example_validator]
+    # Fails the run on any anomaly, so an anomalous span trains nothing.
+    anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
+    components = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate]
 
     for cell in config.grid:
         # One Trainer per (backbone x class weighting), each with its own artifacts and lineage.
@@ -42,8 +44,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
             train_args=tfx.proto.TrainArgs(splits=[F.TRAIN]),
             eval_args=tfx.proto.EvalArgs(splits=[F.VALIDATION]),
             custom_config=config.trainer_custom_config(cell)).with_id(f"Trainer.{cell.name}")
-        # The anomaly check must pass before any training starts.
-        trainer.add_upstream_node(example_validator)
+        # The anomaly gate must pass before any training starts.
+        trainer.add_upstream_node(anomaly_gate)
         # TFMA metrics per site slice on test + external; blesses only models that pass the gate.
         evaluator = evaluator_lib.create(example_gen.outputs["examples"], trainer.outputs["model"],
                                          config, cell.name)

@@ -14,8 +14,8 @@ METRICS = ("example_count", "auc", "sensitivity", "specificity", "accuracy", "pr
 
 
 def read_counts(data_root: str, span: int = 1) -> dict:
-    with open(os.path.join(data_root, f"span-{span}", "counts.json")) as f:
-        return json.load(f)
+    with open(os.path.join(data_root, f"span-{span}", "summary.json")) as f:
+        return json.load(f)["splits"]
 
 
 def format_counts(counts: dict) -> str:

@@ -1,5 +1,30 @@
-"""TFRecord schemas, read by ImportSchemaGen. `SCHEMA_FILE` is the radiograph schema."""
+"""TFRecord schemas, read by ImportSchemaGen.
+
+`schema.pbtxt` is the radiograph schema. Its `site` domain belongs to the deployment, not to the
+code: `render` writes a copy whose site domain is the configured sites, so another hospital's
+site names validate and an unknown site is an anomaly.
+"""
 import os
 
 SCHEMA_DIR = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_FILE = os.path.join(SCHEMA_DIR, "schema.pbtxt")
+
+
+def render(sites, path: str, base: str = SCHEMA_FILE) -> str:
+    """Writes the schema with `sites` as the site domain to `path` (local or remote); returns it."""
+    import tensorflow as tf
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    if not sites:
+        raise ValueError("at least one site is required")
+    schema = text_format.Parse(open(base).read(), schema_pb2.Schema())
+    domain = next(d for d in schema.string_domain if d.name == "site")
+    del domain.value[:]
+    domain.value.extend(sorted(set(sites)))
+    text = text_format.MessageToString(schema)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    if not tf.io.gfile.exists(path) or tf.io.gfile.GFile(path).read() != text:
+        with tf.io.gfile.GFile(path, "w") as f:
+            f.write(text)
+    return path

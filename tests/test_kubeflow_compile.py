@@ -15,18 +15,24 @@ def test_pipeline_compiles_to_a_pipeline_job(tmp_path, profile):
     job = json.loads(open(path).read())
     spec = job["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
-    expected = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator"}
+    expected = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+                "AnomalyGate"}
     for cell in config.grid:
         expected |= {f"Trainer.{cell.name}", f"Evaluator.{cell.name}", f"Pusher.{cell.name}"}
     assert expected == set(tasks)
     assert len(config.grid) == (1 if profile == "demo" else 10)
-    # Data flows ExampleGen -> Trainer -> Evaluator -> Pusher, and training waits for validation.
+    # Data flows ExampleGen -> Trainer -> Evaluator -> Pusher; training waits for the anomaly gate.
+    assert tasks["AnomalyGate"]["inputs"]["artifacts"]["anomalies"]["taskOutputArtifact"][
+        "producerTask"] == "ExampleValidator"
     for cell in config.grid:
         trainer = tasks[f"Trainer.{cell.name}"]
-        assert "ExampleValidator" in trainer.get("dependentTasks", [])
+        assert "AnomalyGate" in trainer.get("dependentTasks", [])
         assert trainer["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == \
             "ImportExampleGen"
         pusher = tasks[f"Pusher.{cell.name}"]["inputs"]["artifacts"]
         assert pusher["model_blessing"]["taskOutputArtifact"]["producerTask"] == f"Evaluator.{cell.name}"
+    # The schema with the configured sites is written beside the job, for upload.
+    assert "site-a" in (tmp_path / "schema.pbtxt").read_text()
+    assert kubeflow_runner.schema_uri("gs://bucket/root") in open(path).read()
     executors = spec["deploymentSpec"]["executors"]
     assert {e["container"]["image"] for e in executors.values()} == {"registry/cardio:1.2.3"}

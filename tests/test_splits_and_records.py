@@ -46,23 +46,14 @@ def test_example_round_trip():
     assert parsed[F.AGE_BAND].numpy() == b"60-79" and parsed[F.LABEL].numpy() == 1
 
 
-def test_generic_csv_quarantines_bad_rows_with_reasons(tmp_path):
-    good = records.encode_png(np.full((32, 32), 200, np.uint8))
-    (tmp_path / "good.png").write_bytes(good)
-    (tmp_path / "truncated.png").write_bytes(good[: len(good) // 2])
-    (tmp_path / "labels.csv").write_text(
-        "path,label,patient_id,sex,age,site\n"
-        "good.png,1,P1,f,70,site-a\n"
-        "truncated.png,0,P2,M,50,site-a\n"
-        "missing.png,0,P3,M,50,site-a\n"
-        "good.png,maybe,P4,M,50,site-a\n")
-    quarantine = convert.Quarantine()
-    rows = list(convert.generic_csv_records(str(tmp_path / "labels.csv"), str(tmp_path), "s",
-                                            quarantine))
-    assert [r.sex for r in rows] == ["F"]
-    reasons = [reason.split(":")[0] for _, reason in quarantine.entries]
-    assert reasons == ["unreadable image", "missing file", "bad label"]
-    assert all("labels.csv:" in source for source, _ in quarantine.entries)
-    with pytest.raises(convert.QuarantineLimitExceeded, match="3 of 4"):
-        quarantine.check(total=4, limit=0.5)
-    quarantine.check(total=100, limit=0.05)
+def test_balanced_test_split_is_patient_level():
+    patients = {f"p{i}": ("site-a", int(i % 6 == 0)) for i in range(3000)}
+    patients.update({f"x{i}": ("site-b", 0) for i in range(50)})
+    split = splits.assign_splits(patients, ("site-b",), seed=1)
+    test = [p for p, s in split.items() if s == F.TEST]
+    labels = collections.Counter(patients[p][1] for p in test)
+    assert labels[0] == labels[1] == round(0.2 * 500)
+    assert all(split[f"x{i}"] == F.EXTERNAL for i in range(50))
+    rest = [s for p, s in split.items() if s in (F.TRAIN, F.VALIDATION)]
+    assert 0.15 < rest.count(F.VALIDATION) / len(rest) < 0.25
+    assert split == splits.assign_splits(patients, ("site-b",), seed=1)

@@ -52,8 +52,7 @@ def test_operating_threshold_reaches_target_sensitivity():
 @pytest.fixture(scope="module")
 def tiny_span(tmp_path_factory):
     out = tmp_path_factory.mktemp("span")
-    recs = (r for r, _ in convert.synthetic_records(0, 24, size=128, workers=1))
-    convert.write_span(recs, str(out), 1, external_sites=(), seed=0)
+    convert.write_synthetic(str(out), 24, seed=0, size=128, span=1, external_sites=(), workers=1)
     return out
 
 

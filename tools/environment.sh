@@ -61,7 +61,7 @@ pip_install_locked() {  # $1: python of the venv
   # One progress line per distribution fetched; pip's own errors still reach stderr.
   "$py" -m pip install --progress-bar off --no-input -r "$LOCK" | while IFS= read -r line; do
     case "$line" in
-      Collecting*) n=$((n + 1)); log "  [$n/$total] ${line#Collecting }" ;;
+      Collecting*) n=$((n + 1)); line=${line#Collecting }; log "  [$n/$total] ${line%% (*}" ;;
       Installing\ collected*) log "  unpacking and installing" ;;
       Successfully\ installed*) log "  installed" ;;
     esac

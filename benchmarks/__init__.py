@@ -1,0 +1,1 @@
+"""Benchmarks: `./cardio exec python -m benchmarks` runs them all and prints one table each."""

@@ -1,0 +1,33 @@
+"""Sources of radiographs. Each maps its own metadata to the same `Candidate` record and keeps its
+site-specific rules (cohort selection, label mapping, exclusion lists) in its own module."""
+from __future__ import annotations
+
+import collections
+import dataclasses
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One selected image, before its pixels are read."""
+    image_id: str
+    path: str             # relative to the source's image root
+    patient_id: str       # the source's raw identifier; hashed before it reaches any artifact
+    label: int            # 1 cardiomegaly, 0 normal
+    site: str
+    sex: str = "unknown"
+    age: int | None = None
+    view: str = "PA"
+
+
+@dataclasses.dataclass
+class Selection:
+    """A source's cohort: the selected candidates, and every excluded row counted by reason."""
+    candidates: list = dataclasses.field(default_factory=list)
+    excluded: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def exclude(self, reason: str):
+        self.excluded[reason] += 1
+
+    def class_counts(self) -> dict:
+        counts = collections.Counter(c.label for c in self.candidates)
+        return {"normal": counts[0], "cardiomegaly": counts[1]}

@@ -1,0 +1,152 @@
+"""Converters: PNG 8/16-bit, JPEG, DICOM MONOCHROME1/2 and corrupt files, to one schema."""
+import functools
+import glob
+import json
+
+import numpy as np
+import pydicom
+import pytest
+import tensorflow as tf
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from cxr import convert, dicom, features as F, records
+
+GRADIENT = np.tile(np.linspace(0, 1, 64), (48, 1))  # dark left, bright right
+
+
+def write_dicom(path, stored, photometric="MONOCHROME2", bits=12, slope=1.0, intercept=0.0,
+                window=None):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.PatientID = "SECRET-123"
+    ds.PatientName = "Doe^Jane"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+
+
+def test_dicom_monochrome2_keeps_bright_bone(tmp_path):
+    stored = np.round(GRADIENT * 4095)
+    path = str(tmp_path / "m2.dcm")
+    write_dicom(path, stored)
+    out = dicom.read_dicom(path)
+    assert out.dtype == np.uint16
+    assert out[:, 0].mean() < out[:, -1].mean()
+    assert out.min() == 0 and out.max() == 65535
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    stored = np.round(GRADIENT * 4095)
+    write_dicom(tmp_path / "m1.dcm", stored, photometric="MONOCHROME1")
+    write_dicom(tmp_path / "m2.dcm", stored)
+    m1, m2 = dicom.read_dicom(str(tmp_path / "m1.dcm")), dicom.read_dicom(str(tmp_path / "m2.dcm"))
+    np.testing.assert_array_equal(m1, 65535 - m2)
+
+
+def test_dicom_rescale_and_window(tmp_path):
+    stored = np.round(GRADIENT * 4095)
+    # Rescale to [-1000, 3095]; a window centred at 1000, width 1000 clips both ends.
+    write_dicom(tmp_path / "w.dcm", stored, slope=1.0, intercept=-1000.0, window=(1000, 1000))
+    out = dicom.read_dicom(str(tmp_path / "w.dcm")).astype(float)
+    rescaled = stored - 1000
+    below, above = rescaled < 500, rescaled > 1500
+    assert below.any() and above.any()
+    assert np.all(out[below] == 0) and np.all(out[above] == 65535)
+    inside = ~below & ~above
+    assert np.all(np.diff(out[0][inside[0]]) >= 0)
+
+
+def test_dicom_unreadable_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.dcm").write_bytes(b"not a dicom file at all")
+    with pytest.raises(dicom.DicomError, match="bad.dcm: unreadable DICOM"):
+        dicom.read_dicom(str(tmp_path / "bad.dcm"))
+
+
+@pytest.fixture
+def export(tmp_path):
+    """A small hospital export: PNG 8/16-bit, JPEG, DICOM M1, plus truncated and missing files."""
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.fromarray((GRADIENT * 255).astype(np.uint8)).save(root / "a8.png")
+    Image.fromarray((GRADIENT * 65535).astype(np.uint16)).save(root / "b16.png")
+    Image.fromarray((GRADIENT * 255).astype(np.uint8)).save(root / "c.jpg", quality=95)
+    # MONOCHROME1 stores bright air: the same anatomy is stored inverted.
+    write_dicom(root / "d.dcm", np.round((1 - GRADIENT) * 4095), photometric="MONOCHROME1")
+    good = (root / "a8.png").read_bytes()
+    (root / "e_truncated.png").write_bytes(good[: len(good) // 2])
+    rows = ["path,label,patient_id,sex,age,site",
+            "a8.png,1,P1,F,70,h1", "b16.png,0,P2,M,45,h1", "c.jpg,0,P3,,,h1", "d.dcm,1,P4,M,80,h2",
+            "e_truncated.png,0,P5,M,50,h1", "missing.png,1,P6,F,60,h1", "a8.png,maybe,P7,F,60,h1"]
+    (tmp_path / "export.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path
+
+
+def _read_examples(out):
+    examples = []
+    for path in glob.glob(str(out / "span-1" / "*" / "*.tfrecord.gz")):
+        for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            examples.append(tf.train.Example.FromString(raw.numpy()))
+    return examples
+
+
+def test_generic_export_converts_every_format_and_quarantines_bad_files(export):
+    selection, quarantine = convert.csv_selection(str(export / "export.csv"))
+    out = export / "out"
+    with pytest.raises(convert.QuarantineLimitExceeded, match="3 of 7"):
+        convert.convert(selection, functools.partial(convert.file_loader, str(export / "images")),
+                        str(out), 1, ("h2",), salt="s", quarantine=quarantine, workers=1)
+    summary = json.loads((out / "span-1" / "summary.json").read_text())
+    assert summary["written"] == 4 and summary["quarantined"] == 3
+    assert summary["quarantine_reasons"] == {"bad label or age": 1, "unreadable image": 1,
+                                             "missing file": 1}
+    report = (out / "span-1" / "quarantine.csv").read_text()
+    assert "e_truncated.png,unreadable image" in report and "missing.png,missing file" in report
+    examples = _read_examples(out)
+    assert len(examples) == 4
+    by_id = {e.features.feature[F.IMAGE_ID].bytes_list.value[0].decode(): e for e in examples}
+    for image_id, example in by_id.items():
+        png = example.features.feature[F.IMAGE].bytes_list.value[0]
+        pixels = tf.io.decode_png(png, dtype=tf.uint16).numpy()[..., 0].astype(float)
+        # The same normalised representation: MONOCHROME2, dark left, bright right.
+        assert pixels[:, :4].mean() < pixels[:, -4:].mean(), image_id
+        patient = example.features.feature[F.PATIENT_ID].bytes_list.value[0].decode()
+        raw = {"a8": "P1", "b16": "P2", "c": "P3", "d": "P4"}[image_id]
+        assert patient == records.hash_patient_id(raw, "s") != raw
+    assert by_id["c"].features.feature[F.SEX].bytes_list.value[0] == b"unknown"
+    assert F.AGE not in by_id["c"].features.feature
+    # Nothing of the DICOM header beyond the schema's features reaches the examples.
+    serialized = b"".join(e.SerializeToString() for e in examples)
+    assert b"SECRET-123" not in serialized and b"Doe^Jane" not in serialized
+    sites = {e.features.feature[F.SITE].bytes_list.value[0] for e in examples}
+    assert sites == {b"h1", b"h2"}
+
+
+def test_quarantine_under_the_limit_passes(export):
+    selection, quarantine = convert.csv_selection(str(export / "export.csv"))
+    summary = convert.convert(selection, functools.partial(convert.file_loader,
+                                                           str(export / "images")),
+                              str(export / "out"), 1, (), salt="s", quarantine=quarantine,
+                              quarantine_limit=0.5, workers=1)
+    assert summary["written"] == 4 and summary["quarantined"] == 3
+
+
+def test_synthetic_dataset_has_every_split_and_both_sites(tmp_path):
+    summary = convert.write_synthetic(str(tmp_path), 60, seed=2, size=128, span=3,
+                                      external_sites=("site-b",), workers=1)
+    assert summary["written"] == 60 and summary["quarantined"] == 0
+    for split in F.SPLITS:
+        assert sum(summary["splits"][split].values()) > 0, split
+    assert sum(summary["splits"]["test"].values()) > 0
+    again = convert.write_synthetic(str(tmp_path / "again"), 60, seed=2, size=128, span=3,
+                                    external_sites=("site-b",), workers=1)
+    assert again["splits"] == summary["splits"]

@@ -1,0 +1,104 @@
+"""PadChest and OpenI cohort selection, on small fixtures and on the real label files."""
+import ast
+import collections
+import gzip
+import io
+import tarfile
+
+import pandas as pd
+import pytest
+
+from conftest import shared_path
+from cxr import convert
+from cxr.sources import openi, padchest
+
+PADCHEST_HEADER = ("ImageID,ImageDir,PatientID,PatientSex_DICOM,PatientBirth,StudyDate_DICOM,"
+                   "Projection,MethodLabel,Labels")
+
+
+def test_padchest_rules(tmp_path):
+    rows = [
+        "n.png,0,P1,F,1950.0,20150101,PA,Physician,['normal']",
+        "c.png,0,P2,M,1940.0,20150101,PA,Physician,\"['cardiomegaly', 'aortic elongation']\"",
+        "l.png,0,P3,M,1940.0,20150101,L,Physician,['normal']",
+        "r.png,0,P4,M,1940.0,20150101,PA,RNN_model,['normal']",
+        "p.png,0,P5,M,1940.0,20150101,PA,Physician,\"['cardiomegaly', 'pacemaker']\"",
+        "o.png,0,P6,M,1940.0,20150101,PA,Physician,\"['normal', 'scoliosis']\"",
+        "x.png,0,P7,M,1940.0,20150101,PA,Physician,",
+        "u.png,0,P8,,,20150101,PA,Physician,['normal']",
+    ]
+    path = tmp_path / "labels.csv"
+    path.write_text("\n".join([PADCHEST_HEADER] + rows) + "\n")
+    selection = padchest.select(str(path))
+    assert [(c.image_id, c.label) for c in selection.candidates] == [("n", 0), ("c", 1), ("u", 0)]
+    assert selection.candidates[0].age == 65 and selection.candidates[0].sex == "F"
+    assert selection.candidates[2].sex == "unknown" and selection.candidates[2].age is None
+    assert selection.candidates[0].path == "0/n.png"
+    assert dict(selection.excluded) == {
+        "not PA projection": 1, "labels not from manual report labelling": 1,
+        "external object": 1, "neither normal nor cardiomegaly": 1, "labels unparseable": 1}
+
+
+def _report(uid, majors, images):
+    mesh = "".join(f"<major>{m}</major>" for m in majors)
+    parents = "".join(f'<parentImage id="{i}"/>' for i in images)
+    return f'<eCitation><uId id="{uid}"/><MeSH>{mesh}</MeSH>{parents}</eCitation>'.encode()
+
+
+def test_openi_rules(tmp_path):
+    archive = tmp_path / "reports.tgz"
+    reports = {"1.xml": _report("CXR1", ["normal"], ["I1", "I2"]),
+               "2.xml": _report("CXR2", ["Cardiomegaly/mild", "Opacity/lung"], ["I3"]),
+               "3.xml": _report("CXR3", ["Opacity/lung"], ["I4"]),
+               "4.xml": _report("CXR4", ["normal"], []),
+               "5.xml": _report("CXR5", ["normal"], ["I5", "I6"])}
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in reports.items():
+            info = tarfile.TarInfo(f"ecgen-radiology/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    meta = tmp_path / "meta.csv.gz"
+    with gzip.open(meta, "wt") as f:
+        f.write("imageid,View Position\nI1,PA\nI2,LL\nI3,PA\nI4,PA\nI5,\n")
+    selection = openi.select(str(archive), str(meta))
+    assert [(c.image_id, c.label, c.patient_id) for c in selection.candidates] == [
+        ("I1", 0, "CXR1"), ("I3", 1, "CXR2")]
+    assert all(c.sex == "unknown" and c.age is None for c in selection.candidates)
+    assert dict(selection.excluded) == {"not PA projection": 1, "neither normal nor cardiomegaly": 1,
+                                        "report without images": 1, "view position missing": 1,
+                                        "no DICOM metadata": 1}
+
+
+def test_padchest_exclusion_list_matches_the_real_vocabulary():
+    path = shared_path("data", "metadata", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
+    vocabulary = set()
+    for text in pd.read_csv(path, usecols=["Labels"], dtype=str, keep_default_na=False).Labels:
+        try:
+            vocabulary.update(padchest.parse_labels(text))
+        except (ValueError, SyntaxError):
+            pass
+    derived = {label for label in vocabulary if padchest.mentions_external_object(label)}
+    assert derived == padchest.EXTERNAL_OBJECT_LABELS
+    assert "heart valve calcified" not in padchest.EXTERNAL_OBJECT_LABELS
+
+
+def test_padchest_real_metadata_selection():
+    path = shared_path("data", "metadata", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
+    selection = padchest.select(str(path))
+    summary = convert.dry_run_summary(selection, ("openi",), seed=0, salt="test-salt")
+    assert summary["classes"] == {"normal": 8708, "cardiomegaly": 1770}
+    assert summary["excluded"]["external object"] == 1530
+    assert sum(summary["excluded"].values()) + summary["selected"] == 160861
+    test = summary["splits"]["test"]
+    assert abs(test["normal"] - test["cardiomegaly"]) < 0.15 * test["cardiomegaly"]
+    assert summary["splits"]["external"] == {"normal": 0, "cardiomegaly": 0}
+
+
+def test_openi_real_metadata_selection():
+    reports = shared_path("data", "metadata", "NLMCXR_reports.tgz")
+    meta = shared_path("data", "metadata", "nlmcxr_dicom_metadata.csv.gz")
+    selection = openi.select(str(reports), str(meta))
+    summary = convert.dry_run_summary(selection, (openi.SITE,), seed=0, salt="test-salt")
+    assert summary["classes"] == {"normal": 1445, "cardiomegaly": 266}
+    assert summary["excluded"]["view position missing"] == 1093
+    assert summary["splits"]["external"] == {"normal": 1445, "cardiomegaly": 266}
