@@ -110,6 +110,17 @@ def synth(out, n, seed, size, span, external_site):
 
 
 @data.command()
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--n", "n", default=8, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def preview(out, n, seed):
+    """A contact sheet of synthetic radiographs with their lung and heart outlines."""
+    from cxr import preview as preview_lib
+
+    click.echo(json.dumps({"out": os.path.abspath(preview_lib.contact_sheet(out, n, seed))}))
+
+
+@data.command()
 @click.option("--labels", required=True, type=click.Path(exists=True, dir_okay=False),
               help="PadChest label CSV (.csv or .csv.gz).")
 @click.option("--images", type=click.Path(exists=True, file_okay=False),

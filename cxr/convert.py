@@ -90,13 +90,17 @@ def file_loader(image_root: str, candidate: Candidate) -> bytes:
     return normalised_png(path)
 
 
-def synthetic_loader(seed: int, size: int | None, candidate: Candidate) -> bytes:
+def synthetic_loader(seed: int, size: int | None, candidate: Candidate):
+    """Draws the radiograph; its ground truth (masks, CTR) travels with it as extra features."""
     index = int(candidate.image_id.rsplit("-", 1)[1])
-    return encode_png(synth.sample(seed, index, candidate.site, candidate.patient_id, size).image)
+    r = synth.sample(seed, index, candidate.site, candidate.patient_id, size)
+    return encode_png(r.image), {F.CTR: r.ctr,
+                                 F.LUNG_MASK: encode_png(r.lungs.astype(np.uint8) * 255),
+                                 F.HEART_MASK: encode_png(r.heart.astype(np.uint8) * 255)}
 
 
 def _load(loader, candidate):
-    """Runs in a worker: (png bytes, None) or (None, reason)."""
+    """Runs in a worker: (png bytes or (png bytes, extra features), None) or (None, reason)."""
     try:
         return loader(candidate), None
     except FileNotFoundError as error:
@@ -203,11 +207,12 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
         if png is None:
             quarantine.add(candidate.path or candidate.image_id, reason)
             continue
+        png, extras = png if isinstance(png, tuple) else (png, {})
         patient = hash_patient_id(candidate.patient_id, salt)
         split = split_of[patient]
         record = Record(image_png=png, label=candidate.label, image_id=candidate.image_id,
                         patient_id=patient, site=candidate.site, sex=candidate.sex,
-                        age=candidate.age, view=candidate.view)
+                        age=candidate.age, view=candidate.view, extras=extras)
         key = (split, i % shards)
         if key not in writers:
             os.makedirs(os.path.join(span_dir, split), exist_ok=True)

@@ -14,6 +14,11 @@ AGE = "age"                # age in years at acquisition; absent when unknown
 AGE_BAND = "age_band"      # slicing band derived from AGE, "unknown" when AGE is absent
 VIEW = "view"              # projection, "PA" for the study's cohort
 
+# Ground truth that only synthetic radiographs carry (optional in the schema).
+CTR = "ctr"                # cardiothoracic ratio the image was drawn with
+LUNG_MASK = "lung_mask"    # PNG, 255 inside the lungs
+HEART_MASK = "heart_mask"  # PNG, 255 inside the heart
+
 SEX_VALUES = ("F", "M", "unknown")
 UNKNOWN = "unknown"
 

@@ -26,6 +26,7 @@ class Record:
     sex: str = F.UNKNOWN
     age: int | None = None
     view: str = "PA"
+    extras: dict = dataclasses.field(default_factory=dict)  # optional features: bytes or float
 
 
 def hash_patient_id(raw_id: str, salt: str) -> str:
@@ -67,4 +68,8 @@ def to_example(record: Record):
     }
     if record.age is not None:
         feature[F.AGE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record.age)]))
+    for name, value in record.extras.items():
+        feature[name] = (tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+                         if isinstance(value, bytes) else
+                         tf.train.Feature(float_list=tf.train.FloatList(value=[float(value)])))
     return tf.train.Example(features=tf.train.Features(feature=feature))

@@ -88,47 +88,60 @@ def draw(rng: np.random.Generator, ctr: float, site: SiteProfile, size: int | No
     lung_top, dome = -0.30, rng.uniform(0.17, 0.23)  # apex and diaphragm dome height
     img = np.full((h, w), 0.04, np.float32)          # air
 
-    body = _ellipse(u, v, 0, 0.12, thorax_half + 0.11, 0.75, 2.6) & (v > -0.38)
-    shoulders = _ellipse(u, v, 0, -0.34, thorax_half + 0.16, 0.09, 2.0)
-    arms = (np.abs(u) > thorax_half + 0.13) & (np.abs(u) < thorax_half + 0.24) & (v > -0.36)
-    neck = (np.abs(u) < 0.075) & (v < -0.3)
-    head = _ellipse(u, v, 0, -0.62, 0.16, 0.14)
-    img[body | shoulders | neck | head] = 0.42
-    img[arms] = 0.47
-    img += 0.05 * np.clip(1 - np.abs(u) / (thorax_half + 0.12), 0, 1)  # soft-tissue thickness
+    # Torso with soft shoulders; arms hang beside it with an air gap; neck and chin above.
+    body = _ellipse(u, v, 0, 0.15, thorax_half + 0.1, 0.72, 2.8) & (v > -0.36)
+    shoulders = _ellipse(u, v, 0, -0.30, thorax_half + 0.14, 0.1, 2.2)
+    arm_x = thorax_half + rng.uniform(0.17, 0.2)
+    arms = (np.abs(np.abs(u) - arm_x) < 0.05 + 0.02 * (v < -0.2)) & (v > -0.35)
+    neck = (np.abs(u) < 0.07) & (v < -0.28)
+    head = _ellipse(u, v, 0, -0.6, 0.15, 0.13)
+    img[body | shoulders | neck | head] = 0.4
+    img[arms] = 0.45
+    img[arms & (np.abs(np.abs(u) - arm_x) < 0.012)] = 0.62  # humerus
+    img += 0.06 * np.clip(1 - np.abs(u) / (thorax_half + 0.12), 0, 1) * body  # tissue thickness
 
-    # Lungs: rounded, flat on the mediastinal side, domed diaphragm below.
-    lung_w = thorax_half * rng.uniform(0.72, 0.8)
+    # Lungs: narrow apex widening to sharp costophrenic angles; the medial border follows the
+    # mediastinum; the diaphragm domes up under each lung (higher on the right, as usual).
+    medial = rng.uniform(0.05, 0.07)
     lungs = np.zeros((h, w), bool)
     for side in (-1, 1):
-        cx = side * (thorax_half - lung_w / 2)
-        lung = _ellipse(u, v, cx, (lung_top + dome) / 2, lung_w / 2, (dome - lung_top) / 2, 2.4)
-        lungs |= lung
+        x = u * side                                             # distance from midline, this side
+        dome_side = dome - (0.02 if side < 0 else 0.0)           # patient's right: image left
+        t = np.clip((v - lung_top) / (dome_side - lung_top), 0, 1)
+        lateral = medial + (thorax_half - medial) * np.sin(np.pi / 2 * np.clip(t * 1.1, 0, 1) ** 0.45)
+        centre = (medial + thorax_half) / 2
+        diaphragm = dome_side - 0.07 * (1 - ((x - centre) / ((thorax_half - medial) / 2)) ** 2)
+        lungs |= (x > medial) & (x < lateral) & (v > lung_top) & (v < diaphragm)
 
     # Heart: sits on the diaphragm, shifted to the patient's left (image right).
     heart_half = ctr * thorax_half
     heart_cx = heart_half * rng.uniform(0.15, 0.3)
     heart_h = rng.uniform(0.14, 0.18) + 0.2 * (ctr - 0.45)
     heart = _ellipse(u, v, heart_cx, dome - heart_h * 0.75, heart_half, heart_h, 2.2)
-    mediastinum = (np.abs(u) < rng.uniform(0.05, 0.07)) & (v > lung_top - 0.05) & (v < dome)
+    mediastinum = (np.abs(u) < medial + 0.005) & (v > lung_top - 0.08) & (v < dome)
 
-    img[lungs] = 0.13
+    img[lungs] = 0.12 + 0.05 * np.clip((v[lungs] - lung_top) / (dome - lung_top), 0, 1)
     img[mediastinum] = 0.5
     img[heart] = 0.58
-    img[(v > dome) & body & ~lungs] = 0.55                 # abdomen under the diaphragm
+    abdomen = (v > lung_top) & body & ~lungs & ~heart & ~mediastinum & (v > dome - 0.1)
+    img[abdomen] = 0.5 + 0.08 * np.clip((v[abdomen] - dome) / 0.3, 0, 1)
+    stomach = _ellipse(u, v, thorax_half * 0.45, dome + 0.06, 0.07, 0.04)  # gas under left dome
+    img[stomach & body] -= 0.15
 
-    # Ribs: posterior arcs over the lungs; clavicles; spine with vertebral bodies.
-    for k in range(10):
-        y0 = lung_top + 0.02 + k * (dome - lung_top) / 10.5
+    # Posterior ribs arc down and out from the spine; clavicles; spine with vertebral bodies.
+    for k in range(9):
+        y0 = lung_top - 0.01 + k * (dome - lung_top) / 9.5
+        width = 0.008 + 0.004 * k / 9
         for side in (-1, 1):
-            arc = y0 + 0.09 * ((u * side - 0.02) / thorax_half) ** 2 - 0.03 * (u * side > 0)
-            rib = (np.abs(v - arc - 0.05 * np.abs(u)) < 0.011) & (np.abs(u) < thorax_half + 0.02)
-            img[rib & (u * side > 0)] += 0.09
+            x = np.maximum(u * side, 0)
+            arc = y0 + 0.16 * (x / thorax_half) ** 1.5 - 0.05 * (x / thorax_half) ** 3
+            rib = (np.abs(v - arc) < width) & (x > 0.03) & (x < thorax_half + 0.03)
+            img[rib] += 0.08
     for side in (-1, 1):
         clav = np.abs(v - (-0.3 + 0.12 * (np.abs(u) - 0.05))) < 0.016
         img[clav & (u * side > 0.03) & (np.abs(u) < thorax_half + 0.05)] += 0.15
     spine = np.abs(u) < 0.035
-    img[spine & (v > -0.45)] += 0.12
+    img[spine & (v > -0.45)] += 0.1
     img[spine & (np.sin((v + 0.5) * 110) > 0.6)] += 0.04
 
     # Burned-in marker outside the chest cavity (a lead letter, bright).

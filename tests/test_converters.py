@@ -150,3 +150,27 @@ def test_synthetic_dataset_has_every_split_and_both_sites(tmp_path):
     again = convert.write_synthetic(str(tmp_path / "again"), 60, seed=2, size=128, span=3,
                                     external_sites=("site-b",), workers=1)
     assert again["splits"] == summary["splits"]
+
+
+def test_synthetic_examples_carry_their_ground_truth(tmp_path):
+    convert.write_synthetic(str(tmp_path), 12, seed=5, size=160, span=1, external_sites=(),
+                            workers=1)
+    examples = _read_examples(tmp_path)
+    assert len(examples) == 12
+    for example in examples:
+        f = example.features.feature
+        ctr = f[F.CTR].float_list.value[0]
+        assert f[F.LABEL].int64_list.value[0] == int(ctr > 0.5)
+        image = tf.io.decode_png(f[F.IMAGE].bytes_list.value[0], dtype=tf.uint16).numpy()
+        lungs = tf.io.decode_png(f[F.LUNG_MASK].bytes_list.value[0]).numpy()
+        heart = tf.io.decode_png(f[F.HEART_MASK].bytes_list.value[0]).numpy()
+        assert lungs.shape == heart.shape == image.shape
+        assert set(np.unique(lungs)) == {0, 255} and not np.any((lungs > 0) & (heart > 0))
+
+
+def test_contact_sheet_is_written(tmp_path):
+    from cxr import preview
+
+    path = preview.contact_sheet(str(tmp_path / "sheet.png"), n=2)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size[0] > 400
