@@ -183,19 +183,22 @@ def draw_ctr(rng: np.random.Generator) -> float:
 
 
 def metadata(seed: int, index: int, patient_id: str) -> dict:
-    """CTR, label, sex and age of image `index`, without drawing it (the same draws `sample` makes)."""
-    ctr = draw_ctr(_rng(seed, index))
+    """CTR, label, sex and age of image `index`, without drawing it.
+
+    The heart belongs to the patient: a patient's images share one CTR up to a small
+    per-image measurement jitter, as repeat radiographs of one person do."""
     patient = _rng(seed, "patient", patient_id)
-    return {"ctr": round(ctr, 4), "label": int(ctr > CARDIOMEGALY_CTR),
-            "sex": str(patient.choice(["F", "M"])), "age": int(patient.integers(18, 95))}
+    base = draw_ctr(patient)
+    sex, age = str(patient.choice(["F", "M"])), int(patient.integers(18, 95))
+    ctr = float(np.clip(base + _rng(seed, "jitter", index).normal(0, 0.005), 0.3, 0.75))
+    return {"ctr": round(ctr, 4), "label": int(ctr > CARDIOMEGALY_CTR), "sex": sex, "age": age}
 
 
 def sample(seed: int, index: int, site: str, patient_id: str, size: int | None = None) -> Radiograph:
     """The radiograph number `index` of a dataset with this seed. Deterministic."""
     rng = _rng(seed, index)
-    ctr = draw_ctr(rng)
     meta = metadata(seed, index, patient_id)
-    image, lungs, heart = draw(rng, ctr, SITES[site], size)
+    image, lungs, heart = draw(rng, meta["ctr"], SITES[site], size)
     return Radiograph(image=acquire(image, SITES[site], rng), lungs=lungs, heart=heart,
                       ctr=meta["ctr"], label=meta["label"], site=site, patient_id=patient_id,
                       sex=meta["sex"], age=meta["age"])

@@ -63,3 +63,13 @@ def test_cohort_has_repeat_patients_and_both_sites():
     assert len(set(patients)) < len(patients)
     sites = {s for _, s, _ in rows}
     assert sites == {"site-a", "site-b"}
+
+
+def test_a_patients_images_share_their_heart():
+    rows = [(i, p) for i, _, p in synth.cohort(0, 300)]
+    by_patient = {}
+    for index, patient in rows:
+        by_patient.setdefault(patient, []).append(synth.metadata(0, index, patient)["ctr"])
+    repeats = [ctrs for ctrs in by_patient.values() if len(ctrs) > 1]
+    assert repeats
+    assert max(abs(a - b) for a, b in repeats) < 0.05
