@@ -99,10 +99,17 @@ _limit = click.option("--quarantine-limit", default=0.05, show_default=True,
 @click.option("--size", default=None, type=int, help="Image size (default: each site's own).")
 @_span
 @click.option("--external-site", default="site-b", show_default=True)
-def synth(out, n, seed, size, span, external_site):
+@click.option("--files", is_flag=True,
+              help="Write image files as each site stores them (PNG; DICOM MONOCHROME1), masks and "
+                   "an export.csv for `cardio data csv`, instead of TFRecords.")
+def synth(out, n, seed, size, span, external_site, files):
     """Synthetic PA chest radiographs as TFRecords (the built-in default dataset)."""
-    from cxr import convert
+    from cxr import convert, synth as synth_lib
 
+    if files:
+        with _progress(n, "writing synthetic radiograph files") as bar:
+            click.echo(json.dumps(synth_lib.export_files(out, n, seed, size, progress=bar.update)))
+        return
     with _progress(n, "synthesising radiographs") as bar:
         summary = convert.write_synthetic(out, n, seed, size, span, (external_site,),
                                           progress=bar.update)

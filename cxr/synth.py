@@ -216,3 +216,46 @@ def cohort(seed: int, n: int, sites=("site-a", "site-b"), weights=(0.75, 0.25)):
             yield index, site, f"{site}-p{patient:05d}"
             index += 1
         patient += 1
+
+
+def export_files(out_dir: str, n: int, seed: int, size: int | None = None, progress=None) -> dict:
+    """Writes the radiographs as each site stores them, for the file converters and the U-Net.
+
+    site-a: 16-bit PNG (MONOCHROME2); site-b: 12-bit DICOM, MONOCHROME1 (stored inverted, bright
+    air), so the external site also differs in photometric interpretation and file format.
+    Also writes `masks/<id>_lungs.png`, `masks/<id>_heart.png` and `export.csv` (the generic
+    converter's format, with the CTR)."""
+    import csv
+    import os
+
+    from PIL import Image
+
+    from cxr.dicom import write_dicom
+
+    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)
+    rows = []
+    for index, site, patient in cohort(seed, n):
+        r = sample(seed, index, site, patient, size)
+        image_id = f"synth-{seed}-{index:06d}"
+        if site == "site-b":
+            stored = 4095 - np.round(r.image.astype(np.float64) / np.iinfo(r.image.dtype).max * 4095)
+            name = f"{image_id}.dcm"
+            write_dicom(os.path.join(out_dir, "images", name), stored.astype(np.uint16),
+                        photometric="MONOCHROME1", bits=12)
+        else:
+            name = f"{image_id}.png"
+            Image.fromarray(r.image).save(os.path.join(out_dir, "images", name))
+        Image.fromarray(r.lungs.astype(np.uint8) * 255).save(
+            os.path.join(out_dir, "masks", f"{image_id}_lungs.png"))
+        Image.fromarray(r.heart.astype(np.uint8) * 255).save(
+            os.path.join(out_dir, "masks", f"{image_id}_heart.png"))
+        rows.append({"path": name, "label": r.label, "patient_id": patient, "sex": r.sex,
+                     "age": r.age, "view": r.view, "site": site, "ctr": r.ctr})
+        if progress:
+            progress(1)
+    with open(os.path.join(out_dir, "export.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return {"images": len(rows), "csv": os.path.join(out_dir, "export.csv")}

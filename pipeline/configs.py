@@ -51,6 +51,7 @@ STUDY_WEIGHTINGS = ("75-25", "50-50")
 class PipelineConfig:
     pipeline_name: str = "cardiomegaly"
     grid: tuple = tuple(GridCell(b, w) for b in STUDY_BACKBONES for w in STUDY_WEIGHTINGS)
+    spans: tuple | None = None             # (first, last) span to read; None: the newest
     internal_sites: tuple = ("site-a",)
     external_site: str = "site-b"
     gate: GateProfile = GATE_PROFILES["study"]

@@ -18,12 +18,22 @@ def example_gen_input_config():
         for split in F.SPLITS])
 
 
+def span_range_config(spans):
+    """None reads the newest span; (first, last) reads that range of spans."""
+    if spans is None:
+        return None
+    first, last = spans
+    return tfx.proto.RangeConfig(static_range=tfx.proto.StaticRange(
+        start_span_number=first, end_span_number=last))
+
+
 def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                     serving_root: str, schema_file: str,
                     metadata_connection_config=None) -> tfx.dsl.Pipeline:
-    # Radiograph TFRecords of the newest span, split by directory.
+    # Radiograph TFRecords of the newest span (or the configured span range), split by directory.
     example_gen = tfx.components.ImportExampleGen(
-        input_base=data_root, input_config=example_gen_input_config())
+        input_base=data_root, input_config=example_gen_input_config(),
+        range_config=span_range_config(config.spans))
     # Feature statistics of every split (TFDV).
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     # The curated schema (schemas/, with the deployment's sites), not one inferred from the span.

@@ -10,12 +10,13 @@ from cxr import features as F, records
 from pipeline import configs, local_runner, outputs
 
 
-def _write_span(root, bad_site=False, bad_label=False):
+def _write_span(root, bad_site=False, bad_label=False, span=1):
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     png = records.encode_png((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     for split in F.SPLITS:
-        os.makedirs(root / "span-1" / split)
-        with tf.io.TFRecordWriter(str(root / "span-1" / split / "data.tfrecord.gz"), options) as w:
+        os.makedirs(root / f"span-{span}" / split)
+        with tf.io.TFRecordWriter(str(root / f"span-{span}" / split / "data.tfrecord.gz"),
+                                  options) as w:
             for i in range(8):
                 site = "site-b" if split == F.EXTERNAL else "site-a"
                 if bad_site and split == F.TRAIN and i == 0:
@@ -29,7 +30,9 @@ def _write_span(root, bad_site=False, bad_label=False):
 @pytest.mark.parametrize("problem", ["bad_site", "bad_label"])
 def test_anomalous_span_trains_nothing(tmp_path, problem):
     data = tmp_path / "data"
-    _write_span(data, **{problem: True})
+    # A clean older span and an anomalous newest one: the run reads the newest span.
+    _write_span(data, span=1)
+    _write_span(data, span=2, **{problem: True})
     config = configs.demo_config("random")
     with pytest.raises(Exception, match="nothing will be trained") as raised:
         local_runner.run(config, str(data), str(tmp_path / "root"), str(tmp_path / "serving"))
@@ -49,3 +52,11 @@ def test_site_domain_comes_from_configuration(tmp_path):
     schema = text_format.Parse(open(path).read(), schema_pb2.Schema())
     domain = next(d for d in schema.string_domain if d.name == "site")
     assert list(domain.value) == ["hospital-x", "hospital-y"]
+
+
+def test_span_range_config():
+    from pipeline.pipeline import span_range_config
+
+    assert span_range_config(None) is None
+    static = span_range_config((3, 5)).static_range
+    assert (static.start_span_number, static.end_span_number) == (3, 5)

@@ -102,3 +102,75 @@ def test_openi_real_metadata_selection():
     assert summary["classes"] == {"normal": 1445, "cardiomegaly": 266}
     assert summary["excluded"]["view position missing"] == 1093
     assert summary["splits"]["external"] == {"normal": 1445, "cardiomegaly": 266}
+
+
+def _tfrecord_ids(out):
+    import glob
+
+    import tensorflow as tf
+    ids = {}
+    for path in glob.glob(str(out / "span-1" / "*" / "*.tfrecord.gz")):
+        split = path.split("/")[-2]
+        for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
+            example = tf.train.Example.FromString(raw.numpy())
+            ids[example.features.feature["image_id"].bytes_list.value[0].decode()] = split
+    return ids
+
+
+def test_padchest_and_openi_convert_images_through_the_cli(tmp_path, monkeypatch):
+    import json
+
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from cxr.cli import main
+
+    monkeypatch.setenv("CARDIO_PATIENT_SALT", "test-salt")
+    pixels = (np.tile(np.linspace(0, 1, 32), (32, 1)) * 65535).astype(np.uint16)
+    (tmp_path / "pc" / "0").mkdir(parents=True)
+    Image.fromarray(pixels).save(tmp_path / "pc" / "0" / "n.png")
+    (tmp_path / "pc" / "0" / "c.png").write_bytes(b"\x89PNG truncated")
+    labels = tmp_path / "labels.csv"
+    labels.write_text(PADCHEST_HEADER + "\n"
+                      "n.png,0,P1,F,1950.0,20150101,PA,Physician,['normal']\n"
+                      "c.png,0,P2,M,1940.0,20150101,PA,Physician,['cardiomegaly']\n")
+    result = CliRunner().invoke(main, ["data", "padchest", "--labels", str(labels), "--images",
+                                       str(tmp_path / "pc"), "--out", str(tmp_path / "out-pc"),
+                                       "--quarantine-limit", "0.5"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["written"] == 1 and summary["quarantine_reasons"] == {"unreadable image": 1}
+    assert set(_tfrecord_ids(tmp_path / "out-pc")) == {"n"}
+    # Over the default 5% limit the same run fails and says where the report is.
+    result = CliRunner().invoke(main, ["data", "padchest", "--labels", str(labels), "--images",
+                                       str(tmp_path / "pc"), "--out", str(tmp_path / "out-pc2")])
+    assert result.exit_code != 0 and "quarantine.csv" in result.output
+
+    archive = tmp_path / "reports.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = _report("CXR9", ["Cardiomegaly/severe"], ["I9"])
+        info = tarfile.TarInfo("ecgen-radiology/9.xml")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    meta = tmp_path / "meta.csv"
+    meta.write_text("imageid,View Position\nI9,PA\n")
+    (tmp_path / "oi").mkdir()
+    Image.fromarray((pixels // 257).astype(np.uint8)).save(tmp_path / "oi" / "I9.png")
+    result = CliRunner().invoke(main, ["data", "openi", "--reports", str(archive),
+                                       "--dicom-metadata", str(meta), "--images",
+                                       str(tmp_path / "oi"), "--out", str(tmp_path / "out-oi")])
+    assert result.exit_code == 0, result.output
+    assert _tfrecord_ids(tmp_path / "out-oi") == {"I9": "external"}
+
+
+def test_converters_require_a_salt(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from cxr.cli import main
+
+    monkeypatch.delenv("CARDIO_PATIENT_SALT", raising=False)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(PADCHEST_HEADER + "\n")
+    result = CliRunner().invoke(main, ["data", "padchest", "--labels", str(labels), "--dry-run"])
+    assert result.exit_code == 2 and "CARDIO_PATIENT_SALT" in result.output
