@@ -1,6 +1,8 @@
 """A contact sheet of synthetic radiographs with their ground-truth outlines, for people to look at."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from cxr import synth
@@ -26,6 +28,7 @@ def contact_sheet(path: str, n: int = 8, seed: int = 0, columns: int = 4):
                      f"CTR {r.ctr:.2f}: {verdict}", fontsize=9)
     figure.suptitle("Synthetic PA radiographs: lungs (blue) and heart (red) ground truth", fontsize=11)
     figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=80)
     plt.close(figure)
     return path
