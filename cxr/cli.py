@@ -204,6 +204,41 @@ def csv_(csv_path, images, external_sites, out, span, dry_run, seed, quarantine_
 
 
 @main.group()
+def unet():
+    """Lung-segmentation U-Net: train (one-off, resumable) and evaluate."""
+
+
+@unet.command("train")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights file to write.")
+@click.option("--epochs", default=60, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--checkpoint-dir", default=None, type=click.Path(file_okay=False),
+              help="Where epochs are checkpointed for resuming (default: <out>.checkpoints).")
+def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir):
+    """Train on (image, mask) pairs; a rerun resumes from the last completed epoch."""
+    from cxr import unet as unet_lib
+
+    result = unet_lib.train(images, masks, out, epochs, batch_size, checkpoint_dir,
+                            log=lambda m: click.echo(m, err=True))
+    click.echo(json.dumps({"weights": os.path.abspath(out), "held_out": result}))
+
+
+@unet.command("evaluate")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Weights file (default: the shipped U-Net).")
+@click.option("--held-out-only", is_flag=True, help="Only the images training held out.")
+def unet_evaluate(images, masks, weights, held_out_only):
+    """Mean lung Dice against the masks (overall and per subset), as JSON."""
+    from cxr import unet as unet_lib
+
+    click.echo(json.dumps(unet_lib.evaluate(images, masks, weights, held_out_only)))
+
+
+@main.group()
 def pipeline():
     """Run or compile the pipeline."""
 

@@ -1,0 +1,214 @@
+"""Lung segmentation U-Net (after the classic lung-segmentation-2d design), sized for CPU.
+
+Input: a grayscale radiograph resized to 256x256, values in [0, 1]. Output: the per-pixel lung
+probability. Four down-sampling levels of two 3x3 conv + batch-norm + ReLU blocks (16-128
+filters), a 128-filter bottleneck and a mirrored decoder with skip connections: about 0.6 M
+parameters, a 2.5 MB weights file.
+
+Training (`cardio unet train`) is a one-off, resumable command: a checkpoint after every epoch,
+and a rerun continues from it. Held-out images are chosen by a hash of the file name (one image
+per patient in the Montgomery and Shenzhen sets), so the split is patient-level and stable.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+INPUT_SIZE = 256
+FILTERS = (16, 32, 64, 128)
+DEFAULT_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
+                               "unet_lungs.weights.h5")
+
+
+def build(input_size: int = INPUT_SIZE, filters=FILTERS) -> keras.Model:
+    def block(x, n):
+        for _ in range(2):
+            x = keras.layers.Conv2D(n, 3, padding="same", use_bias=False)(x)
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.ReLU()(x)
+        return x
+
+    inputs = keras.Input((input_size, input_size, 1), name="image")
+    x, skips = inputs, []
+    for n in filters:
+        x = block(x, n)
+        skips.append(x)
+        x = keras.layers.MaxPool2D()(x)
+    x = block(x, filters[-1])
+    for n, skip in zip(reversed(filters), reversed(skips)):
+        x = keras.layers.Conv2DTranspose(n, 2, strides=2, padding="same")(x)
+        x = block(keras.layers.Concatenate()([x, skip]), n)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", name="lungs", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="unet_lungs")
+
+
+def load(weights: str | None = None) -> keras.Model:
+    weights = weights or DEFAULT_WEIGHTS
+    if not os.path.isfile(weights):
+        raise FileNotFoundError(f"U-Net weights not found at {weights}; train them with "
+                                f"`cardio unet train` or pass --weights")
+    model = build()
+    model.load_weights(weights)
+    return model
+
+
+# --- data ------------------------------------------------------------------------------------
+
+def held_out(name: str, fraction: float = 0.15) -> bool:
+    digest = hashlib.sha256(os.path.basename(name).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+
+
+def mask_path(masks_dir: str, image_path: str) -> str | None:
+    """The mask of an image: the same file name, or `<stem>_lungs.png` (synthetic exports)."""
+    name = os.path.basename(image_path)
+    stem = os.path.splitext(name)[0]
+    for candidate in (os.path.join(masks_dir, name), os.path.join(masks_dir, f"{stem}_lungs.png")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def pairs(images_dir: str, masks_dir: str) -> list[tuple[str, str]]:
+    result = []
+    for image in sorted(glob.glob(os.path.join(images_dir, "*"))):
+        mask = mask_path(masks_dir, image)
+        if mask:
+            result.append((image, mask))
+    if not result:
+        raise FileNotFoundError(f"no (image, mask) pairs in {images_dir} and {masks_dir}")
+    return result
+
+
+def read_image(path: str) -> np.ndarray:
+    """Any supported radiograph file -> float32 [H, W] in [0, 1], MONOCHROME2."""
+    from cxr.convert import normalised_png
+    decoded = tf.io.decode_png(normalised_png(path), dtype=tf.uint16).numpy()[..., 0]
+    return decoded.astype(np.float32) / 65535.0
+
+
+def read_mask(path: str) -> np.ndarray:
+    return np.asarray(tf.io.decode_png(tf.io.read_file(path), channels=1))[..., 0] >= 128
+
+
+def _resize(array: np.ndarray, size: int) -> np.ndarray:
+    return tf.image.resize(array[..., None], [size, size], method="area").numpy()[..., 0]
+
+
+def augment(image, mask, seed):
+    """Acquisition and positioning changes another hospital brings: contrast, gamma,
+    brightness, noise, blur; rotation, scale and shift."""
+    s = tf.random.stateless_uniform([10], seed=seed)
+    image = tf.clip_by_value((image - 0.5) * (0.7 + 0.6 * s[0]) + 0.5 + 0.2 * (s[1] - 0.5), 0, 1)
+    image = image ** (0.6 + 0.8 * s[2])
+    image += tf.random.stateless_normal(tf.shape(image), seed=seed + 1) * 0.03 * s[3]
+    angle, scale = (s[4] - 0.5) * 0.35, 0.85 + 0.3 * s[5]
+    tx, ty = (s[6] - 0.5) * 0.16 * INPUT_SIZE, (s[7] - 0.5) * 0.16 * INPUT_SIZE
+    c = INPUT_SIZE / 2
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    transform = tf.stack([cos, -sin, c - cos * c + sin * c + tx,
+                          sin, cos, c - sin * c - cos * c + ty, 0.0, 0.0])[tf.newaxis]
+    stacked = tf.concat([image, mask], axis=-1)[tf.newaxis]
+    moved = tf.raw_ops.ImageProjectiveTransformV3(
+        images=stacked, transforms=transform, output_shape=[INPUT_SIZE, INPUT_SIZE],
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
+    return tf.clip_by_value(moved[..., :1], 0, 1), tf.cast(moved[..., 1:] > 0.5, tf.float32)
+
+
+def arrays(pair_list) -> tuple[np.ndarray, np.ndarray]:
+    images = np.stack([_resize(read_image(i), INPUT_SIZE) for i, _ in pair_list])[..., None]
+    masks = np.stack([_resize(read_mask(m).astype(np.float32), INPUT_SIZE) > 0.5
+                      for _, m in pair_list])[..., None].astype(np.float32)
+    return images, masks
+
+
+# --- training and evaluation -----------------------------------------------------------------
+
+def dice_loss(y_true, y_pred):
+    intersection = tf.reduce_sum(y_true * y_pred, axis=[1, 2, 3])
+    total = tf.reduce_sum(y_true + y_pred, axis=[1, 2, 3])
+    return 1.0 - (2.0 * intersection + 1.0) / (total + 1.0)
+
+
+def bce_dice_loss(y_true, y_pred):
+    bce = tf.reduce_mean(keras.losses.binary_crossentropy(y_true, y_pred), axis=[1, 2])
+    return bce + dice_loss(y_true, y_pred)
+
+
+def train(images_dir: str, masks_dir: str, out: str, epochs: int = 60, batch_size: int = 8,
+          checkpoint_dir: str | None = None, log=print) -> dict:
+    """Trains on the non-held-out pairs; resumes from `checkpoint_dir` when a run was cut short."""
+    all_pairs = pairs(images_dir, masks_dir)
+    train_pairs = [p for p in all_pairs if not held_out(p[0])]
+    x, y = arrays(train_pairs)
+    log(f"training on {len(train_pairs)} images, holding out {len(all_pairs) - len(train_pairs)}")
+    ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).repeat()
+          .enumerate().map(lambda i, xy: augment(xy[0], xy[1], tf.stack([i, i * 7 + 1])),
+                           num_parallel_calls=tf.data.AUTOTUNE)
+          .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    model = build()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=bce_dice_loss)
+    checkpoint_dir = checkpoint_dir or out + ".checkpoints"
+    callbacks = [keras.callbacks.BackupAndRestore(checkpoint_dir),
+                 keras.callbacks.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=6)]
+    model.fit(ds, epochs=epochs, steps_per_epoch=max(1, len(x) // batch_size),
+              callbacks=callbacks, verbose=2)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    model.save_weights(out)
+    return evaluate(images_dir, masks_dir, out, held_out_only=True)
+
+
+def predict_masks(model, images: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+    """Lung probability maps at each image's own resolution."""
+    result = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        batch = np.stack([_resize(i, INPUT_SIZE) for i in chunk])[..., None]
+        probabilities = model(batch, training=False).numpy()[..., 0]
+        for image, p in zip(chunk, probabilities):
+            result.append(tf.image.resize(p[..., None], image.shape, method="bilinear").numpy()[..., 0])
+    return result
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(bool), b.astype(bool)
+    total = a.sum() + b.sum()
+    return 1.0 if total == 0 else float(2 * np.logical_and(a, b).sum() / total)
+
+
+def subset_of(path: str) -> str:
+    """Subset from the file name: MCUCXR_ -> montgomery, CHNCXR_ -> shenzhen, synth-..."""
+    name = os.path.basename(path).lower()
+    for prefix, subset in (("mcucxr", "montgomery"), ("chncxr", "shenzhen"), ("synth", "synthetic")):
+        if name.startswith(prefix):
+            return subset
+    return "other"
+
+
+def evaluate(images_dir: str, masks_dir: str, weights: str | None = None,
+             held_out_only: bool = False) -> dict:
+    """Mean Dice against the masks, overall and per subset of the file names."""
+    model = load(weights)
+    pair_list = pairs(images_dir, masks_dir)
+    if held_out_only:
+        pair_list = [p for p in pair_list if held_out(p[0])]
+    scores = {}
+    for start in range(0, len(pair_list), 32):
+        chunk = pair_list[start:start + 32]
+        images = [read_image(i) for i, _ in chunk]
+        for (image_path, mask_file), probability in zip(chunk, predict_masks(model, images)):
+            truth = read_mask(mask_file)
+            if truth.shape != probability.shape:
+                probability = tf.image.resize(probability[..., None], truth.shape).numpy()[..., 0]
+            scores[image_path] = dice(probability >= 0.5, truth)
+    by_subset = {}
+    for path, score in scores.items():
+        by_subset.setdefault(subset_of(path), []).append(score)
+    return {"dice": float(np.mean(list(scores.values()))), "n": len(scores),
+            "subsets": {k: {"dice": float(np.mean(v)), "n": len(v)} for k, v in sorted(by_subset.items())}}
