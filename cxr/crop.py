@@ -98,3 +98,27 @@ def crop_and_resize(image: tf.Tensor, box: tf.Tensor, size: int) -> tf.Tensor:
     x1 = tf.maximum(tf.cast(tf.math.ceil(box[3] * w), tf.int32), x0 + 1)
     cropped = image[y0:y1, x0:x1]
     return tf.image.resize(cropped, [size, size], method="area", antialias=True)
+
+
+UNET_SIZE = 256
+
+
+def unet_input(image: tf.Tensor) -> tf.Tensor:
+    """[H, W, 1] in [0, 1] -> the U-Net's [256, 256, 1] input."""
+    return tf.image.resize(image, [UNET_SIZE, UNET_SIZE], method="area", antialias=True)
+
+
+def crop_from_probability(image: tf.Tensor, probability: tf.Tensor, output_size: int):
+    """The cropped radiograph as uint16 [S, S, 1] (what the batch stage stores as a 16-bit PNG
+    and what serving feeds the classifier), the box and the QC flags."""
+    box, flags = lung_box(probability)
+    cropped = crop_and_resize(image, box, output_size)
+    cropped = tf.cast(tf.round(tf.clip_by_value(cropped, 0.0, 1.0) * 65535.0), tf.uint16)
+    return cropped, box, flags
+
+
+def crop_radiographs(unet, images: list, output_size: int):
+    """Batch form: decoded [H, W, 1] images of any sizes -> [(cropped, box, flags), ...]."""
+    batch = tf.stack([unet_input(i) for i in images])
+    probabilities = unet(batch, training=False)[..., 0]
+    return [crop_from_probability(i, p, output_size) for i, p in zip(images, probabilities)]

@@ -1,0 +1,107 @@
+"""LungCrop: a Beam-based TFX component that crops every radiograph to its chest cavity.
+
+Between ExampleGen and the Trainer. For every split of the input Examples it runs the lung U-Net
+in batches (the model loaded once per worker, in DoFn.setup), computes the lung box and QC flags
+(cxr.crop, the same TensorFlow ops the serving signature runs), and writes Examples whose image
+is the crop resized for the classifier (16-bit PNG), with every original feature kept and
+`crop_box` and `crop_qc` added. The U-Net weights are an input artifact, so MLMD lineage records
+which U-Net produced each cropped dataset. It runs on whatever Beam runner the pipeline's
+beam_pipeline_args name (in-process by default; multi-process, portable or Dataflow/Flink).
+"""
+from __future__ import annotations
+
+import os
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx import types
+from tfx.components.util import tfxio_utils  # noqa: F401  (keeps TFX's Beam registrations)
+from tfx.dsl.components.base import base_beam_component, base_beam_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from cxr import crop, features as F, imaging
+
+CROP_BOX = "crop_box"   # [y0, x0, y1, x1] as fractions of the original image
+CROP_QC = "crop_qc"     # names of the QC flags raised (empty when the mask is plausible)
+WEIGHTS_FILE = "unet_lungs.weights.h5"
+
+
+class CropDoFn(beam.DoFn):
+    def __init__(self, weights_path: str, output_size: int):
+        self._weights_path = weights_path
+        self._output_size = output_size
+        self._unet = None
+        self._flagged = beam.metrics.Metrics.counter("LungCrop", "flagged")
+        self._cropped = beam.metrics.Metrics.counter("LungCrop", "cropped")
+
+    def setup(self):
+        from cxr import unet
+        self._unet = unet.load(self._weights_path)
+
+    def process(self, batch):
+        examples = [tf.train.Example.FromString(raw) for raw in batch]
+        images = [imaging.decode_radiograph(e.features.feature[F.IMAGE].bytes_list.value[0])
+                  for e in examples]
+        for example, (cropped, box, flags) in zip(
+                examples, crop.crop_radiographs(self._unet, images, self._output_size)):
+            yield crop_example(example, cropped, box, flags).SerializeToString()
+            self._cropped.inc()
+            if bool(tf.reduce_any(flags)):
+                self._flagged.inc()
+
+
+def crop_example(example, cropped, box, flags):
+    """The original example with the cropped image, the box and the raised QC flags."""
+    out = tf.train.Example()
+    out.CopyFrom(example)
+    feature = out.features.feature
+    feature[F.IMAGE].bytes_list.value[:] = [tf.io.encode_png(cropped).numpy()]
+    feature[CROP_BOX].float_list.value[:] = box.numpy().tolist()
+    raised = [name.encode() for name, on in zip(crop.QC_FLAGS, flags.numpy()) if on]
+    feature[CROP_QC].bytes_list.value[:] = raised
+    for mask in (F.LUNG_MASK, F.HEART_MASK):   # ground truth of the uncropped image
+        if mask in feature:
+            del feature[mask]
+    return out
+
+
+class LungCropSpec(types.ComponentSpec):
+    PARAMETERS = {"output_size": ExecutionParameter(type=int)}
+    INPUTS = {"examples": ChannelParameter(type=standard_artifacts.Examples),
+              "segmenter": ChannelParameter(type=standard_artifacts.Model)}
+    OUTPUTS = {"cropped_examples": ChannelParameter(type=standard_artifacts.Examples)}
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        segmenter = artifact_utils.get_single_instance(input_dict["segmenter"])
+        output = artifact_utils.get_single_instance(output_dict["cropped_examples"])
+        splits = artifact_utils.decode_split_names(examples.split_names)
+        output.split_names = artifact_utils.encode_split_names(splits)
+        weights = os.path.join(segmenter.uri, WEIGHTS_FILE)
+        with self._make_beam_pipeline() as pipeline:
+            for split in splits:
+                pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*")
+                destination = os.path.join(artifact_utils.get_split_uri([output], split), "data")
+                _ = (pipeline
+                     | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
+                         pattern, coder=beam.coders.BytesCoder())
+                     | f"Batch[{split}]" >> beam.BatchElements(min_batch_size=4, max_batch_size=16)
+                     | f"Crop[{split}]" >> beam.ParDo(CropDoFn(weights,
+                                                               exec_properties["output_size"]))
+                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                         destination, file_name_suffix=".tfrecord.gz",
+                         coder=beam.coders.BytesCoder()))
+
+
+class LungCrop(base_beam_component.BaseBeamComponent):
+    SPEC_CLASS = LungCropSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+    def __init__(self, examples, segmenter, output_size: int = 512):
+        super().__init__(spec=LungCropSpec(examples=examples, segmenter=segmenter,
+                                           output_size=output_size,
+                                           cropped_examples=types.Channel(
+                                               type=standard_artifacts.Examples)))

@@ -1,0 +1,95 @@
+"""LungCrop, the Beam stage: every split cropped, features kept, the box the TF ops compute,
+QC counted; on the in-process runner and on a two-process runner with identical outputs."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx import v1 as tfx
+
+from components import lung_crop
+from cxr import convert, crop, features as F, imaging, unet
+from pipeline import configs, outputs
+
+FN_API = configs.FN_API_RUNNER
+
+
+@pytest.fixture(scope="module")
+def span_and_weights(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crop")
+    convert.write_synthetic(str(root / "data"), 40, seed=4, size=256, span=1,
+                            external_sites=("site-b",), workers=1)
+    os.makedirs(root / "unet")
+    model = unet.build()
+    model.save_weights(str(root / "unet" / lung_crop.WEIGHTS_FILE))
+    return root
+
+
+def _run(root, name, beam_args):
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=str(root / "data"),
+        input_config=tfx.proto.Input(splits=[
+            tfx.proto.Input.Split(name=s, pattern=f"span-{{SPAN}}/{s}/*") for s in F.SPLITS]))
+    segmenter = tfx.dsl.Importer(source_uri=str(root / "unet"),
+                                 artifact_type=tfx.types.standard_artifacts.Model).with_id("UNet")
+    cropper = lung_crop.LungCrop(examples=example_gen.outputs["examples"],
+                                 segmenter=segmenter.outputs["result"], output_size=128)
+    pipeline_root = root / name
+    pipeline = tfx.dsl.Pipeline(
+        pipeline_name=name, pipeline_root=str(pipeline_root),
+        components=[example_gen, segmenter, cropper], enable_cache=False,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            str(pipeline_root / "metadata.sqlite")),
+        beam_pipeline_args=beam_args)
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    store = outputs.open_store(str(pipeline_root / "metadata.sqlite"))
+    return outputs.latest_output(store, name, "LungCrop", "cropped_examples"), store
+
+
+def _examples(artifact, split):
+    files = glob.glob(os.path.join(artifact.uri, f"Split-{split}", "*"))
+    return [tf.train.Example.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def test_crop_component_in_process_and_multi_process_agree(span_and_weights):
+    root = span_and_weights
+    single, store = _run(root, "single", [f"--runner={FN_API}", "--direct_running_mode=in_memory"])
+    multi, _ = _run(root, "multi", [f"--runner={FN_API}", "--direct_running_mode=multi_processing",
+                                    "--direct_num_workers=2"])
+    summary = convert.json.loads((root / "data" / "span-1" / "summary.json").read_text())
+    model = unet.load(str(root / "unet" / lung_crop.WEIGHTS_FILE))
+    for split in F.SPLITS:
+        a = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e for e in _examples(single, split)}
+        b = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e for e in _examples(multi, split)}
+        assert len(a) == sum(summary["splits"][split].values()), split
+        assert a.keys() == b.keys()
+        for key, example in a.items():
+            assert example.SerializeToString(deterministic=True) == \
+                b[key].SerializeToString(deterministic=True)
+            f = example.features.feature
+            assert len(f[lung_crop.CROP_BOX].float_list.value) == 4 and lung_crop.CROP_QC in f
+            for kept in (F.LABEL, F.SITE, F.PATIENT_ID, F.SEX, F.AGE_BAND):
+                assert kept in f
+            assert F.LUNG_MASK not in f
+            image = tf.io.decode_png(f[F.IMAGE].bytes_list.value[0], dtype=tf.uint16)
+            assert image.shape == (128, 128, 1)
+    # The stored box is the one the shared TF ops compute for the original image.
+    original = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e
+                for path in glob.glob(str(root / "data" / "span-1" / F.TEST / "*"))
+                for e in map(lambda r: tf.train.Example.FromString(r.numpy()),
+                             tf.data.TFRecordDataset(path, compression_type="GZIP"))}
+    test_examples = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e
+                     for e in _examples(single, F.TEST)}
+    for key, source in original.items():
+        image = imaging.decode_radiograph(source.features.feature[F.IMAGE].bytes_list.value[0])
+        (_, box, _), = crop.crop_radiographs(model, [image], 128)
+        np.testing.assert_allclose(
+            test_examples[key].features.feature["crop_box"].float_list.value, box.numpy(),
+            atol=1e-6)
+    # Lineage: the cropped examples were produced from the imported U-Net.
+    execution = outputs.node_executions(store, "single", "LungCrop")[-1]
+    inputs = [store.get_artifacts_by_id([e.artifact_id])[0] for e in
+              store.get_events_by_execution_ids([execution.id]) if e.type == e.INPUT]
+    assert any(a.uri == str(root / "unet") for a in inputs)
