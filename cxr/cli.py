@@ -37,12 +37,16 @@ def main():
 @click.option("--random-init", is_flag=True, help="Train from random initialisation on purpose.")
 @click.option("--epochs", default=None, type=int, help="Training epochs (demo default: 8).")
 @click.option("--deterministic", is_flag=True, help="Op determinism: reruns give the same model.")
-def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic):
+@click.option("--segmenter", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Directory holding unet_lungs.weights.h5 (default: the shipped U-Net).")
+def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, segmenter):
     """Run the main job end to end on the built-in synthetic data."""
     from pipeline import demo as demo_lib
 
     weights = "random" if random_init else (weights or demo_lib.default_weights() or "random")
     overrides = {"deterministic": deterministic}
+    if segmenter:
+        overrides["segmenter_uri"] = os.path.abspath(segmenter)
     if epochs:
         overrides["epochs"] = epochs
     summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo, _progress,
@@ -238,6 +242,26 @@ def unet_evaluate(images, masks, weights, held_out_only):
     click.echo(json.dumps(unet_lib.evaluate(images, masks, weights, held_out_only)))
 
 
+@main.command("crop")
+@click.option("--images", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of radiographs: PNG (8/16-bit), JPEG or DICOM, any size.")
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="U-Net weights (default: the shipped U-Net).")
+@click.option("--size", default=512, show_default=True, help="Side of the cropped PNGs.")
+@click.option("--overlays", default=8, show_default=True, help="Review overlays to draw.")
+def crop_(images, out, weights, size, overlays):
+    """Crop radiographs to the chest cavity: PNGs, a CSV of boxes and QC flags, overlays."""
+    import glob
+
+    from cxr import crop_folder
+
+    total = len(glob.glob(os.path.join(images, "*")))
+    with _progress(total, "cropping") as bar:
+        counts = crop_folder.crop_folder(images, out, weights, size, overlays, bar.update)
+    click.echo(json.dumps(counts))
+
+
 @main.group()
 def pipeline():
     """Run or compile the pipeline."""
@@ -250,11 +274,16 @@ def pipeline():
 @click.option("--pipeline-root", default="gs://YOUR_BUCKET/cardio/pipeline-root", show_default=True)
 @click.option("--data-root", default="gs://YOUR_BUCKET/cardio/data", show_default=True)
 @click.option("--serving-root", default="gs://YOUR_BUCKET/cardio/serving", show_default=True)
-def compile_(output, profile, image, pipeline_root, data_root, serving_root):
+@click.option("--segmenter-uri", default="gs://YOUR_BUCKET/cardio/unet", show_default=True,
+              help="Directory holding unet_lungs.weights.h5 (upload cxr/assets/ there).")
+def compile_(output, profile, image, pipeline_root, data_root, serving_root, segmenter_uri):
     """Compile the pipeline for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
+    import dataclasses
+
     from pipeline import configs, kubeflow_runner
 
     config = configs.demo_config(weights=None) if profile == "demo" else configs.PipelineConfig()
+    config = dataclasses.replace(config, segmenter_uri=segmenter_uri)
     path = kubeflow_runner.compile_pipeline(
         config, os.path.abspath(output), data_root=data_root, pipeline_root=pipeline_root,
         serving_root=serving_root, image=image or kubeflow_runner.DEFAULT_IMAGE)

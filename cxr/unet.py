@@ -48,6 +48,63 @@ def build(input_size: int = INPUT_SIZE, filters=FILTERS) -> keras.Model:
     return keras.Model(inputs, outputs, name="unet_lungs")
 
 
+LICENCE = ("CC BY-NC-SA 4.0 (non-commercial): trained on the Shenzhen lung masks, released "
+           "under CC BY-NC-SA 4.0; models embedding these weights inherit the restriction")
+
+
+def write_card(weights: str, held_out: dict, synthetic: dict | None = None) -> str:
+    """Writes unet_lungs.json and MODEL_CARD.md beside the weights."""
+    directory = os.path.dirname(os.path.abspath(weights))
+    card = {
+        "name": "unet_lungs", "input": f"{INPUT_SIZE}x{INPUT_SIZE} grayscale in [0, 1]",
+        "training_data": "604 PA radiographs with lung masks (118 Montgomery County, 486 Shenzhen; "
+                         "NLM; Jaeger et al. 2014), 512x512; 15% held out by file-name hash",
+        "licence": LICENCE, "held_out": held_out, "synthetic": synthetic,
+        "intended_use": "locating the lungs to crop PA chest radiographs to the chest cavity "
+                        "before classification; not a diagnostic segmentation",
+    }
+    with open(os.path.join(directory, "unet_lungs.json"), "w") as f:
+        json.dump(card, f, indent=2)
+    subsets = "\n".join(f"| held-out {k} | {v['n']} | {v['dice']:.4f} |"
+                         for k, v in held_out.get("subsets", {}).items())
+    synthetic_row = (f"| synthetic radiographs (never trained on) | {synthetic['n']} | "
+                     f"{synthetic['dice']:.4f} |" if synthetic else "")
+    with open(os.path.join(directory, "MODEL_CARD.md"), "w") as f:
+        f.write(f"""# Model card: lung-segmentation U-Net (`unet_lungs.weights.h5`)
+
+- **Architecture**: U-Net, 4 levels (16-128 filters), batch norm, {INPUT_SIZE}x{INPUT_SIZE} input
+  (`cxr/unet.py`). Weights sha256 `{card_metadata(weights)['weights_sha256']}`.
+- **Training data**: {card['training_data']}. Augmented for other hospitals' acquisition:
+  contrast, gamma, brightness, noise, rotation, scale and shift.
+- **Licence**: {LICENCE}. The project's code is Apache-2.0; these weights are not.
+- **Intended use**: {card['intended_use']}.
+- **Limitations**: trained on adult PA radiographs from two collections; masks exclude the
+  heart; implausible masks are flagged by the crop's QC and fall back to a centre crop.
+
+## Metrics (mean Dice at the masks' resolution)
+
+| set | images | Dice |
+|---|---|---|
+| held-out (all) | {held_out['n']} | {held_out['dice']:.4f} |
+{subsets}
+{synthetic_row}
+
+Reproduce: `./cardio unet evaluate --images ../shared/data/lung-masks/images --masks
+../shared/data/lung-masks/masks --held-out-only`.
+""")
+    return directory
+
+
+def card_metadata(weights: str) -> dict:
+    """The weights' sha256 and, when a `unet_lungs.json` card sits beside them, its contents
+    (training data, licence, metrics); models that embed these weights carry this along."""
+    digest = hashlib.sha256(tf.io.gfile.GFile(weights, "rb").read()).hexdigest()
+    card = os.path.join(os.path.dirname(weights), "unet_lungs.json")
+    metadata = json.loads(tf.io.gfile.GFile(card).read()) if tf.io.gfile.exists(card) else {
+        "licence": "unknown: no unet_lungs.json beside the weights"}
+    return {"weights_sha256": digest, **metadata}
+
+
 def load(weights: str | None = None) -> keras.Model:
     weights = weights or DEFAULT_WEIGHTS
     if not os.path.isfile(weights):
@@ -161,7 +218,9 @@ def train(images_dir: str, masks_dir: str, out: str, epochs: int = 60, batch_siz
               callbacks=callbacks, verbose=2)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     model.save_weights(out)
-    return evaluate(images_dir, masks_dir, out, held_out_only=True)
+    held_out = evaluate(images_dir, masks_dir, out, held_out_only=True)
+    write_card(out, held_out)
+    return held_out
 
 
 def predict_masks(model, images: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:

@@ -7,6 +7,7 @@ of it that trains one small model for a few steps on the built-in synthetic data
 from __future__ import annotations
 
 import dataclasses
+import os
 
 # Beam always runs on a named runner: DirectRunner would first try to download a Prism binary.
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
@@ -64,6 +65,9 @@ class PipelineConfig:
     target_sensitivity: float = 0.9
     seed: int = 0
     deterministic: bool = False            # op determinism: same data + seed -> same model
+    # The lung U-Net (a directory holding unet_lungs.weights.h5): the crop stage runs when set.
+    segmenter_uri: str | None = None
+    crop_size: int = 512
     beam_pipeline_args: tuple = (f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory")
 
     @property
@@ -76,12 +80,19 @@ class PipelineConfig:
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "steps_per_epoch": self.steps_per_epoch,
                 "target_sensitivity": self.target_sensitivity, "seed": self.seed,
-                "deterministic": self.deterministic}
+                "deterministic": self.deterministic, "crop_size": self.crop_size,
+                "segmenter_weights": (f"{self.segmenter_uri.rstrip('/')}/unet_lungs.weights.h5"
+                                      if self.segmenter_uri else None)}
+
+
+SHIPPED_SEGMENTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "cxr", "assets")
 
 
 def demo_config(weights: str | None, **overrides) -> PipelineConfig:
-    """One small MobileNet (alpha 0.25), 8 epochs at 128 px, the `demo` gate."""
+    """One small MobileNet (alpha 0.25), 8 epochs at 128 px on 256 px crops, the `demo` gate."""
     demo = dict(pipeline_name="cardiomegaly-demo", grid=(GridCell("mobilenet_025", "75-25"),),
-                gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8)
+                gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8,
+                segmenter_uri=SHIPPED_SEGMENTER, crop_size=256)
     demo.update(overrides)
     return dataclasses.replace(PipelineConfig(), **demo)

@@ -7,6 +7,7 @@ from tfx import v1 as tfx
 
 from components import evaluator as evaluator_lib
 from components.anomaly_gate import AnomalyGate
+from components.lung_crop import LungCrop
 from cxr import features as F
 from pipeline.configs import PipelineConfig
 
@@ -44,12 +45,24 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     # Fails the run on any anomaly, so an anomalous span trains nothing.
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
     components = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate]
+    examples = example_gen.outputs["examples"]
+    if config.segmenter_uri:
+        # The lung U-Net, imported so that lineage records which one cropped the data.
+        segmenter = tfx.dsl.Importer(source_uri=config.segmenter_uri,
+                                     artifact_type=tfx.types.standard_artifacts.Model).with_id(
+                                         "LungSegmenter")
+        # Every split cropped to the chest cavity (Beam), box and QC flags kept per example.
+        lung_crop = LungCrop(examples=examples, segmenter=segmenter.outputs["result"],
+                             output_size=config.crop_size)
+        lung_crop.add_upstream_node(anomaly_gate)
+        examples = lung_crop.outputs["cropped_examples"]
+        components += [segmenter, lung_crop]
 
     for cell in config.grid:
         # One Trainer per (backbone x class weighting), each with its own artifacts and lineage.
         trainer = tfx.components.Trainer(
             run_fn="trainer.task.run_fn",
-            examples=example_gen.outputs["examples"],
+            examples=examples,
             schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=[F.TRAIN]),
             eval_args=tfx.proto.EvalArgs(splits=[F.VALIDATION]),
@@ -57,8 +70,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         # The anomaly gate must pass before any training starts.
         trainer.add_upstream_node(anomaly_gate)
         # TFMA metrics per site slice on test + external; blesses only models that pass the gate.
-        evaluator = evaluator_lib.create(example_gen.outputs["examples"], trainer.outputs["model"],
-                                         config, cell.name)
+        evaluator = evaluator_lib.create(examples, trainer.outputs["model"], config, cell.name)
         # Blessed models land in <serving_root>/<model name>/<version>/, as TF Serving reads it.
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],

@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
 from conftest import REPO
-from cxr import features as F
+from cxr import crop, features as F, imaging
 from pipeline import configs, local_runner, outputs, report
 from trainer import export, task
 
@@ -30,12 +30,26 @@ def _pushed_version_dir(e2e):
     return max(versions, key=lambda p: int(os.path.basename(p)))
 
 
-def _test_images(e2e, count=6):
-    files = glob.glob(str(e2e.workdir / "data" / "span-1" / F.TEST / "*.tfrecord.gz"))
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP").take(count)
-    parsed = [tf.io.parse_single_example(x, {F.IMAGE: tf.io.FixedLenFeature([], tf.string)})
-              for x in ds]
-    return [p[F.IMAGE].numpy() for p in parsed]
+def _read(files):
+    return [tf.train.Example.FromString(r.numpy())
+            for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def _image_id(example):
+    return example.features.feature[F.IMAGE_ID].bytes_list.value[0]
+
+
+def _raw_and_cropped(e2e, count=6):
+    """The same test images as they arrived (raw) and as the crop stage stored them."""
+    raw = _read(glob.glob(str(e2e.workdir / "data" / "span-1" / F.TEST / "*.tfrecord.gz")))[:count]
+    cropped_artifact = outputs.latest_output(_store(e2e), PIPELINE, "LungCrop", "cropped_examples")
+    cropped = {_image_id(e): e for e in _read(glob.glob(
+        os.path.join(cropped_artifact.uri, f"Split-{F.TEST}", "*")))}
+    return raw, [cropped[_image_id(e)] for e in raw]
+
+
+def _image(example):
+    return example.features.feature[F.IMAGE].bytes_list.value[0]
 
 
 def test_run_had_no_network(e2e):
@@ -47,7 +61,8 @@ def test_run_had_no_network(e2e):
 def test_every_component_ran(e2e):
     store = _store(e2e)
     nodes = ["ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-             f"Trainer.{CELL.name}", f"Evaluator.{CELL.name}", f"Pusher.{CELL.name}"]
+             "AnomalyGate", "LungSegmenter", "LungCrop", f"Trainer.{CELL.name}",
+             f"Evaluator.{CELL.name}", f"Pusher.{CELL.name}"]
     for node in nodes:
         executions = outputs.node_executions(store, PIPELINE, node)
         assert executions, node
@@ -76,36 +91,41 @@ def test_blessed_model_is_pushed_in_tf_serving_layout(e2e):
     assert f"pushed to {e2e.summary['models'][CELL.name]['pushed_to']}" in e2e.stdout
 
 
-def test_pushed_model_matches_the_trained_keras_model_on_raw_images(e2e):
-    version_dir = _pushed_version_dir(e2e)
-    images = _test_images(e2e)
-    served = tf.saved_model.load(version_dir)
-    outputs_ = served.signatures[export.SERVING_DEFAULT](**{export.IMAGE_BYTES: tf.constant(images)})
+def test_serving_crop_matches_the_batch_crop_stage(e2e):
+    """Raw radiographs through serving_default give the box the Beam stage stored and the
+    probability the model gives the stored crop."""
+    served = tf.saved_model.load(_pushed_version_dir(e2e))
+    raw, cropped = _raw_and_cropped(e2e)
+    by_raw = served.signatures[export.SERVING_DEFAULT](
+        **{export.IMAGE_BYTES: tf.constant([_image(e) for e in raw])})
+    by_crop = served.signatures[export.SERVING_EXAMPLES](
+        examples=tf.constant([e.SerializeToString() for e in cropped]))
+    stored_boxes = np.array([e.features.feature["crop_box"].float_list.value for e in cropped])
+    np.testing.assert_allclose(by_raw[export.CROP_BOX].numpy(), stored_boxes, atol=1e-6)
+    np.testing.assert_allclose(by_raw[F.PROBABILITY], by_crop[F.PROBABILITY], atol=1e-5)
+    stored_flags = [set(e.features.feature["crop_qc"].bytes_list.value) for e in cropped]
+    served_flags = [{name.encode() for name, on in zip(crop.QC_FLAGS, row) if on}
+                    for row in by_raw[export.CROP_QC].numpy()]
+    assert served_flags == stored_flags
+
+
+def test_pushed_model_matches_the_trained_keras_model(e2e):
+    served = tf.saved_model.load(_pushed_version_dir(e2e))
+    _, cropped = _raw_and_cropped(e2e)
+    outputs_ = served.signatures[export.SERVING_EXAMPLES](
+        examples=tf.constant([e.SerializeToString() for e in cropped]))
     probabilities = outputs_[F.PROBABILITY].numpy()
 
     model_run = outputs.latest_output(_store(e2e), PIPELINE, f"Trainer.{CELL.name}", "model_run")
     keras_model = tf.keras.models.load_model(os.path.join(model_run.uri, task.KERAS_MODEL_DIR))
-    from cxr import imaging
     size = keras_model.input_shape[1]
-    batch = tf.stack([imaging.preprocess(tf.constant(b), size) for b in images])
+    batch = tf.stack([imaging.preprocess(tf.constant(_image(e)), size) for e in cropped])
     expected = keras_model(batch, training=False).numpy().reshape(-1)
 
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     assert np.ptp(probabilities) > 1e-4, "different images must give different outputs"
     threshold = served.threshold.numpy()
     np.testing.assert_array_equal(outputs_[F.PREDICTED_LABEL].numpy(), probabilities >= threshold)
-
-
-def test_examples_signature_agrees_with_raw_image_signature(e2e):
-    version_dir = _pushed_version_dir(e2e)
-    images = _test_images(e2e, 3)
-    served = tf.saved_model.load(version_dir)
-    examples = [tf.train.Example(features=tf.train.Features(feature={
-        F.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))})).SerializeToString()
-        for b in images]
-    by_example = served.signatures[export.SERVING_EXAMPLES](examples=tf.constant(examples))
-    by_image = served.signatures[export.SERVING_DEFAULT](**{export.IMAGE_BYTES: tf.constant(images)})
-    np.testing.assert_allclose(by_example[F.PROBABILITY], by_image[F.PROBABILITY], atol=1e-6)
 
 
 def test_second_run_reuses_cached_outputs(e2e):

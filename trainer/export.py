@@ -1,51 +1,98 @@
 """The exported SavedModel: what the Evaluator scores and what TF Serving serves.
 
 Signatures:
-  serving_default   raw encoded images (PNG 8/16-bit, JPEG; any size) -> probability, label
-  serving_examples  serialized tf.Example (TFMA, infra validation) -> the same outputs
-Both run cxr.imaging.preprocess, the function training used, and the operating threshold chosen
-on validation is baked in, so the blessed model is the served model.
+  serving_default   raw encoded radiographs (PNG 8/16-bit, JPEG; any size) -> probability, the
+                    label at the operating threshold, and, when the pipeline crops, the crop
+                    box and QC flags. It runs the lung U-Net and the crop (cxr.crop), the same
+                    TensorFlow ops the LungCrop stage ran on the training data.
+  serving_examples  serialized tf.Examples as the pipeline stores them (already cropped), for
+                    TFMA and infra validation -> probability and label.
+The operating threshold chosen on validation is baked in, so the blessed model is the served one.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
-from cxr import features as F
-from cxr import imaging
+from cxr import crop, features as F, imaging
 
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
 IMAGE_BYTES = "image_bytes"
+CROP_BOX = "crop_box"
+CROP_QC = "crop_qc"
 
 
 class CardioServingModule(tf.Module):
-    def __init__(self, model, image_size: int, threshold: float):
+    def __init__(self, model, image_size: int, threshold: float, unet=None, crop_size: int = 0):
         super().__init__(name="cardio")
         self.model = model
+        self.unet = unet
         self.image_size = image_size
+        self.crop_size = crop_size
         self.threshold = tf.Variable(threshold, trainable=False, dtype=tf.float32, name="threshold")
 
-    def _predict(self, encoded):
-        images = tf.map_fn(lambda b: imaging.preprocess(b, self.image_size), encoded,
-                           fn_output_signature=tf.TensorSpec([self.image_size, self.image_size, 3],
-                                                             tf.float32))
+    def _classify(self, images):
+        """[N, size, size, 3] classifier inputs -> probability and label."""
         probability = tf.reshape(self.model(images, training=False), [-1])
         return {F.PROBABILITY: probability,
                 F.PREDICTED_LABEL: tf.cast(probability >= self.threshold, tf.int64)}
 
+    def _stored_image(self, encoded):
+        """An image as the pipeline stores it (cropped when the pipeline crops) -> model input."""
+        return imaging.preprocess(encoded, self.image_size)
+
+    def _raw_image(self, encoded):
+        """A raw radiograph -> (model input, crop box, QC flags), via the same crop as training."""
+        image = imaging.decode_radiograph(encoded)
+        if self.unet is None:
+            return (imaging.resize_for_model(image, self.image_size),
+                    tf.constant([0.0, 0.0, 1.0, 1.0]), tf.zeros([len(crop.QC_FLAGS)], tf.bool))
+        probability = self.unet(crop.unet_input(image)[tf.newaxis], training=False)[0, :, :, 0]
+        cropped, box, flags = crop.crop_from_probability(image, probability, self.crop_size)
+        # The crop as the batch stage stores it (uint16), then the training preprocessing.
+        stored = tf.cast(cropped, tf.float32) / 65535.0
+        return imaging.resize_for_model(stored, self.image_size), box, flags
+
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
     def serve_images(self, image_bytes):
-        return self._predict(image_bytes)
+        size = self.image_size
+        images, boxes, flags = tf.map_fn(
+            self._raw_image, image_bytes,
+            fn_output_signature=(tf.TensorSpec([size, size, 3], tf.float32),
+                                 tf.TensorSpec([4], tf.float32),
+                                 tf.TensorSpec([len(crop.QC_FLAGS)], tf.bool)))
+        result = self._classify(images)
+        result[CROP_BOX] = boxes
+        result[CROP_QC] = tf.cast(flags, tf.int64)   # one column per name in cxr.crop.QC_FLAGS
+        return result
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
     def serve_examples(self, examples):
         parsed = tf.io.parse_example(examples, {F.IMAGE: tf.io.FixedLenFeature([], tf.string)})
-        return self._predict(parsed[F.IMAGE])
+        size = self.image_size
+        images = tf.map_fn(self._stored_image, parsed[F.IMAGE],
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+        return self._classify(images)
 
 
-def export(model, export_dir: str, image_size: int, threshold: float):
-    module = CardioServingModule(model, image_size, threshold)
+METADATA_FILE = "cardio_metadata.json"   # in assets.extra, beside TF Serving's warm-up file
+
+
+def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
+           crop_size: int = 0, metadata: dict | None = None):
+    """Saves the serving SavedModel; `metadata` (the embedded U-Net's licence among it) goes to
+    assets.extra/cardio_metadata.json, which travels with every copy TF Serving loads."""
+    import json
+    import os
+
+    module = CardioServingModule(model, image_size, threshold, unet, crop_size)
     tf.saved_model.save(module, export_dir, signatures={
         SERVING_DEFAULT: module.serve_images.get_concrete_function(),
         SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
     })
+    extra = os.path.join(export_dir, "assets.extra")
+    tf.io.gfile.makedirs(extra)
+    with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
+        json.dump({"image_size": image_size, "operating_threshold": threshold,
+                   "crop_size": crop_size if unet is not None else None, **(metadata or {})},
+                  f, indent=2)

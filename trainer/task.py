@@ -36,6 +36,8 @@ class TrainingConfig:
     target_sensitivity: float = 0.9
     seed: int = 0
     deterministic: bool = False
+    segmenter_weights: str | None = None  # the U-Net the crop stage used; None: no crop stage
+    crop_size: int = 512                  # side of the stored crops (see components/lung_crop.py)
 
     @classmethod
     def from_custom_config(cls, custom_config: dict | None) -> "TrainingConfig":
@@ -96,7 +98,14 @@ def run_fn(fn_args):
     logging.info("operating threshold %.4f for validation sensitivity >= %.2f",
                  threshold, config.target_sensitivity)
 
-    export.export(model, fn_args.serving_model_dir, config.image_size, threshold)
+    unet, metadata = None, {"backbone": config.backbone, "weighting": config.weighting}
+    if config.segmenter_weights:
+        from cxr import unet as unet_lib
+        unet = unet_lib.load(config.segmenter_weights)
+        # The segmenter's licence (non-commercial for the shipped U-Net) binds this model too.
+        metadata["segmenter"] = unet_lib.card_metadata(config.segmenter_weights)
+    export.export(model, fn_args.serving_model_dir, config.image_size, threshold, unet,
+                  config.crop_size, metadata)
     model.save(os.path.join(fn_args.model_run_dir, KERAS_MODEL_DIR), save_format="tf")
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
         json.dump({"config": dataclasses.asdict(config), "train_examples": n_train,
