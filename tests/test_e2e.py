@@ -138,3 +138,19 @@ def test_second_run_reuses_cached_outputs(e2e):
         executions = outputs.node_executions(store, PIPELINE, node)
         assert len(executions) == count + 1, node
         assert executions[-1].last_known_state == executions[-1].CACHED, node
+
+
+def test_pushed_model_carries_the_segmenter_licence_and_lineage(e2e):
+    import json
+
+    metadata = json.loads(open(os.path.join(_pushed_version_dir(e2e), "assets.extra",
+                                            export.METADATA_FILE)).read())
+    assert "non-commercial" in metadata["segmenter"]["licence"]
+    assert len(metadata["segmenter"]["weights_sha256"]) == 64
+    store = _store(e2e)
+    segmenter = outputs.latest_output(store, PIPELINE, "LungSegmenter", "result")
+    assert segmenter.uri.rstrip("/") == configs.SHIPPED_SEGMENTER.rstrip("/")
+    execution = outputs.node_executions(store, PIPELINE, "LungCrop")[-1]
+    inputs = {e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
+              if e.type == e.INPUT}
+    assert segmenter.id in inputs
