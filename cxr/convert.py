@@ -20,7 +20,7 @@ import io
 import json
 import multiprocessing
 import os
-from typing import Callable, Iterable
+from typing import Callable
 
 import numpy as np
 from PIL import Image

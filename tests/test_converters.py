@@ -8,8 +8,6 @@ import pydicom
 import pytest
 import tensorflow as tf
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from cxr import convert, dicom, features as F, records
 
@@ -18,21 +16,12 @@ GRADIENT = np.tile(np.linspace(0, 1, 64), (48, 1))  # dark left, bright right
 
 def write_dicom(path, stored, photometric="MONOCHROME2", bits=12, slope=1.0, intercept=0.0,
                 window=None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.PatientID = "SECRET-123"
-    ds.PatientName = "Doe^Jane"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
-    ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
-    if window:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
+    """The project's DICOM writer, plus identifying header fields that must never leak."""
+    dicom.write_dicom(str(path), stored.astype(np.uint16), photometric, bits, slope, intercept,
+                      window)
+    ds = pydicom.dcmread(str(path))
+    ds.PatientID, ds.PatientName = "SECRET-123", "Doe^Jane"
+    ds.save_as(str(path))
 
 
 def test_dicom_monochrome2_keeps_bright_bone(tmp_path):

@@ -1,14 +1,12 @@
 """The walking skeleton, end to end: data in, validated, trained, evaluated per site, pushed."""
 import glob
 import os
-import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
 
-from conftest import REPO
 from cxr import crop, features as F, imaging
 from pipeline import configs, local_runner, outputs, report
 from trainer import export, task

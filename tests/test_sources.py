@@ -1,12 +1,9 @@
 """PadChest and OpenI cohort selection, on small fixtures and on the real label files."""
-import ast
-import collections
 import gzip
 import io
 import tarfile
 
 import pandas as pd
-import pytest
 
 from conftest import shared_path
 from cxr import convert

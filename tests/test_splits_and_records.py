@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr import convert, features as F, records, splits
+from cxr import features as F, records, splits
 
 
 def test_no_patient_in_two_splits_and_assignment_is_deterministic():

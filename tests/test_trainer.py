@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import shared_path
-from cxr import convert, features as F
+from cxr import convert
 from trainer import data, model as model_lib, operating_point, task
 
 
