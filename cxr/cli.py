@@ -51,8 +51,8 @@ def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, se
         overrides["epochs"] = epochs
     summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo, _progress,
                            **overrides)
-    click.echo(json.dumps(summary["models"] and {
-        "seconds": summary["seconds"],
+    click.echo(json.dumps({
+        "seconds": summary["seconds"], "site_auc": summary.get("site_auc"),
         "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"]}
                    for k, v in summary["models"].items()}}))
 

@@ -58,6 +58,12 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
 
     store = outputs.open_store(local_runner.metadata_path(pipeline_root))
     summary = {"seconds": round(time.time() - started, 1), "models": {}}
+    figures = report.crop_report(store, config)
+    if figures:
+        echo(f"\nSite separability (AUC of a classifier telling the sites apart, 0.5 = alike): "
+             f"raw {figures['site_auc_raw']:.3f}, cropped {figures['site_auc_cropped']:.3f}; "
+             f"t-SNE: {figures['plot']}")
+        summary["site_auc"] = {"raw": figures["site_auc_raw"], "cropped": figures["site_auc_cropped"]}
     for cell in config.grid:
         result = report.cell_result(store, config, cell, serving_root)
         summary["models"][cell.name] = result

@@ -7,6 +7,7 @@ from tfx import v1 as tfx
 
 from components import evaluator as evaluator_lib
 from components.anomaly_gate import AnomalyGate
+from components.crop_report import CropReport
 from components.lung_crop import LungCrop
 from cxr import features as F
 from pipeline.configs import PipelineConfig
@@ -55,8 +56,11 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         lung_crop = LungCrop(examples=examples, segmenter=segmenter.outputs["result"],
                              output_size=config.crop_size)
         lung_crop.add_upstream_node(anomaly_gate)
+        # t-SNE by site before and after cropping, and how separable the sites are (AUC).
+        crop_report = CropReport(raw_examples=examples,
+                                 cropped_examples=lung_crop.outputs["cropped_examples"])
         examples = lung_crop.outputs["cropped_examples"]
-        components += [segmenter, lung_crop]
+        components += [segmenter, lung_crop, crop_report]
 
     for cell in config.grid:
         # One Trainer per (backbone x class weighting), each with its own artifacts and lineage.

@@ -61,6 +61,16 @@ def cell_result(store, config, cell, serving_root: str) -> dict:
     return result
 
 
+def crop_report(store, config) -> dict | None:
+    """The CropReport's figures and picture, when the pipeline crops."""
+    artifact = outputs.latest_output(store, config.pipeline_name, "CropReport", "report")
+    if artifact is None:
+        return None
+    with tf.io.gfile.GFile(os.path.join(artifact.uri, "site_separability.json")) as f:
+        figures = json.load(f)
+    return {**figures, "plot": os.path.join(artifact.uri, "tsne_sites.png")}
+
+
 def format_cell(name: str, result: dict) -> str:
     header = f"{'slice':<34}" + "".join(f"{m:>13}" for m in METRICS)
     lines = [f"\nModel {name}: evaluation per slice (test + external splits)", header]

@@ -59,7 +59,7 @@ def test_run_had_no_network(e2e):
 def test_every_component_ran(e2e):
     store = _store(e2e)
     nodes = ["ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-             "AnomalyGate", "LungSegmenter", "LungCrop", f"Trainer.{CELL.name}",
+             "AnomalyGate", "LungSegmenter", "LungCrop", "CropReport", f"Trainer.{CELL.name}",
              f"Evaluator.{CELL.name}", f"Pusher.{CELL.name}"]
     for node in nodes:
         executions = outputs.node_executions(store, PIPELINE, node)
@@ -152,3 +152,13 @@ def test_pushed_model_carries_the_segmenter_licence_and_lineage(e2e):
     inputs = {e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
               if e.type == e.INPUT}
     assert segmenter.id in inputs
+
+
+def test_crop_report_shows_sites_before_and_after_cropping(e2e):
+    figures = report.crop_report(_store(e2e), configs.demo_config(None))
+    assert figures is not None and os.path.getsize(figures["plot"]) > 10_000
+    for key in ("site_auc_raw", "site_auc_cropped"):
+        assert 0.0 <= figures[key] <= 1.0
+    assert e2e.summary["site_auc"] == {"raw": figures["site_auc_raw"],
+                                       "cropped": figures["site_auc_cropped"]}
+    assert "Site separability" in e2e.stdout

@@ -18,7 +18,7 @@ def test_pipeline_compiles_to_a_pipeline_job(tmp_path, profile):
     spec = job["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
     expected = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-                "AnomalyGate", "LungSegmenter", "LungCrop"}
+                "AnomalyGate", "LungSegmenter", "LungCrop", "CropReport"}
     for cell in config.grid:
         expected |= {f"Trainer.{cell.name}", f"Evaluator.{cell.name}", f"Pusher.{cell.name}"}
     assert expected == set(tasks)
