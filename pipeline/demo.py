@@ -64,6 +64,11 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
              f"raw {figures['site_auc_raw']:.3f}, cropped {figures['site_auc_cropped']:.3f}; "
              f"t-SNE: {figures['plot']}")
         summary["site_auc"] = {"raw": figures["site_auc_raw"], "cropped": figures["site_auc_cropped"]}
+        qc = report.crop_qc_counts(store, config)
+        flagged = sum(c.get("flagged", 0) for c in qc.values())
+        echo(f"Crop QC: {flagged} of {sum(c.get('images', 0) for c in qc.values())} radiographs "
+             f"flagged and centre-cropped instead; per split: {qc}")
+        summary["crop_qc"] = qc
     for cell in config.grid:
         result = report.cell_result(store, config, cell, serving_root)
         summary["models"][cell.name] = result

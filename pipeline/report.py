@@ -71,6 +71,26 @@ def crop_report(store, config) -> dict | None:
     return {**figures, "plot": os.path.join(artifact.uri, "tsne_sites.png")}
 
 
+def crop_qc_counts(store, config) -> dict | None:
+    """{split: {"images": n, "flagged": n, flag: n, ...}} over the LungCrop stage's output."""
+    import collections
+
+    artifact = outputs.latest_output(store, config.pipeline_name, "LungCrop", "cropped_examples")
+    if artifact is None:
+        return None
+    counts = {}
+    for split in F.SPLITS:
+        files = tf.io.gfile.glob(os.path.join(artifact.uri, f"Split-{split}", "*"))
+        tally = collections.Counter()
+        for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+            flags = tf.train.Example.FromString(raw.numpy()).features.feature["crop_qc"].bytes_list.value
+            tally["images"] += 1
+            tally["flagged"] += bool(flags)
+            tally.update(flag.decode() for flag in flags)
+        counts[split] = dict(tally)
+    return counts
+
+
 def format_cell(name: str, result: dict) -> str:
     header = f"{'slice':<34}" + "".join(f"{m:>13}" for m in METRICS)
     lines = [f"\nModel {name}: evaluation per slice (test + external splits)", header]

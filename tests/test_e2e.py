@@ -162,3 +162,12 @@ def test_crop_report_shows_sites_before_and_after_cropping(e2e):
     assert e2e.summary["site_auc"] == {"raw": figures["site_auc_raw"],
                                        "cropped": figures["site_auc_cropped"]}
     assert "Site separability" in e2e.stdout
+
+
+def test_crop_qc_is_counted_never_hidden(e2e):
+    qc = e2e.summary["crop_qc"]
+    assert sum(c["images"] for c in qc.values()) == 240
+    for counts in qc.values():
+        flags = sum(v for k, v in counts.items() if k not in ("images", "flagged"))
+        assert counts["flagged"] <= counts["images"] and flags >= counts["flagged"]
+    assert "Crop QC:" in e2e.stdout
