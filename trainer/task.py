@@ -6,6 +6,7 @@ operating threshold on validation and exports the serving SavedModel.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -66,6 +67,17 @@ def predict(model, file_patterns, config: TrainingConfig):
     return np.concatenate(labels), np.concatenate(probabilities)
 
 
+def backup_dir(fn_args, config: TrainingConfig) -> str:
+    """Where BackupAndRestore checkpoints every epoch. TFX gives each execution a new output
+    directory, so the key is the grid cell plus a hash of its inputs and configuration: a rerun
+    of a killed training finds its checkpoint; new data or settings start afresh."""
+    key = hashlib.sha256(json.dumps({
+        "train": data.list_files(fn_args.train_files), "eval": data.list_files(fn_args.eval_files),
+        "config": dataclasses.asdict(config)}, sort_keys=True).encode()).hexdigest()[:16]
+    cell_dir = os.path.dirname(os.path.dirname(fn_args.model_run_dir.rstrip("/")))
+    return os.path.join(cell_dir, "backup", key)
+
+
 def run_fn(fn_args):
     config = TrainingConfig.from_custom_config(fn_args.custom_config)
     logging.info("training config: %s", config)
@@ -85,7 +97,10 @@ def run_fn(fn_args):
     train_ds = data.make_dataset(fn_args.train_files, config.batch_size, config.image_size,
                                  training=True, deterministic=config.deterministic, seed=config.seed)
     val_ds = data.make_dataset(fn_args.eval_files, config.batch_size, config.image_size, training=False)
+    backup = backup_dir(fn_args, config)
+    logging.info("epoch checkpoints (resumed from when present): %s", backup)
     callbacks = [
+        keras.callbacks.BackupAndRestore(backup),
         keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=5),
         keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
     ]
@@ -110,5 +125,6 @@ def run_fn(fn_args):
     with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
         json.dump({"config": dataclasses.asdict(config), "train_examples": n_train,
                    "steps_per_epoch": steps_per_epoch, "operating_threshold": threshold,
+                   "epochs_run": [int(e) for e in history.epoch],
                    "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}},
                   f, indent=2)
