@@ -217,7 +217,10 @@ def train(images_dir: str, masks_dir: str, out: str, epochs: int = 60, batch_siz
     model.fit(ds, epochs=epochs, steps_per_epoch=max(1, len(x) // batch_size),
               callbacks=callbacks, verbose=2)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    model.save_weights(out)
+    # Ship the layers' weights only: a fresh model carries no optimizer state (half the size).
+    inference = build()
+    inference.set_weights(model.get_weights())
+    inference.save_weights(out)
     held_out = evaluate(images_dir, masks_dir, out, held_out_only=True)
     write_card(out, held_out)
     return held_out
