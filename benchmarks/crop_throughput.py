@@ -17,7 +17,7 @@ from components import lung_crop
 from cxr import convert, crop, features as F, imaging, unet
 from pipeline.configs import FN_API_RUNNER
 
-N = 64
+N = 96
 OUTPUT_SIZE = 512
 
 
@@ -44,8 +44,8 @@ def main():
         output = standard_artifacts.Examples()
         output.uri = os.path.join(tmp, "cropped")
 
-        model = unet.load()
         start = time.perf_counter()
+        model = unet.load()   # the component loads it too, once per worker
         for i in range(0, len(records), 16):
             batch = [tf.train.Example.FromString(r) for r in records[i:i + 16]]
             images = [imaging.decode_radiograph(e.features.feature[F.IMAGE].bytes_list.value[0])

@@ -88,7 +88,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 _ = (pipeline
                      | f"Read[{split}]" >> beam.io.ReadFromTFRecord(
                          pattern, coder=beam.coders.BytesCoder())
-                     | f"Batch[{split}]" >> beam.BatchElements(min_batch_size=4, max_batch_size=16)
+                     | f"Batch[{split}]" >> beam.BatchElements(min_batch_size=16, max_batch_size=16)
                      | f"Crop[{split}]" >> beam.ParDo(CropDoFn(weights,
                                                                exec_properties["output_size"]))
                      | f"Write[{split}]" >> beam.io.WriteToTFRecord(
