@@ -8,10 +8,12 @@ import os
 
 SCHEMA_DIR = os.path.dirname(os.path.abspath(__file__))
 SCHEMA_FILE = os.path.join(SCHEMA_DIR, "schema.pbtxt")
+CROP_FEATURES_FILE = os.path.join(SCHEMA_DIR, "crop_features.pbtxt")
 
 
-def render(sites, path: str, base: str = SCHEMA_FILE) -> str:
-    """Writes the schema with `sites` as the site domain to `path` (local or remote); returns it."""
+def render(sites, path: str, base: str = SCHEMA_FILE, cropped: bool = False) -> str:
+    """Writes the schema with `sites` as the site domain to `path` (local or remote); returns it.
+    `cropped` adds the crop stage's features: the schema of the LungCrop stage's output."""
     import tensorflow as tf
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
@@ -19,6 +21,8 @@ def render(sites, path: str, base: str = SCHEMA_FILE) -> str:
     if not sites:
         raise ValueError("at least one site is required")
     schema = text_format.Parse(open(base).read(), schema_pb2.Schema())
+    if cropped:
+        text_format.Merge(open(CROP_FEATURES_FILE).read(), schema)
     domain = next(d for d in schema.string_domain if d.name == "site")
     del domain.value[:]
     domain.value.extend(sorted(set(sites)))
