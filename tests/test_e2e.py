@@ -145,6 +145,8 @@ def test_pushed_model_carries_the_segmenter_licence_and_lineage(e2e):
                                             export.METADATA_FILE)).read())
     assert "non-commercial" in metadata["segmenter"]["licence"]
     assert len(metadata["segmenter"]["weights_sha256"]) == 64
+    card = open(os.path.join(_pushed_version_dir(e2e), "assets.extra", export.MODEL_CARD_FILE)).read()
+    assert "non-commercial" in card and metadata["segmenter"]["weights_sha256"][:12] in card
     store = _store(e2e)
     segmenter = outputs.latest_output(store, PIPELINE, "LungSegmenter", "result")
     assert segmenter.uri.rstrip("/") == configs.SHIPPED_SEGMENTER.rstrip("/")

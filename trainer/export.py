@@ -92,7 +92,28 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
     })
     extra = os.path.join(export_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
+    metadata = {"image_size": image_size, "operating_threshold": threshold,
+                "crop_size": crop_size if unet is not None else None, **(metadata or {})}
     with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
-        json.dump({"image_size": image_size, "operating_threshold": threshold,
-                   "crop_size": crop_size if unet is not None else None, **(metadata or {})},
-                  f, indent=2)
+        json.dump(metadata, f, indent=2)
+    with tf.io.gfile.GFile(os.path.join(extra, MODEL_CARD_FILE), "w") as f:
+        f.write(model_card(metadata))
+
+
+MODEL_CARD_FILE = "MODEL_CARD.md"
+
+
+def model_card(metadata: dict) -> str:
+    """A short card that travels inside the SavedModel; the licence of an embedded U-Net first."""
+    segmenter = metadata.get("segmenter")
+    lines = ["# Cardiomegaly classifier", ""]
+    if segmenter:
+        lines += [f"**Licence restriction**: embeds the lung U-Net {segmenter['weights_sha256'][:12]}"
+                  f"..., licence: {segmenter.get('licence')}.", ""]
+    lines += [f"- Backbone: {metadata.get('backbone')}, class weighting {metadata.get('weighting')}",
+              f"- Input: raw PA radiograph (PNG 8/16-bit or JPEG), classifier at "
+              f"{metadata['image_size']} px" + (f" on {metadata['crop_size']} px lung crops"
+                                                 if metadata.get("crop_size") else ""),
+              f"- Operating threshold (chosen on validation): {metadata['operating_threshold']:.4f}",
+              "- Intended use: research on cardiomegaly detection; not a medical device.", ""]
+    return "\n".join(lines)
