@@ -65,11 +65,11 @@ class Quarantine:
 
 # --- reading images --------------------------------------------------------------------------
 
-def normalised_png(path: str) -> bytes:
-    """Any supported file (PNG 8/16-bit, JPEG, DICOM) -> MONOCHROME2 PNG bytes."""
+def normalised_pixels(path: str) -> np.ndarray:
+    """Any supported file (PNG 8/16-bit, JPEG, DICOM) -> MONOCHROME2 uint8 or uint16 pixels."""
     if path.lower().endswith((".dcm", ".dicom")):
         from cxr.dicom import read_dicom
-        return encode_png(read_dicom(path))
+        return read_dicom(path)
     with open(path, "rb") as f:
         data = f.read()
     image = Image.open(io.BytesIO(data))
@@ -80,7 +80,12 @@ def normalised_png(path: str) -> bytes:
             pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
     else:
         pixels = np.asarray(image.convert("L"))
-    return encode_png(pixels)
+    return pixels
+
+
+def normalised_png(path: str) -> bytes:
+    """Any supported file -> MONOCHROME2 PNG bytes, the form every example stores."""
+    return encode_png(normalised_pixels(path))
 
 
 def file_loader(image_root: str, candidate: Candidate) -> bytes:

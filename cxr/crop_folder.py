@@ -12,7 +12,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cxr import crop, imaging, unet
+from cxr import crop, unet
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
@@ -39,8 +39,6 @@ def _overlay(path: str, image: np.ndarray, probability: np.ndarray, box, flags):
 
 def crop_folder(images_dir: str, out_dir: str, weights: str | None = None, size: int = 512,
                 overlays: int = 8, progress=None) -> dict:
-    from cxr.convert import normalised_png
-
     files = sorted(f for f in glob.glob(os.path.join(images_dir, "*"))
                    if f.lower().endswith(EXTENSIONS))
     model = unet.load(weights)
@@ -53,7 +51,7 @@ def crop_folder(images_dir: str, out_dir: str, weights: str | None = None, size:
         for path in files:
             name = os.path.basename(path)
             try:
-                image = imaging.decode_radiograph(normalised_png(path))
+                image = tf.constant(unet.read_image(path))[..., tf.newaxis]
             except Exception as error:  # corrupt files are reported, never fatal
                 counts["failed"] += 1
                 writer.writerow([name, "", "", "", "", "", f"{type(error).__name__}: {error}"])

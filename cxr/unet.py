@@ -145,9 +145,9 @@ def pairs(images_dir: str, masks_dir: str) -> list[tuple[str, str]]:
 
 def read_image(path: str) -> np.ndarray:
     """Any supported radiograph file -> float32 [H, W] in [0, 1], MONOCHROME2."""
-    from cxr.convert import normalised_png
-    decoded = tf.io.decode_png(normalised_png(path), dtype=tf.uint16).numpy()[..., 0]
-    return decoded.astype(np.float32) / 65535.0
+    from cxr.convert import normalised_pixels
+    pixels = normalised_pixels(path)
+    return pixels.astype(np.float32) / np.iinfo(pixels.dtype).max
 
 
 def read_mask(path: str) -> np.ndarray:
