@@ -1,0 +1,224 @@
+"""Model comparison, operating points and the fairness review, from predictions to one dict.
+
+Plain functions: the ModelComparison component (components/model_comparison.py) scores every
+model and hands the arrays here; `analyse` returns what `comparison.json` holds and the report
+(cxr/comparison_report.py) draws.
+
+Groups of images, never mixing sites across the internal/external line:
+  validation            internal sites (chooses the operating threshold and the champion)
+  test                  internal sites, class-balanced (breaks validation ties)
+  test site=<s>         each internal site, when there are several
+  external              the external site: gates and reports, never chooses
+"""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from cxr import features as F, statistics as S
+
+VALIDATION, TEST, EXTERNAL = F.VALIDATION, F.TEST, F.EXTERNAL
+STUDY_THRESHOLD = 0.5    # the study reported its metrics at 0.5
+ALPHA = 0.05
+
+
+def groups(cases: dict, internal_sites, external_site: str) -> dict:
+    """{group name: boolean mask over the cases}; `cases` holds one array per feature."""
+    split, site = np.asarray(cases["split"]), np.asarray(cases[F.SITE])
+    result = {VALIDATION: split == VALIDATION, TEST: split == TEST}
+    if len(internal_sites) > 1:
+        for s in internal_sites:
+            result[f"{TEST} site={s}"] = (split == TEST) & (site == s)
+    result[EXTERNAL] = (split == EXTERNAL) & (site == external_site)
+    return {name: mask for name, mask in result.items() if mask.any()}
+
+
+def roc_points(labels, scores) -> dict:
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=True)
+    return {"fpr": [round(float(v), 5) for v in fpr], "tpr": [round(float(v), 5) for v in tpr]}
+
+
+def group_summary(labels, scores, threshold: float, prevalence: float) -> dict:
+    """AUC with its CI, and metrics at the model's operating threshold and at the study's 0.5,
+    with PPV/NPV at the deployment prevalence for both."""
+    positives, negatives = S.class_counts(labels)
+    summary = {"n": int(len(labels)), "positives": positives, "negatives": negatives,
+               **S.auc_with_ci(labels, scores)}
+    for key, t in (("operating", threshold), ("study_0.5", STUDY_THRESHOLD)):
+        metrics = S.threshold_metrics(labels, scores, t)
+        metrics["deployment"] = S.predictive_values(metrics["sensitivity"],
+                                                    metrics["specificity"], prevalence)
+        summary[key] = metrics
+    if positives and negatives:
+        summary["roc"] = roc_points(labels, scores)
+    return summary
+
+
+def pair_kind(a: dict, b: dict) -> str:
+    if a.get("backbone") == b.get("backbone"):
+        return "weighting"          # 75-25 vs 50-50 of one backbone
+    if a.get("weighting") == b.get("weighting"):
+        return "backbone"           # two backbones, same class weighting
+    return "other"
+
+
+def pairwise_delong(labels_by_group: dict, scores: dict, models: dict) -> list:
+    """DeLong's test for every pair of models on every group, Holm-adjusted per group."""
+    rows = []
+    for group, labels in labels_by_group.items():
+        if min(S.class_counts(labels)) == 0:
+            continue
+        group_rows = []
+        for a, b in itertools.combinations(sorted(scores), 2):
+            test = S.delong_paired(labels, scores[a][group], scores[b][group])
+            group_rows.append({"group": group, "model_a": a, "model_b": b,
+                               "kind": pair_kind(models[a], models[b]), **test})
+        for row, adjusted in zip(group_rows, S.holm([r["p"] for r in group_rows])):
+            row["p_holm"] = adjusted
+        rows += group_rows
+    return rows
+
+
+def delong_p(delong: list, group: str, a: str, b: str):
+    for row in delong:
+        if row["group"] == group and {row["model_a"], row["model_b"]} == {a, b}:
+            return row["p"]
+    return None
+
+
+def choose_champion(models: dict, delong: list, alpha: float = ALPHA) -> dict:
+    """The model to push, chosen on internal data only.
+
+    Among blessed models (those that passed their Evaluator's gate): the highest validation AUC;
+    models validation cannot tell apart from it (DeLong p >= alpha) are ranked by internal test
+    AUC. The external site never enters the choice.
+    """
+    def auc(name, group):
+        value = models[name]["groups"].get(group, {}).get("auc")
+        return -1.0 if value is None else value
+
+    not_external = "The external site was not used to choose; it gates and reports only."
+    blessed = sorted(m for m, info in models.items() if info.get("blessed"))
+    if not blessed:
+        return {"model_name": None, "reason": "No model was blessed by its Evaluator's gate, so "
+                "none may be pushed. " + not_external, "candidates": []}
+    best = max(blessed, key=lambda m: (auc(m, VALIDATION), auc(m, TEST), m))
+    tied = [m for m in blessed if m == best or
+            (delong_p(delong, VALIDATION, best, m) or 0.0) >= alpha]
+    champion = max(tied, key=lambda m: (auc(m, TEST), auc(m, VALIDATION), m))
+    v, t = models[champion]["groups"][VALIDATION], models[champion]["groups"].get(TEST, {})
+    if len(tied) == 1:
+        reason = (f"Highest validation AUC among {len(blessed)} blessed model(s): "
+                  f"{v['auc']:.3f} (95% CI {v['ci'][0]:.3f}-{v['ci'][1]:.3f})")
+        if len(blessed) > 1:
+            reason += f"; every other blessed model is lower with DeLong p < {alpha}"
+        reason += "."
+    else:
+        reason = (f"Validation AUC could not separate {', '.join(tied)} (DeLong p >= {alpha} "
+                  f"against the best, {best}); of these, the highest internal test AUC: "
+                  f"{t.get('auc', float('nan')):.3f} (validation {v['auc']:.3f}).")
+    return {"model_name": champion, "reason": f"{reason} {not_external}", "candidates": tied,
+            "blessed": blessed}
+
+
+def fairness(cases: dict, scores, threshold: float, sites, min_per_class: int,
+             alpha: float = ALPHA) -> list:
+    """Per-slice AUC, sensitivity and specificity with CIs on the test and external splits.
+
+    Each site is a reference row. Within a site, each sex and age band is tested against the
+    rest of that site (its complement; never against another site): DeLong for independent
+    groups, two-sided, Holm-adjusted across every tested slice. A slice is flagged when its AUC is
+    significantly below its complement's. A slice or complement with fewer than
+    `min_per_class` positives or negatives is marked too small to judge, and not tested.
+    """
+    labels = np.asarray(cases[F.LABEL])
+    scores = np.asarray(scores)
+    evaluated = np.isin(np.asarray(cases["split"]), (TEST, EXTERNAL))
+    rows = []
+    for site in sites:
+        in_site = evaluated & (np.asarray(cases[F.SITE]) == site)
+        if not in_site.any():
+            continue
+        rows.append(_slice_row(f"{F.SITE}={site}", site, None, None, labels[in_site],
+                               scores[in_site], threshold, status="site"))
+        for feature in (F.SEX, F.AGE_BAND):
+            values = np.asarray(cases[feature])
+            for value in sorted(set(values[in_site]), key=_slice_order):
+                mask, rest = in_site & (values == value), in_site & (values != value)
+                row = _slice_row(f"{F.SITE}={site}, {feature}={value}", site, feature, value,
+                                 labels[mask], scores[mask], threshold, status="ok")
+                row["complement_n"] = int(rest.sum())
+                small = [f"{what} has {count} {kind}" for what, group in
+                         (("slice", mask), ("complement", rest))
+                         for kind, count in zip(("positives", "negatives"),
+                                                S.class_counts(labels[group]))
+                         if count < min_per_class]
+                if small:
+                    row.update(status="too small", note="; ".join(small) +
+                               f" (needs >= {min_per_class} each)")
+                else:
+                    test = S.delong_unpaired(labels[mask], scores[mask], labels[rest], scores[rest])
+                    row.update(complement_auc=test["auc_2"], z=test["z"], p=test["p"])
+                rows.append(row)
+    tested = [r for r in rows if "p" in r]
+    for row, adjusted in zip(tested, S.holm([r["p"] for r in tested])):
+        row["p_holm"] = adjusted
+        if adjusted < alpha and row["auc"] < row["complement_auc"]:
+            row["status"] = "flagged"
+    return rows
+
+
+def _slice_order(value):
+    """Age bands youngest first, then anything else alphabetically, "unknown" last."""
+    bands = [name for _, _, name in F.AGE_BANDS]
+    if value == F.UNKNOWN:
+        return (2, value)
+    return (0, f"{bands.index(value):02d}") if value in bands else (1, value)
+
+
+def _slice_row(name, site, feature, value, labels, scores, threshold, status) -> dict:
+    positives, negatives = S.class_counts(labels)
+    metrics = S.threshold_metrics(labels, scores, threshold)
+    return {"slice": name, F.SITE: site, "feature": feature, "value": value,
+            "n": int(len(labels)), "positives": positives, "negatives": negatives,
+            **{k: v for k, v in S.auc_with_ci(labels, scores).items() if k != "se"},
+            "sensitivity": metrics["sensitivity"], "sensitivity_ci": metrics["sensitivity_ci"],
+            "specificity": metrics["specificity"], "specificity_ci": metrics["specificity_ci"],
+            "status": status}
+
+
+def analyse(cases: dict, scores: dict, models: dict, internal_sites, external_site: str,
+            prevalence: float, min_per_class: int, alpha: float = ALPHA) -> dict:
+    """Everything comparison.json holds.
+
+    cases:  {"split", "site", "sex", "age_band", "label", "image_id": array per case}
+    scores: {model name: probabilities aligned with `cases`}
+    models: {model name: {"threshold", "blessed", "backbone", "weighting", ...}}
+    """
+    masks = groups(cases, internal_sites, external_site)
+    labels = np.asarray(cases[F.LABEL]).astype(int)
+    labels_by_group = {g: labels[m] for g, m in masks.items()}
+    scores_by_group = {name: {g: np.asarray(s)[m] for g, m in masks.items()}
+                       for name, s in scores.items()}
+    out_models = {}
+    for name, info in models.items():
+        out_models[name] = {**info, "groups": {
+            g: group_summary(labels_by_group[g], scores_by_group[name][g], info["threshold"],
+                             prevalence) for g in masks}}
+    delong = pairwise_delong(labels_by_group, scores_by_group, models)
+    champion = choose_champion(out_models, delong, alpha)
+    sites = tuple(internal_sites) + (external_site,)
+    for name, info in models.items():
+        out_models[name]["fairness"] = fairness(cases, scores[name], info["threshold"], sites,
+                                                min_per_class, alpha)
+    return {"champion": champion, "models": out_models, "delong": delong,
+            "groups": {g: {"n": int(m.sum()), "positives": S.class_counts(labels[m])[0],
+                           "sites": sorted(set(np.asarray(cases[F.SITE])[m]))}
+                       for g, m in masks.items()},
+            "settings": {"deployment_prevalence": prevalence, "alpha": alpha,
+                         "fairness_min_per_class": min_per_class,
+                         "study_threshold": STUDY_THRESHOLD,
+                         "internal_sites": list(internal_sites), "external_site": external_site}}
