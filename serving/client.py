@@ -1,0 +1,207 @@
+"""A small client for TF Serving's gRPC API (the official server or `cardio serve`).
+
+    from serving.client import Client, read_image
+    with Client("localhost:8500") as client:
+        [result] = client.predict([read_image("chest.dcm")], model="cardio-mobilenet-75-25",
+                                  label="stable")
+        result["probability"], result["predicted_label"], result["crop_box"], result["crop_qc"]
+
+Every call has a deadline; UNAVAILABLE (server starting, restarting, overloaded) is retried
+with exponential back-off by gRPC itself (a retry policy in the channel's service config);
+message limits fit large 16-bit radiographs; TLS is optional. DICOM is converted to a
+MONOCHROME2 PNG on the client (cxr.dicom's modality/VOI LUT and inversion), since the model
+takes PNG or JPEG.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2_grpc)
+
+from cxr.crop import QC_FLAGS
+
+MAX_MESSAGE_BYTES = 1 << 30      # a 4096 x 4096 16-bit PNG is ~32 MB; batches of them more
+DICOM_SUFFIXES = (".dcm", ".dicom")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg") + DICOM_SUFFIXES
+
+
+class ImageError(ValueError):
+    pass
+
+
+def read_image(path: str) -> bytes:
+    """A file as the model takes it: PNG and JPEG as they are, DICOM converted to PNG."""
+    with open(path, "rb") as f:
+        head = f.read(132)
+    if path.lower().endswith(DICOM_SUFFIXES) or head[128:132] == b"DICM":
+        from cxr import dicom, records
+        try:
+            return records.encode_png(dicom.read_dicom(path))
+        except dicom.DicomError as error:
+            raise ImageError(str(error)) from None
+    if not (head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8")):
+        raise ImageError(f"{path}: not a PNG, JPEG or DICOM file")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def image_files(paths) -> list[str]:
+    """Files named, and the images (by suffix) in directories named, in a stable order."""
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, name) for name in os.listdir(path)
+                            if name.lower().endswith(IMAGE_SUFFIXES))
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise ImageError(f"{path}: no such file or directory")
+    return files
+
+
+def _service_config(retries: int) -> str:
+    return json.dumps({"methodConfig": [{
+        "name": [{"service": "tensorflow.serving.PredictionService"},
+                 {"service": "tensorflow.serving.ModelService"}],
+        "retryPolicy": {"maxAttempts": max(2, min(retries + 1, 5)), "initialBackoff": "0.2s",
+                        "maxBackoff": "5s", "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
+class Client:
+    def __init__(self, target: str, timeout: float = 30.0, retries: int = 4, tls: bool = False,
+                 root_certificates: bytes | None = None,
+                 max_message_bytes: int = MAX_MESSAGE_BYTES):
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        if retries > 0:
+            options += [("grpc.enable_retries", 1), ("grpc.service_config", _service_config(retries))]
+        else:
+            options += [("grpc.enable_retries", 0)]
+        if tls:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.timeout = timeout
+        self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+        self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.channel.close()
+
+    @staticmethod
+    def _spec(spec, model: str, version: int | None, label: str | None, signature: str = ""):
+        spec.name = model
+        if version is not None and label is not None:
+            raise ValueError("name a version or a label, not both")
+        if version is not None:
+            spec.version.value = version
+        elif label is not None:
+            spec.version_label = label
+        if signature:
+            spec.signature_name = signature
+
+    def predict_raw(self, inputs: dict, model: str, version: int | None = None,
+                    label: str | None = None, signature: str = "serving_default",
+                    output_filter=()) -> predict_pb2.PredictResponse:
+        request = predict_pb2.PredictRequest(output_filter=list(output_filter))
+        self._spec(request.model_spec, model, version, label, signature)
+        for name, value in inputs.items():
+            request.inputs[name].CopyFrom(value if isinstance(value, tf.compat.v1.TensorProto)
+                                          else tf.make_tensor_proto(value))
+        return self.predictions.Predict(request, timeout=self.timeout)
+
+    def predict(self, images: list[bytes], model: str, version: int | None = None,
+                label: str | None = None) -> list[dict]:
+        """Encoded radiographs -> one dict per image: probability, predicted_label, crop_box,
+        crop_qc (the names of the raised QC flags), model and version that answered."""
+        response = self.predict_raw({"image_bytes": np.array(images, dtype=object)}, model,
+                                    version, label)
+        outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
+        results = []
+        for i in range(len(images)):
+            result = {"model": response.model_spec.name,
+                      "version": response.model_spec.version.value,
+                      "probability": float(outputs["probability"][i]),
+                      "predicted_label": int(outputs["predicted_label"][i])}
+            if "crop_box" in outputs:
+                result["crop_box"] = [round(float(v), 4) for v in outputs["crop_box"][i]]
+            if "crop_qc" in outputs:
+                result["crop_qc"] = [name for name, on in zip(QC_FLAGS, outputs["crop_qc"][i]) if on]
+            results.append(result)
+        return results
+
+    def classify(self, images: list[bytes], model: str, version: int | None = None,
+                 label: str | None = None, signature: str = "classify") -> list[dict]:
+        """{class name: score} per image, through TF Serving's Classify API."""
+        request = classification_pb2.ClassificationRequest()
+        self._spec(request.model_spec, model, version, label, signature)
+        for image in images:
+            request.input.example_list.examples.add().features.feature[
+                "image"].bytes_list.value.append(image)
+        response = self.predictions.Classify(request, timeout=self.timeout)
+        return [{c.label: c.score for c in row.classes}
+                for row in response.result.classifications]
+
+    def metadata(self, model: str, version: int | None = None, label: str | None = None):
+        """The model's SignatureDefMap."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        self._spec(request.model_spec, model, version, label)
+        response = self.predictions.GetModelMetadata(request, timeout=self.timeout)
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return response.model_spec.version.value, signatures
+
+    def status(self, model: str, version: int | None = None, label: str | None = None) -> dict:
+        """{version: state name} for the model's versions."""
+        request = get_model_status_pb2.GetModelStatusRequest()
+        self._spec(request.model_spec, model, version, label)
+        response = self.models.GetModelStatus(request, timeout=self.timeout)
+        states = get_model_status_pb2.ModelVersionStatus.State
+        return {s.version: states.Name(s.state) for s in response.model_version_status}
+
+
+def predict_files(client: Client, files: list[str], model: str, version: int | None = None,
+                  label: str | None = None, batch_size: int = 1):
+    """Yields (file, result dict or error message) per file, `batch_size` images per request
+    (the server batches across requests, so 1 costs little)."""
+    for start in range(0, len(files), batch_size):
+        chunk, images = [], []
+        for path in files[start:start + batch_size]:
+            try:
+                images.append(read_image(path))
+                chunk.append(path)
+            except (ImageError, OSError) as error:
+                yield path, str(error)
+        if not chunk:
+            continue
+        try:
+            results = client.predict(images, model, version, label)
+        except grpc.RpcError as error:
+            for path in chunk:
+                yield path, f"{error.code().name}: {error.details()}"
+            continue
+        yield from zip(chunk, results)
+
+
+def format_row(path: str, result) -> str:
+    if isinstance(result, str):
+        return f"{path}  ERROR {result}"
+    label = "cardiomegaly" if result["predicted_label"] else "normal"
+    box = " ".join(f"{v:.3f}" for v in result.get("crop_box", []))
+    qc = ",".join(result.get("crop_qc", [])) or "-"
+    return (f"{path}  {result['probability']:.4f}  {label:<12}  [{box}]  qc={qc}  "
+            f"{result['model']}/{result['version']}")

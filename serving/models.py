@@ -1,0 +1,367 @@
+"""Loaded versions and their life cycle, as TF Serving's ServerCore manages them.
+
+A `ModelManager` follows a ModelServerConfig (from --model_config_file, or one model from
+--model_name/--model_base_path): it polls each model's base path for integer version
+directories, loads what the version policy selects (replaying the version's warm-up requests
+before it reports AVAILABLE), applies version labels once their versions are available, and
+unloads versions the policy no longer selects only after their replacements are available.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+
+import grpc
+import tensorflow as tf
+from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import config as config_lib
+from serving.batching import Batcher
+from serving.errors import ServingError, from_tensorflow
+
+log = logging.getLogger("cardio.serve")
+State = get_model_status_pb2.ModelVersionStatus.State
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000   # TF Serving reads at most this many
+
+
+def dtype_name(enum: int) -> str:
+    """TensorFlow's spelling of a dtype in error messages ("float", "string", "int64")."""
+    name = types_pb2.DataType.Name(enum)
+    return name[3:].lower() if name.startswith("DT_") else name
+
+
+class Servable:
+    """One loaded version: its signatures, validated calls and a count of model calls."""
+
+    def __init__(self, name: str, version: int, path: str, batching: config_lib.BatchingConfig | None):
+        self.name, self.version, self.path = name, version, path
+        with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
+            saved_model = saved_model_pb2.SavedModel.FromString(f.read())
+        meta_graph = next((g for g in saved_model.meta_graphs
+                           if "serve" in g.meta_info_def.tags), None)
+        if meta_graph is None:
+            raise ValueError(f"{path}: no MetaGraph tagged 'serve'")
+        self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
+        self._loaded = tf.saved_model.load(path, tags=["serve"])
+        self.model_calls = 0
+        self._calls_lock = threading.Lock()
+        self._batcher = Batcher(self.run, batching, f"{name}-{version}") if batching else None
+
+    def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
+        name = name or "serving_default"
+        if name not in self.signature_defs:
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f'Serving signature key "{name}" not found.')
+        return self.signature_defs[name]
+
+    def validate(self, signature_name: str, tensors: dict) -> tuple[dict, int]:
+        """TensorProtos of a request -> ({alias: ndarray}, batch size), or the error TF Serving
+        gives for a missing, extra, mistyped or misshapen input."""
+        signature = self.signature(signature_name)
+        expected = set(signature.inputs)
+        for alias in tensors:
+            if alias not in expected:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input tensor alias not found in signature: {alias}. Inputs "
+                                   f"expected to be in the set {{{','.join(sorted(expected))}}}.")
+        missing = expected - set(tensors)
+        if missing:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input size does not match signature: {len(tensors)}!="
+                               f"{len(expected)}. Missing but required: "
+                               f"{{{','.join(sorted(missing))}}}.")
+        arrays, rows = {}, set()
+        for index, alias in enumerate(sorted(expected)):
+            info, proto = signature.inputs[alias], tensors[alias]
+            if proto.dtype != info.dtype:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"Expects arg[{index}] to be {dtype_name(info.dtype)} but "
+                                   f"{dtype_name(proto.dtype)} is provided")
+            try:
+                array = tf.make_ndarray(proto)
+            except Exception as error:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input {alias!r}: malformed TensorProto ({error})") from None
+            shape = info.tensor_shape
+            if not shape.unknown_rank:
+                dims = [d.size for d in shape.dim]
+                if array.ndim != len(dims) or any(d >= 0 and d != s
+                                                   for d, s in zip(dims, array.shape)):
+                    wanted = "[" + ",".join("?" if d < 0 else str(d) for d in dims) + "]"
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"input {alias!r} has shape {list(array.shape)}; the "
+                                       f"signature expects {wanted}")
+            if array.ndim == 0:
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                   f"input {alias!r} is a scalar; inputs need a batch dimension")
+            arrays[alias] = array
+            rows.add(array.shape[0])
+        if len(rows) > 1:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "Batching session Run() input tensors must have equal "
+                               "0th-dimension size")
+        (batch,) = rows
+        if batch == 0:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "empty batch: every input has 0 rows; send at least one")
+        return arrays, batch
+
+    def run(self, signature_name: str, inputs: dict) -> dict:
+        """One model call on validated inputs -> {alias: ndarray}."""
+        signature = self.signature_defs[signature_name]
+        function = self._loaded.signatures[signature_name]
+        with self._calls_lock:
+            self.model_calls += 1
+        try:
+            outputs = function(**{alias: tf.constant(value, tf.dtypes.as_dtype(
+                signature.inputs[alias].dtype)) for alias, value in inputs.items()})
+        except tf.errors.OpError as error:
+            raise from_tensorflow(error) from None
+        except (TypeError, ValueError) as error:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        return {alias: value.numpy() for alias, value in outputs.items()}
+
+    def infer(self, signature_name: str, inputs: dict, rows: int) -> dict:
+        """A request's call: through the batcher when batching is on."""
+        signature_name = signature_name or "serving_default"
+        if self._batcher is None:
+            return self.run(signature_name, inputs)
+        return self._batcher.submit(signature_name, inputs, rows)
+
+    def warm_up(self, iterations: int):
+        """Replays assets.extra/tf_serving_warmup_requests (Predict and Classify logs)."""
+        from serving import service   # the request handling the gRPC services use
+
+        path = os.path.join(self.path, WARMUP_FILE)
+        if not tf.io.gfile.exists(path):
+            return 0
+        count = 0
+        for record in tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS):
+            entry = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            for _ in range(iterations):
+                if entry.HasField("predict_log"):
+                    service.predict(self, entry.predict_log.request)
+                elif entry.HasField("classify_log"):
+                    service.classify(self, entry.classify_log.request, method_check=False)
+                else:
+                    raise ValueError(f"{path}: warm-up record {count} is neither a Predict nor "
+                                     f"a Classify log")
+            count += 1
+        return count
+
+    def close(self):
+        if self._batcher:
+            self._batcher.close()
+
+
+@dataclasses.dataclass
+class VersionStatus:
+    state: int = State.START
+    error: ServingError | None = None
+    servable: Servable | None = None
+
+
+def select_versions(policy, on_disk: list[int]) -> list[int]:
+    """The versions a ModelVersionPolicy serves (default: the latest one)."""
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+        return list(on_disk)
+    if kind == "specific":
+        return [v for v in on_disk if v in set(policy.specific.versions)]
+    count = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
+    return on_disk[-count:]
+
+
+class ModelManager:
+    def __init__(self, batching: config_lib.BatchingConfig | None = None,
+                 warmup_iterations: int = 1, enable_warmup: bool = True):
+        self.batching, self.warmup_iterations = batching, warmup_iterations
+        self.enable_warmup = enable_warmup
+        self._config: list[model_server_config_pb2.ModelConfig] = []
+        self._versions: dict[str, dict[int, VersionStatus]] = {}
+        self._labels: dict[str, dict[str, int]] = {}
+        self._lock = threading.RLock()          # guards the three maps above
+        self._reconcile_lock = threading.Lock()   # one load/unload pass at a time
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def set_config(self, config: model_server_config_pb2.ModelServerConfig):
+        if config.WhichOneof("config") != "model_config_list":
+            raise ValueError("only model_config_list is supported (no custom_model_config)")
+        names = [m.name for m in config.model_config_list.config]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate model names in the config: {names}")
+        for model in config.model_config_list.config:
+            if model.model_platform not in ("", "tensorflow"):
+                raise ValueError(f"model {model.name}: platform {model.model_platform!r} is not "
+                                 f"supported (tensorflow only)")
+            if not model.base_path:
+                raise ValueError(f"model {model.name}: base_path is empty")
+        with self._lock:
+            self._config = list(config.model_config_list.config)
+
+    # --- the load / unload pass ---------------------------------------------------------------
+
+    def reconcile(self):
+        """Loads what the config and the version directories call for, applies labels, unloads
+        what is no longer wanted. Called at start, on every poll and on config reloads."""
+        with self._reconcile_lock:
+            with self._lock:
+                config = list(self._config)
+            for model in config:
+                self._reconcile_model(model)
+            configured = {m.name for m in config}
+            for name in list(self._versions):
+                if name not in configured:
+                    self._unload(name, [v for v, s in self._versions[name].items()
+                                        if s.state == State.AVAILABLE])
+                    with self._lock:
+                        self._labels.pop(name, None)
+
+    def _reconcile_model(self, model):
+        try:
+            on_disk = config_lib.pushed_versions(model.base_path)
+        except tf.errors.OpError as error:
+            log.error("model %s: cannot list %s: %s", model.name, model.base_path, error)
+            return
+        if not on_disk:
+            log.warning("model %s: no versions found under %s", model.name, model.base_path)
+        wanted = select_versions(model.model_version_policy, on_disk)
+        with self._lock:
+            known = self._versions.setdefault(model.name, {})
+            to_load = [v for v in wanted if v not in known or known[v].state == State.END
+                       and known[v].error is None]
+        for version in to_load:
+            self._load(model.name, version, os.path.join(model.base_path, str(version)))
+        self._apply_labels(model)
+        with self._lock:
+            stale = [v for v, s in known.items() if v not in wanted and s.state == State.AVAILABLE]
+        self._unload(model.name, stale)
+
+    def _load(self, name: str, version: int, path: str):
+        status = VersionStatus(State.LOADING)
+        with self._lock:
+            self._versions[name][version] = status
+        log.info("Loading servable: {name: %s version: %d}", name, version)
+        try:
+            servable = Servable(name, version, path, self.batching)
+            if self.enable_warmup:
+                replayed = servable.warm_up(self.warmup_iterations)
+                if replayed:
+                    log.info("Finished reading warmup data for model at %s. Number of warmup "
+                             "records read: %d.", path, replayed)
+        except Exception as error:   # a broken version fails alone; the server keeps serving
+            log.error("Loading servable: {name: %s version: %d} failed: %s", name, version, error)
+            with self._lock:
+                status.state = State.END
+                status.error = ServingError(grpc.StatusCode.UNKNOWN, str(error).splitlines()[0]
+                                            if str(error) else type(error).__name__)
+            return
+        with self._lock:
+            status.servable, status.state = servable, State.AVAILABLE
+        log.info("Successfully loaded servable version {name: %s version: %d}", name, version)
+
+    def _unload(self, name: str, versions: list[int]):
+        for version in versions:
+            with self._lock:
+                status = self._versions[name][version]
+                status.state = State.UNLOADING
+                servable, status.servable = status.servable, None
+            servable.close()       # in-flight requests hold their own reference and finish
+            with self._lock:
+                status.state = State.END
+            log.info("Done unloading servable version {name: %s version: %d}", name, version)
+
+    def _apply_labels(self, model):
+        """Labels move only to available versions, as TF Serving requires; a label pointing
+        elsewhere keeps its previous version and is logged."""
+        with self._lock:
+            versions = self._versions.get(model.name, {})
+            labels = dict(self._labels.get(model.name, {}))
+            for label, version in model.version_labels.items():
+                if version in versions and versions[version].state == State.AVAILABLE:
+                    labels[label] = version
+                else:
+                    log.error("model %s: label %r -> version %d, which is not available; the "
+                              "label keeps %s", model.name, label, version, labels.get(label))
+            for label in set(labels) - set(model.version_labels):
+                del labels[label]
+            self._labels[model.name] = labels
+
+    # --- lookups for requests -----------------------------------------------------------------
+
+    def resolve(self, model_spec) -> Servable:
+        """The servable a request's ModelSpec names, or TF Serving's NOT_FOUND / INVALID_ARGUMENT."""
+        if not model_spec.name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        name = model_spec.name
+        with self._lock:
+            versions = self._versions.get(name, {})
+            choice = model_spec.WhichOneof("version_choice")
+            if choice == "version_label":
+                label = model_spec.version_label
+                if label not in self._labels.get(name, {}):
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"Unrecognized servable version label: {label}")
+                version = self._labels[name][label]
+                request = f"Specific({name}, {version})"
+            elif choice == "version":
+                version = model_spec.version.value
+                request = f"Specific({name}, {version})"
+            else:
+                available = [v for v, s in versions.items() if s.state == State.AVAILABLE]
+                version = max(available) if available else None
+                request = f"Latest({name})"
+            status = versions.get(version)
+            if status is None or status.state != State.AVAILABLE or status.servable is None:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Servable not found for request: {request}")
+            return status.servable
+
+    def statuses(self, model_spec) -> list[tuple[int, VersionStatus]]:
+        """(version, status) pairs for GetModelStatus."""
+        name = model_spec.name
+        if not name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing model name in request.")
+        with self._lock:
+            versions = self._versions.get(name)
+            if not versions:
+                raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                   f"Could not find any versions of model {name}")
+            choice = model_spec.WhichOneof("version_choice")
+            if choice == "version_label":
+                label = model_spec.version_label
+                if label not in self._labels.get(name, {}):
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                                       f"Unrecognized servable version label: {label}")
+                wanted = [self._labels[name][label]]
+            elif choice == "version":
+                wanted = [model_spec.version.value]
+                if wanted[0] not in versions:
+                    raise ServingError(grpc.StatusCode.NOT_FOUND,
+                                       f"Could not find version {wanted[0]} of model {name}")
+            else:
+                wanted = sorted(versions)
+            return [(v, dataclasses.replace(versions[v])) for v in wanted]
+
+    def available(self) -> dict[str, list[int]]:
+        with self._lock:
+            return {name: sorted(v for v, s in versions.items() if s.state == State.AVAILABLE)
+                    for name, versions in self._versions.items()}
+
+    def labels(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return {name: dict(labels) for name, labels in self._labels.items()}
+
+    def close(self):
+        with self._lock:
+            names = {n: [v for v, s in vs.items() if s.state == State.AVAILABLE]
+                     for n, vs in self._versions.items()}
+        for name, versions in names.items():
+            self._unload(name, versions)

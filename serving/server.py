@@ -1,0 +1,237 @@
+"""`cardio serve`: a drop-in for `tensorflow_model_server` on one machine.
+
+It takes tensorflow_model_server's command-line flags for what it implements (FLAGS below) and
+refuses, by name, the ones it does not; it serves TF Serving's gRPC API (serving/service.py)
+from the same models.config, batching parameters file and version directories.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import os
+import threading
+import time
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving import config as config_lib, service
+from serving.models import ModelManager
+
+log = logging.getLogger("cardio.serve")
+
+
+@dataclasses.dataclass
+class ServerOptions:
+    port: int = 8500
+    model_name: str = "default"
+    model_base_path: str = ""
+    model_config_file: str = ""
+    model_config_file_poll_wait_seconds: int = 0
+    file_system_poll_wait_seconds: int = 1
+    enable_batching: bool = False
+    batching_parameters_file: str = ""
+    grpc_channel_arguments: str = ""
+    grpc_max_threads: int = 0                 # 0: 4 per core, as TF Serving
+    enable_model_warmup: bool = True
+    num_request_iterations_for_warmup: int = 1
+    enable_signature_method_name_check: bool = False
+
+
+# tensorflow_model_server's flags that `cardio serve` implements, with their types.
+FLAGS = {field.name: field.type for field in dataclasses.fields(ServerOptions)}
+# Its other flags: named so that a script using them gets a clear refusal, not a silent no-op.
+UNIMPLEMENTED_FLAGS = (
+    "grpc_socket_path", "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in_ms",
+    "rest_api_enable_cors_support", "enable_per_model_batching_parameters",
+    "allow_version_labels_for_unavailable_models", "num_load_threads", "num_unload_threads",
+    "max_num_load_retries", "load_retry_interval_micros", "flush_filesystem_caches",
+    "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism", "use_alts_credentials", "ssl_config_file",
+    "platform_config_file", "per_process_gpu_memory_fraction", "saved_model_tags",
+    "monitoring_config_file", "remove_unused_fields_from_bundle_metagraph",
+    "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
+    "num_tflite_interpreters", "xla_cpu_compilation_enabled", "enable_profiler",
+    "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
+    "enable_grpc_healthcheck_service", "enable_model_warmup_for_all_versions",
+    "tensorflow_session_config_file", "use_tflite_model",
+)
+
+
+class FlagError(ValueError):
+    pass
+
+
+def _bool(name: str, text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise FlagError(f"--{name}: expected true or false, got {text!r}")
+
+
+def parse_flags(argv: list[str]) -> ServerOptions:
+    """tensorflow_model_server's flag syntax: --name=value, --name value, and for booleans
+    --name, --name=true|false or --noname."""
+    options, args = ServerOptions(), list(argv)
+    while args:
+        arg = args.pop(0)
+        if not arg.startswith("-") or arg in ("-", "--"):
+            raise FlagError(f"unexpected argument {arg!r}; tensorflow_model_server takes only flags")
+        name, has_value, value = arg.lstrip("-").partition("=")
+        negated = not has_value and name.startswith("no") and FLAGS.get(name[2:]) == "bool"
+        if negated:
+            name = name[2:]
+        if name in ("version", "help", "h"):
+            raise FlagError(f"--{name}: see `cardio serve --help`")
+        if name not in FLAGS:
+            if name in UNIMPLEMENTED_FLAGS:
+                raise FlagError(f"--{name} is a tensorflow_model_server flag that cardio serve does "
+                                f"not implement; run the official TF Serving image for it")
+            raise FlagError(f"unknown flag --{name} (cardio serve implements: "
+                            f"{', '.join('--' + f for f in FLAGS)})")
+        kind = FLAGS[name]
+        if kind == "bool":
+            setattr(options, name, False if negated else (_bool(name, value) if has_value else True))
+            continue
+        if not has_value:
+            if not args:
+                raise FlagError(f"--{name} needs a value")
+            value = args.pop(0)
+        if kind == "int":
+            try:
+                value = int(value)
+            except ValueError:
+                raise FlagError(f"--{name}: expected an integer, got {value!r}") from None
+        setattr(options, name, value)
+    if not options.model_base_path and not options.model_config_file:
+        raise FlagError("Both --model_base_path and --model_config_file are empty: name the model "
+                        "directory or the models.config to serve")
+    return options
+
+
+def channel_arguments(text: str) -> list[tuple[str, object]]:
+    """--grpc_channel_arguments "k=v,k=v" -> gRPC options. Message sizes are unlimited unless
+    set here, as in TF Serving."""
+    arguments = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FlagError(f"--grpc_channel_arguments: {item!r} is not key=value")
+        arguments[key] = int(value) if value.lstrip("-").isdigit() else value
+    return list(arguments.items())
+
+
+def model_server_config(options: ServerOptions) -> model_server_config_pb2.ModelServerConfig:
+    if options.model_config_file:
+        return config_lib.read_models_config(options.model_config_file)
+    config = model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name=options.model_name,
+                                        base_path=options.model_base_path,
+                                        model_platform="tensorflow")
+    return config
+
+
+class Server:
+    """The manager, its polling thread and the gRPC server. `start()` returns once the initial
+    models are loaded (as TF Serving, which opens its port only then)."""
+
+    def __init__(self, options: ServerOptions, host: str = "0.0.0.0"):
+        self.options, self.host = options, host
+        batching = None
+        if options.enable_batching:
+            batching = config_lib.BatchingConfig()
+            if options.batching_parameters_file:
+                with tf.io.gfile.GFile(options.batching_parameters_file) as f:
+                    batching = config_lib.parse_batching_parameters(
+                        f.read(), options.batching_parameters_file)
+            else:   # TF Serving's defaults when no file is given
+                batching = config_lib.parse_batching_parameters("", "defaults")
+        self.manager = ModelManager(batching, options.num_request_iterations_for_warmup,
+                                    options.enable_model_warmup)
+        self.manager.set_config(model_server_config(options))
+        self._grpc_options = channel_arguments(options.grpc_channel_arguments)
+        self._stop = threading.Event()
+        self._poller = None
+        self._grpc = None
+        self.port = None
+
+    def start(self) -> int:
+        self.manager.reconcile()
+        workers = self.options.grpc_max_threads or 4 * (os.cpu_count() or 1)
+        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=workers),
+                                 options=self._grpc_options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            service.PredictionService(self.manager,
+                                      self.options.enable_signature_method_name_check), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(
+            service.ModelService(self.manager), self._grpc)
+        self.port = self._grpc.add_insecure_port(f"{self.host}:{self.options.port}")
+        if not self.port:
+            raise OSError(f"cannot bind {self.host}:{self.options.port}")
+        self._grpc.start()
+        self._poller = threading.Thread(target=self._poll, name="poll", daemon=True)
+        self._poller.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", self.host, self.port)
+        return self.port
+
+    def _poll(self):
+        """Reloads models.config every --model_config_file_poll_wait_seconds (0: never) and
+        looks for new version directories every --file_system_poll_wait_seconds."""
+        interval = max(self.options.file_system_poll_wait_seconds, 0.2)
+        config_every = self.options.model_config_file_poll_wait_seconds
+        last_config = time.monotonic()
+        while not self._stop.wait(interval):
+            if self.options.model_config_file and config_every > 0 and \
+                    time.monotonic() - last_config >= config_every:
+                last_config = time.monotonic()
+                try:
+                    self.manager.set_config(model_server_config(self.options))
+                except (ValueError, tf.errors.OpError) as error:
+                    log.error("keeping the previous config: %s", error)
+            try:
+                self.manager.reconcile()
+            except Exception:    # never let the poller die; the next poll tries again
+                log.exception("reconcile failed")
+
+    def wait(self):
+        self._grpc.wait_for_termination()
+
+    def stop(self, grace: float = 1.0):
+        self._stop.set()
+        if self._grpc:
+            self._grpc.stop(grace).wait()
+        if self._poller:
+            self._poller.join()
+        self.manager.close()
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def main(argv: list[str], echo=print) -> int:
+    """`cardio serve FLAGS...`: serves until SIGINT or SIGTERM. Logs go to stderr; once the
+    models are loaded, one JSON line on stdout says where it listens and what it serves."""
+    import json
+    import signal
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    options = parse_flags(argv)
+    server = Server(options)
+    server.start()
+    done = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: done.set())
+    echo(json.dumps({"port": server.port, "available": server.manager.available(),
+                     "labels": server.manager.labels()}))
+    done.wait()
+    log.info("shutting down")
+    server.stop(grace=5.0)
+    return 0
