@@ -51,8 +51,12 @@ def random_affine(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool,
                  deterministic: bool = False, seed: int = 0, augment_positives: bool = True,
-                 repeat: bool | None = None) -> tf.data.Dataset:
-    """Yields (images [N, size, size, 3] in 0-255, labels [N] float32)."""
+                 repeat: bool | None = None, drop_remainder: bool = False,
+                 workers: int = 1) -> tf.data.Dataset:
+    """Yields (images [N, size, size, 3] in 0-255, labels [N] float32).
+
+    `workers`: training processes sharing the data (MultiWorkerMirroredStrategy). Each reads its
+    own files when there are enough of them, else every example and keeps its share."""
     files = list_files(file_patterns)
     ds = tf.data.TFRecordDataset(files, compression_type="GZIP",
                                  num_parallel_reads=min(len(files), tf.data.AUTOTUNE))
@@ -73,7 +77,9 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
                                    lambda: random_affine(xy[0], tf.stack([tf.cast(seed, tf.int64), i])),
                                    lambda: xy[0]), xy[1]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    ds = ds.batch(batch_size, drop_remainder=False)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = deterministic
+    if len(files) < workers:
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -79,6 +79,14 @@ def backup_dir(fn_args, config: TrainingConfig) -> str:
 
 
 def run_fn(fn_args):
+    train_and_export(fn_args)
+
+
+def train_and_export(fn_args):
+    """Trains, chooses the operating threshold, exports; returns the trained Keras model.
+
+    Under MultiWorkerMirroredStrategy every worker runs all of this (the saves are collective),
+    the chief into the Trainer's directories and the others into temporary ones."""
     config = TrainingConfig.from_custom_config(fn_args.custom_config)
     logging.info("training config: %s", config)
     if config.deterministic:
@@ -86,6 +94,7 @@ def run_fn(fn_args):
         tf.config.experimental.enable_op_determinism()
 
     strategy = distribution.choose_strategy()
+    chief = distribution.is_chief(strategy)
     with strategy.scope():
         model = model_lib.build_model(config.backbone, config.image_size, config.weights)
         model.compile(optimizer=keras.optimizers.RMSprop(config.learning_rate),
@@ -94,9 +103,16 @@ def run_fn(fn_args):
 
     n_train = count_examples(fn_args.train_files)
     steps_per_epoch = config.steps_per_epoch or math.ceil(n_train / config.batch_size)
+    # The global batch is split across replicas, so each step sees `batch_size` images in all.
     train_ds = data.make_dataset(fn_args.train_files, config.batch_size, config.image_size,
-                                 training=True, deterministic=config.deterministic, seed=config.seed)
-    val_ds = data.make_dataset(fn_args.eval_files, config.batch_size, config.image_size, training=False)
+                                 training=True, deterministic=config.deterministic, seed=config.seed,
+                                 workers=distribution.cluster_workers())
+    # Split across replicas, a short last batch can leave a replica an empty batch, which some
+    # CPU kernels reject; validation loss (for the LR schedule) does without it. The operating
+    # threshold below still scores every validation image.
+    val_ds = data.make_dataset(fn_args.eval_files, config.batch_size, config.image_size,
+                               training=False, drop_remainder=strategy.num_replicas_in_sync > 1,
+                               workers=distribution.cluster_workers())
     backup = backup_dir(fn_args, config)
     logging.info("epoch checkpoints (resumed from when present): %s", backup)
     callbacks = [
@@ -119,12 +135,24 @@ def run_fn(fn_args):
         unet = unet_lib.load(config.segmenter_weights)
         # The segmenter's licence (non-commercial for the shipped U-Net) binds this model too.
         metadata["segmenter"] = unet_lib.card_metadata(config.segmenter_weights)
-    export.export(model, fn_args.serving_model_dir, config.image_size, threshold, unet,
-                  config.crop_size, metadata)
-    model.save(os.path.join(fn_args.model_run_dir, KERAS_MODEL_DIR), save_format="tf")
-    with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, "training_summary.json"), "w") as f:
-        json.dump({"config": dataclasses.asdict(config), "train_examples": n_train,
-                   "steps_per_epoch": steps_per_epoch, "operating_threshold": threshold,
-                   "epochs_run": [int(e) for e in history.epoch],
-                   "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}},
-                  f, indent=2)
+    # Signatures that read distributed (sync-on-read) variables cannot be saved: the export
+    # holds a copy of the trained weights outside the strategy.
+    serving_model = model
+    if strategy.num_replicas_in_sync > 1 or distribution.cluster_workers() > 1:
+        serving_model = model_lib.build_model(config.backbone, config.image_size, "random")
+        serving_model.set_weights(model.get_weights())
+    with distribution.save_dir(fn_args.serving_model_dir, chief) as serving_dir:
+        export.export(serving_model, serving_dir, config.image_size, threshold, unet,
+                      config.crop_size, metadata)
+    with distribution.save_dir(fn_args.model_run_dir, chief) as run_dir:
+        model.save(os.path.join(run_dir, KERAS_MODEL_DIR), save_format="tf")
+        tf.io.gfile.makedirs(run_dir)
+        with tf.io.gfile.GFile(os.path.join(run_dir, "training_summary.json"), "w") as f:
+            json.dump({"config": dataclasses.asdict(config), "train_examples": n_train,
+                       "steps_per_epoch": steps_per_epoch, "operating_threshold": threshold,
+                       "strategy": distribution.strategy_name(strategy),
+                       "replicas": strategy.num_replicas_in_sync,
+                       "epochs_run": [int(e) for e in history.epoch],
+                       "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}},
+                      f, indent=2)
+    return model
