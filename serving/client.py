@@ -20,6 +20,7 @@ import os
 import grpc
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import tensor_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
@@ -120,7 +121,7 @@ class Client:
         request = predict_pb2.PredictRequest(output_filter=list(output_filter))
         self._spec(request.model_spec, model, version, label, signature)
         for name, value in inputs.items():
-            request.inputs[name].CopyFrom(value if isinstance(value, tf.compat.v1.TensorProto)
+            request.inputs[name].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto)
                                           else tf.make_tensor_proto(value))
         return self.predictions.Predict(request, timeout=self.timeout)
 
