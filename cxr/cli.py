@@ -269,26 +269,94 @@ def pipeline():
 
 
 @pipeline.command("compile")
-@click.option("--output", required=True, type=click.Path(), help="PipelineJob JSON to write.")
-@click.option("--profile", type=click.Choice(["study", "demo"]), default="study", show_default=True)
-@click.option("--image", default=None, help="Container image for every component.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False),
+              help="PipelineJob JSON to write (Vertex); the PipelineSpec YAML for Kubeflow "
+                   "Pipelines and schema.pbtxt are written beside it.")
+@click.option("--profile", type=click.Choice(["study", "demo"]), default="study", show_default=True,
+              help="Grid and gate: they shape the DAG, so each profile is its own pipeline.")
+@click.option("--image-repository", default="ghcr.io/cardio-pipeline/cardio", show_default=True)
+@click.option("--image-tag", default=None, help="Image tag (default: the package version); the "
+              "Trainers run TAG-gpu.")
 @click.option("--pipeline-root", default="gs://YOUR_BUCKET/cardio/pipeline-root", show_default=True)
-@click.option("--data-root", default="gs://YOUR_BUCKET/cardio/data", show_default=True)
+@click.option("--data-root", default="gs://YOUR_BUCKET/cardio/data", show_default=True,
+              help="Default of the data_root runtime parameter.")
 @click.option("--serving-root", default="gs://YOUR_BUCKET/cardio/serving", show_default=True)
 @click.option("--segmenter-uri", default="gs://YOUR_BUCKET/cardio/unet", show_default=True,
               help="Directory holding unet_lungs.weights.h5 (upload cxr/assets/ there).")
-def compile_(output, profile, image, pipeline_root, data_root, serving_root, segmenter_uri):
+@click.option("--weights", default="/opt/cardio/weights", show_default=True,
+              help="ImageNet weights directory inside the image, or 'random'.")
+@click.option("--beam-runner", type=click.Choice(["in-pod", "portable", "dataflow"]),
+              default="in-pod", show_default=True)
+@click.option("--beam-job-endpoint", default=None, help="HOST:PORT of the Beam job server "
+              "(portable runner: Flink or Spark).")
+@click.option("--beam-arg", "beam_extra", multiple=True,
+              help="Extra beam_pipeline_args, e.g. --beam-arg=--project=P (repeatable).")
+@click.option("--training", type=click.Choice(["in-pod", "tfjob"]), default="in-pod",
+              show_default=True, help="Train in the Trainer's pod, or launch a multi-worker TFJob.")
+@click.option("--trainer-gpus", default=1, show_default=True, help="GPUs per Trainer pod or replica.")
+@click.option("--tfjob-workers", default=2, show_default=True, help="TFJob replicas (chief included).")
+def compile_(output, profile, image_repository, image_tag, pipeline_root, data_root, serving_root,
+             segmenter_uri, weights, beam_runner, beam_job_endpoint, beam_extra, training,
+             trainer_gpus, tfjob_workers):
     """Compile the pipeline for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
-    import dataclasses
+    from pipeline import kubeflow_runner
 
-    from pipeline import configs, kubeflow_runner
+    try:
+        summary = kubeflow_runner.compile_profile(
+            profile, os.path.abspath(output), data_root=data_root, pipeline_root=pipeline_root,
+            serving_root=serving_root, segmenter_uri=segmenter_uri,
+            repository=image_repository, tag=image_tag or kubeflow_runner.DEFAULT_TAG,
+            weights=weights, beam_runner=beam_runner, beam_job_endpoint=beam_job_endpoint,
+            beam_extra=beam_extra, training=training, trainer_gpus=trainer_gpus,
+            tfjob_workers=tfjob_workers)
+    except ValueError as error:
+        raise click.UsageError(str(error))
+    click.echo(f"upload {summary['schema']} to {summary['schema_uri']} before the first run",
+               err=True)
+    click.echo(json.dumps(summary))
 
-    config = configs.demo_config(weights=None) if profile == "demo" else configs.PipelineConfig()
-    config = dataclasses.replace(config, segmenter_uri=segmenter_uri)
-    path = kubeflow_runner.compile_pipeline(
-        config, os.path.abspath(output), data_root=data_root, pipeline_root=pipeline_root,
-        serving_root=serving_root, image=image or kubeflow_runner.DEFAULT_IMAGE)
-    click.echo(json.dumps({"pipeline_job": path, "profile": profile}))
+
+_kfp_host = click.option("--host", required=True, envvar="KFP_HOST",
+                         help="Kubeflow Pipelines API endpoint ($KFP_HOST).")
+_kfp_package = click.option("--package", required=True, type=click.Path(exists=True, dir_okay=False),
+                            help="PipelineSpec YAML written by `cardio pipeline compile`.")
+_kfp_experiment = click.option("--experiment", default="cardio-retraining", show_default=True)
+_kfp_namespace = click.option("--namespace", default=None, help="Kubeflow profile namespace.")
+
+
+@pipeline.command("submit")
+@_kfp_host
+@_kfp_package
+@_kfp_experiment
+@_kfp_namespace
+@click.option("--run-name", default=None)
+def submit(host, package, experiment, namespace, run_name):
+    """Start one run of a compiled pipeline on Kubeflow Pipelines."""
+    from pipeline import scheduling
+
+    try:
+        click.echo(json.dumps(scheduling.submit(host, package, experiment, namespace, run_name)))
+    except ValueError as error:
+        raise click.UsageError(str(error))
+
+
+@pipeline.command("schedule")
+@_kfp_host
+@_kfp_package
+@_kfp_experiment
+@_kfp_namespace
+@click.option("--cron", default="0 0 3 * * 1", show_default=True,
+              help="KFP cron, six fields with seconds first (default: Mondays 03:00 UTC).")
+@click.option("--job-name", default="cardio-retraining", show_default=True)
+def schedule(host, package, experiment, namespace, cron, job_name):
+    """Create a recurring run: scheduled retraining on the newest data span."""
+    from pipeline import scheduling
+
+    try:
+        summary = scheduling.schedule(host, package, cron, job_name, experiment, namespace)
+    except ValueError as error:
+        raise click.UsageError(str(error))
+    click.echo(json.dumps(summary))
 
 
 @main.command()

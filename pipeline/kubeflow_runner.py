@@ -1,16 +1,135 @@
-"""Compiles the same pipeline definition for Kubeflow Pipelines 2.x (KubeflowV2DagRunner)."""
+"""Compiles the same pipeline definition for Kubeflow Pipelines 2.x (KubeflowV2DagRunner).
+
+`create_pipeline` assembles the pipeline once, for every runner. What only Kubeflow needs is
+applied here to its nodes, and nowhere else:
+
+- compile-time **profiles** (`PROFILES`): the grid and the gate shape the DAG (one Trainer,
+  Evaluator and Pusher per grid cell), so each profile compiles to its own PipelineJob;
+- **runtime parameters** (`RUNTIME_PARAMETERS`): the data root, the span range (empty: the
+  newest span, so every scheduled run ingests the newest data), epochs and learning rate;
+- **images**: the CPU image for every component, the GPU image for the Trainers;
+- **resources**: GPUs for the Trainers, memory for the Beam stages;
+- **beam_pipeline_args** for the chosen Beam runner (`beam_pipeline_args`);
+- the **training launcher**: in the Trainer's pod, or a TFJob (components/tfjob_trainer.py).
+"""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 
+import yaml
+from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
+import cxr
 import schemas
-
+from components import tfjob_trainer, trainer as trainer_component
+from pipeline import configs
 from pipeline.configs import PipelineConfig
 from pipeline.pipeline import create_pipeline
 
-DEFAULT_IMAGE = "ghcr.io/cardio-pipeline/cardio:0.1.0"
+DEFAULT_REPOSITORY = "ghcr.io/cardio-pipeline/cardio"
+DEFAULT_TAG = cxr.__version__
+DEFAULT_IMAGE = f"{DEFAULT_REPOSITORY}:{DEFAULT_TAG}"
+# Where the image keeps ImageNet weights (Dockerfile: the optional `weights` build context).
+IMAGE_WEIGHTS_DIR = "/opt/cardio/weights"
+
+PROFILES = ("study", "demo")
+BEAM_RUNNERS = ("in-pod", "portable", "dataflow")
+TRAINING_MODES = ("in-pod", "tfjob")
+
+# Runtime parameters of the compiled pipeline (names as the KFP UI and API show them).
+DATA_ROOT, RANGE_CONFIG, EPOCHS, LEARNING_RATE = "data_root", "range_config", "epochs", "learning_rate"
+RUNTIME_PARAMETERS = (DATA_ROOT, RANGE_CONFIG, EPOCHS, LEARNING_RATE)
+
+BEAM_STAGE_PREFIXES = ("ImportExampleGen", "StatisticsGen", "LungCrop", "CropReport", "Evaluator")
+ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+
+
+def profile_config(profile: str) -> PipelineConfig:
+    """The grid and the gate of a profile: `study` (5 backbones x 2 weightings, the study's
+    gate) or `demo` (one small MobileNet, the demo gate)."""
+    if profile == "study":
+        return PipelineConfig()
+    if profile == "demo":
+        return configs.demo_config(weights=None)
+    raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+
+
+def images(repository: str = DEFAULT_REPOSITORY, tag: str = DEFAULT_TAG) -> tuple[str, str]:
+    """(CPU image, GPU image) as the Dockerfile's two targets are tagged."""
+    if not tag or tag == "latest":
+        raise ValueError("give the image an explicit tag (not 'latest'): a compiled pipeline must "
+                         "name the exact image it was tested with")
+    return f"{repository}:{tag}", f"{repository}:{tag}-gpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class Resources:
+    """Requests (and memory limits) per kind of component."""
+    default_cpu: str = "1"
+    default_memory: str = "4G"
+    beam_cpu: str = "4"              # the in-pod Beam runner uses every core it is given
+    beam_memory: str = "16G"         # LungCrop holds a U-Net and batches of 1-3k px radiographs
+    trainer_cpu: str = "8"
+    trainer_memory: str = "32G"
+    trainer_gpus: int = 1
+    gpu_type: str = "nvidia.com/gpu"
+
+
+def _gigabytes(quantity: str) -> float:
+    units = {"G": 1.0, "M": 1e-3, "Gi": 2**30 / 1e9, "Mi": 2**20 / 1e9}
+    for unit in sorted(units, key=len, reverse=True):
+        if quantity.endswith(unit):
+            return float(quantity[:-len(unit)]) * units[unit]
+    raise ValueError(f"memory quantity {quantity!r} needs a unit (G, M, Gi or Mi)")
+
+
+def resource_spec(cpu: str, memory: str, gpus: int = 0, gpu_type: str = "") -> ResourceSpec:
+    spec = ResourceSpec(cpu_request=float(cpu), cpu_limit=float(cpu) * 2,
+                        memory_request=_gigabytes(memory), memory_limit=_gigabytes(memory),
+                        resource_cpu_request=cpu, resource_cpu_limit=str(float(cpu) * 2),
+                        resource_memory_request=memory, resource_memory_limit=memory)
+    if gpus:
+        spec.accelerator.type = spec.accelerator.resource_type = gpu_type
+        spec.accelerator.count, spec.accelerator.resource_count = gpus, str(gpus)
+    return spec
+
+
+def beam_pipeline_args(runner: str, image: str, job_endpoint: str | None = None,
+                       extra: tuple = ()) -> list[str]:
+    """beam_pipeline_args for one of `BEAM_RUNNERS`, plus `extra` (which may override):
+
+    - `in-pod`: Beam's multi-process local runner in the component's pod, one worker per core
+      it is given (no cluster services needed);
+    - `portable`: Beam's PortableRunner to a job server in the cluster (a Flink or Spark job
+      server), whose task managers run the SDK worker pool from this image as a sidecar on
+      localhost:50000 (EXTERNAL environment);
+    - `dataflow`: Google Cloud Dataflow with this image as the SDK container (needs --project,
+      --region and --temp_location in `extra`).
+    """
+    if runner == "in-pod":
+        args = [f"--runner={configs.FN_API_RUNNER}", "--direct_running_mode=multi_processing",
+                "--direct_num_workers=0"]
+    elif runner == "portable":
+        if not job_endpoint:
+            raise ValueError("the portable Beam runner needs the job server's endpoint "
+                             "(--beam-job-endpoint HOST:PORT)")
+        args = ["--runner=PortableRunner", f"--job_endpoint={job_endpoint}",
+                "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]
+    elif runner == "dataflow":
+        given = {a.split("=", 1)[0] for a in extra}
+        missing = [k for k in ("--project", "--region", "--temp_location") if k not in given]
+        if missing:
+            raise ValueError(f"the Dataflow runner needs {', '.join(missing)} (--beam-arg)")
+        args = ["--runner=DataflowRunner", f"--sdk_container_image={image}",
+                "--experiments=use_runner_v2"]
+    else:
+        raise ValueError(f"unknown Beam runner {runner!r}; choose one of {', '.join(BEAM_RUNNERS)}")
+    overridden = {a.split("=", 1)[0] for a in extra}
+    return [a for a in args if a.split("=", 1)[0] not in overridden] + list(extra)
 
 
 def schema_uri(pipeline_root: str) -> str:
@@ -18,15 +137,110 @@ def schema_uri(pipeline_root: str) -> str:
     return f"{pipeline_root.rstrip('/')}/schema/schema.pbtxt"
 
 
+def _runtime_parameter(name: str, ptype: type, default):
+    return tfx.dsl.experimental.RuntimeParameter(name=name, ptype=ptype, default=default)
+
+
 def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, pipeline_root: str,
-                     serving_root: str, image: str = DEFAULT_IMAGE) -> str:
+                     serving_root: str, image: str = DEFAULT_IMAGE, gpu_image: str | None = None,
+                     beam_args: list[str] | None = None, resources: Resources = Resources(),
+                     training: str = "in-pod",
+                     tfjob: tfjob_trainer.TFJobSpec | None = None) -> str:
     """Writes a PipelineJob JSON for Kubeflow Pipelines 2.x (or Vertex Pipelines), and beside it
-    `schema.pbtxt` with the configured sites, to upload to `schema_uri(pipeline_root)`."""
-    schemas.render(config.sites, os.path.join(os.path.dirname(output_file), "schema.pbtxt"))
-    pipeline = create_pipeline(config, data_root=data_root, pipeline_root=pipeline_root,
-                               serving_root=serving_root, schema_file=schema_uri(pipeline_root))
+    `schema.pbtxt` with the configured sites, to upload to `schema_uri(pipeline_root)`.
+
+    `data_root` is the default of the `data_root` runtime parameter. `training="tfjob"` makes
+    each Trainer a launcher of a multi-worker TFJob (`tfjob`, default: 2 replicas on
+    `gpu_image`); the launcher pod itself needs no GPU.
+    """
+    if training not in TRAINING_MODES:
+        raise ValueError(f"unknown training mode {training!r}; choose one of "
+                         f"{', '.join(TRAINING_MODES)}")
+    gpu_image = gpu_image or image
+    if beam_args is not None:
+        config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
+    output_dir = os.path.dirname(os.path.abspath(output_file))
+    os.makedirs(output_dir, exist_ok=True)
+    schemas.render(config.sites, os.path.join(output_dir, "schema.pbtxt"))
+    pipeline = create_pipeline(
+        config, data_root=_runtime_parameter(DATA_ROOT, str, data_root),
+        pipeline_root=pipeline_root, serving_root=serving_root,
+        schema_file=schema_uri(pipeline_root))
+
+    image_map = {"default_image_path": image}
+    epochs = _runtime_parameter(EPOCHS, int, config.epochs)
+    learning_rate = _runtime_parameter(LEARNING_RATE, float, config.learning_rate)
+    for node in pipeline.components:
+        if node.id == "ImportExampleGen" and config.spans is None:
+            # JSON of a tfx.proto.RangeConfig; empty reads the newest span.
+            node.exec_properties["range_config"] = _runtime_parameter(RANGE_CONFIG, str, "")
+        if isinstance(node, trainer_component.Trainer):
+            node.exec_properties[trainer_component.EPOCHS] = epochs
+            node.exec_properties[trainer_component.LEARNING_RATE] = learning_rate
+            if training == "tfjob":
+                spec = tfjob or tfjob_trainer.TFJobSpec(image=gpu_image)
+                node.exec_properties[trainer_component.TFJOB] = json.dumps(
+                    dataclasses.asdict(spec), sort_keys=True)
+                node.executor_spec = executor_spec.ExecutorClassSpec(tfjob_trainer.Executor)
+                node.with_platform_config(resource_spec(resources.default_cpu,
+                                                        resources.default_memory))
+            else:
+                image_map[node.id] = gpu_image
+                node.with_platform_config(resource_spec(
+                    resources.trainer_cpu, resources.trainer_memory, resources.trainer_gpus,
+                    resources.gpu_type))
+        elif node.id.startswith(BEAM_STAGE_PREFIXES):
+            node.with_platform_config(resource_spec(resources.beam_cpu, resources.beam_memory))
+        elif hasattr(node, "with_platform_config") and not isinstance(node, tfx.dsl.Importer):
+            node.with_platform_config(resource_spec(resources.default_cpu,
+                                                    resources.default_memory))
+
+    defaults = {DATA_ROOT: data_root, RANGE_CONFIG: "", EPOCHS: config.epochs,
+                LEARNING_RATE: config.learning_rate}
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image=image),
-        output_filename=output_file)
-    runner.run(pipeline, write_out=True)
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+            default_image=image_map, use_pipeline_spec_2_1=True),
+        output_dir=output_dir, output_filename=os.path.basename(output_file))
+    job = runner.run(pipeline, parameter_values=defaults, write_out=False)
+    # TFX leaves the defaults out of the pipeline's own inputs; the KFP API needs them there
+    # (a recurring run passes no parameters: every run takes the newest span).
+    inputs = job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]
+    for name, value in defaults.items():
+        if name in inputs:
+            inputs[name].update(defaultValue=value, isOptional=True)
+    with open(output_file, "w") as f:
+        json.dump(job, f, indent=2, sort_keys=True)
+    # Kubeflow Pipelines uploads and runs the PipelineSpec itself, as YAML.
+    with open(pipeline_spec_path(output_file), "w") as f:
+        yaml.safe_dump(job["pipelineSpec"], f, sort_keys=True)
     return output_file
+
+
+def pipeline_spec_path(pipeline_job_file: str) -> str:
+    """The PipelineSpec YAML (what `kfp.Client` and the KFP UI upload) beside the PipelineJob."""
+    return os.path.splitext(pipeline_job_file)[0] + ".yaml"
+
+
+def compile_profile(profile: str, output_file: str, data_root: str, pipeline_root: str,
+                    serving_root: str, segmenter_uri: str, repository: str = DEFAULT_REPOSITORY,
+                    tag: str = DEFAULT_TAG, weights: str = IMAGE_WEIGHTS_DIR,
+                    beam_runner: str = "in-pod", beam_job_endpoint: str | None = None,
+                    beam_extra: tuple = (), training: str = "in-pod", trainer_gpus: int = 1,
+                    tfjob_workers: int = 2) -> dict:
+    """`cardio pipeline compile`: one profile to a PipelineJob JSON and a PipelineSpec YAML."""
+    cpu_image, gpu_image = images(repository, tag)
+    config = dataclasses.replace(profile_config(profile), segmenter_uri=segmenter_uri,
+                                 weights=weights)
+    beam_args = beam_pipeline_args(beam_runner, cpu_image, beam_job_endpoint, tuple(beam_extra))
+    tfjob = (tfjob_trainer.TFJobSpec(image=gpu_image, workers=tfjob_workers,
+                                     gpus_per_worker=trainer_gpus)
+             if training == "tfjob" else None)
+    compile_pipeline(config, output_file, data_root=data_root, pipeline_root=pipeline_root,
+                     serving_root=serving_root, image=cpu_image, gpu_image=gpu_image,
+                     beam_args=beam_args, resources=Resources(trainer_gpus=trainer_gpus),
+                     training=training, tfjob=tfjob)
+    return {"pipeline_job": output_file, "pipeline_spec": pipeline_spec_path(output_file),
+            "schema": os.path.join(os.path.dirname(output_file), "schema.pbtxt"),
+            "schema_uri": schema_uri(pipeline_root), "profile": profile,
+            "grid": [cell.name for cell in config.grid], "image": cpu_image,
+            "gpu_image": gpu_image, "beam_runner": beam_runner, "training": training}

@@ -6,6 +6,7 @@ import os
 from tfx import v1 as tfx
 
 from components import evaluator as evaluator_lib
+from components import trainer as trainer_lib
 from components.anomaly_gate import AnomalyGate
 from components.crop_report import CropReport
 from components.lung_crop import LungCrop
@@ -64,7 +65,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
 
     for cell in config.grid:
         # One Trainer per (backbone x class weighting), each with its own artifacts and lineage.
-        trainer = tfx.components.Trainer(
+        # (TFX's Trainer with epochs and learning rate as parameters; see components/trainer.py.)
+        trainer = trainer_lib.Trainer(
             run_fn="trainer.task.run_fn",
             examples=examples,
             schema=schema_gen.outputs["schema"],
