@@ -120,6 +120,9 @@ def choose_champion(models: dict, delong: list, alpha: float = ALPHA) -> dict:
         reason = (f"Validation AUC could not separate {', '.join(tied)} (DeLong p >= {alpha} "
                   f"against the best, {best}); of these, the highest internal test AUC: "
                   f"{t.get('auc', float('nan')):.3f} (validation {v['auc']:.3f}).")
+    unblessed = sorted(set(models) - set(blessed))
+    if unblessed:
+        reason += f" Not blessed, so not eligible: {', '.join(unblessed)}."
     return {"model_name": champion, "reason": f"{reason} {not_external}", "candidates": tied,
             "blessed": blessed}
 

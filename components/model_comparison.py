@@ -1,0 +1,292 @@
+"""ModelComparison: every trained model scored on the same images, compared, one champion chosen.
+
+After the Evaluators (and Pushers): each grid cell's exported SavedModel scores the `validation`,
+`test` and `external` splits through its `serving_examples` signature, exactly as TFMA and
+serving see it. cxr.comparison turns the predictions into AUCs with DeLong CIs, DeLong's test
+for every pair of models, metrics at each model's operating threshold and at the study's 0.5,
+PPV/NPV at the deployment prevalence, and the fairness review; cxr.comparison_report draws the
+report. The champion is chosen on internal data only; the external site never chooses.
+
+Output artifact (`comparison`, type cardio.ModelComparison):
+  comparison.json   {"champion": {"model_name", "reason", ...}, "models": {...}, "delong": [...]}
+  report.md, report.html and their PNGs; predictions.csv (every model's probability per image);
+  overlays/<model>/ (Grad-CAM and guided backprop, when cxr.explain is available)
+
+TFX channels have one producer each, so the component's spec is built per grid: for every cell
+`<cell>` (hyphens as underscores) it takes `model_<cell>`, `model_run_<cell>`,
+`blessing_<cell>` and `pushed_model_<cell>`.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+from tfx import types
+from tfx.dsl.components.base import base_component, base_executor, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.artifact import Artifact
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+from tfx.utils import path_utils
+
+from cxr import comparison, comparison_report, features as F
+
+NODE_ID = "ModelComparison"
+OUTPUT_KEY = "comparison"
+COMPARISON_JSON = "comparison.json"
+PREDICTIONS_CSV = "predictions.csv"
+SCORED_SPLITS = (F.VALIDATION, F.TEST, F.EXTERNAL)
+CASE_FEATURES = (F.IMAGE_ID, F.LABEL, F.SITE, F.SEX, F.AGE_BAND)
+ROLES = {"model": standard_artifacts.Model, "model_run": standard_artifacts.ModelRun,
+         "blessing": standard_artifacts.ModelBlessing, "pushed_model": standard_artifacts.PushedModel}
+BATCH = 32
+
+
+class ModelComparisonArtifact(Artifact):
+    """comparison.json, the comparison report and its figures."""
+    TYPE_NAME = "cardio.ModelComparison"   # namespaced, as KFP v2 schema titles must be
+
+
+def input_key(role: str, cell_name: str) -> str:
+    return f"{role}_{cell_name.replace('-', '_')}"
+
+
+# ---------------------------------------------------------------------------------- reading
+
+def _feature(example, name):
+    feature = example.features.feature.get(name)
+    if feature is None:
+        return None
+    kind = feature.WhichOneof("kind")
+    values = getattr(feature, kind).value if kind else []
+    if not values:
+        return None
+    value = values[0]
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def split_files(examples_uri: str, split: str) -> list:
+    files = sorted(tf.io.gfile.glob(os.path.join(examples_uri, f"Split-{split}", "*")))
+    if not files:
+        raise FileNotFoundError(f"no records for split '{split}' under {examples_uri}")
+    return files
+
+
+def records(examples_uri: str, split: str):
+    for raw in tf.data.TFRecordDataset(split_files(examples_uri, split), compression_type="GZIP"):
+        yield raw.numpy()
+
+
+def read_cases(examples_uri: str, splits=SCORED_SPLITS) -> dict:
+    """{"split": [...], feature: [...]} for every example of the splits, in file order."""
+    cases = {"split": [], **{name: [] for name in CASE_FEATURES}}
+    for split in splits:
+        for index, raw in enumerate(records(examples_uri, split)):
+            example = tf.train.Example.FromString(raw)
+            cases["split"].append(split)
+            for name in CASE_FEATURES:
+                value = _feature(example, name)
+                if name == F.LABEL and value not in (0, 1):
+                    raise ValueError(f"split '{split}', record {index} "
+                                     f"(image_id {_feature(example, F.IMAGE_ID)}): label "
+                                     f"{value!r} is not 0 or 1")
+                cases[name].append(F.UNKNOWN if value is None else value)
+    return {name: np.asarray(values) for name, values in cases.items()}
+
+
+def score(model_dir: str, examples_uri: str, splits=SCORED_SPLITS) -> np.ndarray:
+    """Probabilities from the export's serving_examples signature, in read_cases' order."""
+    from trainer.export import SERVING_EXAMPLES
+
+    signature = tf.saved_model.load(model_dir).signatures[SERVING_EXAMPLES]
+    probabilities = []
+    for split in splits:
+        batch = []
+        for raw in records(examples_uri, split):
+            batch.append(raw)
+            if len(batch) == BATCH:
+                probabilities.append(signature(examples=tf.constant(batch))[F.PROBABILITY].numpy())
+                batch = []
+        if batch:
+            probabilities.append(signature(examples=tf.constant(batch))[F.PROBABILITY].numpy())
+    return np.concatenate(probabilities).astype(np.float64)
+
+
+def _read_json(path: str) -> dict | None:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def model_info(cell_name: str, model, model_run, blessing, pushed) -> dict:
+    """Threshold and cell from the export's metadata (what serving applies), the training target,
+    blessing and push state."""
+    from trainer.export import METADATA_FILE
+
+    model_dir = path_utils.serving_model_path(model.uri)
+    metadata_path = os.path.join(model_dir, "assets.extra", METADATA_FILE)
+    metadata = _read_json(metadata_path)
+    if metadata is None or "operating_threshold" not in metadata:
+        raise ValueError(f"model {cell_name}: {metadata_path} is missing or has no "
+                         "operating_threshold; was it exported by trainer.export?")
+    info = {"model_dir": model_dir, "threshold": float(metadata["operating_threshold"]),
+            "backbone": metadata.get("backbone"), "weighting": metadata.get("weighting"),
+            "target_sensitivity": None, "blessed": None, "pushed": None}
+    if model_run is not None:
+        summary = _read_json(os.path.join(model_run.uri, "training_summary.json")) or {}
+        info["target_sensitivity"] = summary.get("config", {}).get("target_sensitivity")
+    if blessing is not None:
+        info["blessed"] = bool(blessing.get_int_custom_property("blessed")) or \
+            tf.io.gfile.exists(os.path.join(blessing.uri, "BLESSED"))
+    if pushed is not None:
+        properties = pushed.mlmd_artifact.custom_properties
+        info["pushed"] = {
+            "pushed": bool(pushed.get_int_custom_property("pushed")),
+            "destination": properties["pushed_destination"].string_value
+            if "pushed_destination" in properties else None,
+            "version": properties["pushed_version"].string_value
+            if "pushed_version" in properties else None}
+    return info
+
+
+# ---------------------------------------------------------------------------------- overlays
+
+OVERLAY_IMAGES = 2     # cardiomegaly images per split; plus one normal image
+
+
+def overlay_images(examples_uri: str, splits=(F.TEST, F.EXTERNAL)) -> list:
+    """A few images per split (the first cardiomegaly images and the first normal one, in file
+    order), as (name, encoded image bytes) for cxr.explain."""
+    chosen = []
+    for split in splits:
+        wanted = {1: OVERLAY_IMAGES, 0: 1}
+        for raw in records(examples_uri, split):
+            example = tf.train.Example.FromString(raw)
+            label = _feature(example, F.LABEL)
+            if wanted.get(label, 0) > 0:
+                wanted[label] -= 1
+                name = f"{split}-{'cardiomegaly' if label == 1 else 'normal'}-" \
+                       f"{_feature(example, F.IMAGE_ID)}"
+                chosen.append((name, example.features.feature[F.IMAGE].bytes_list.value[0]))
+            if not any(wanted.values()):
+                break
+    return chosen
+
+
+def write_overlays(models: dict, images: list, out_dir: str) -> tuple[dict, str | None]:
+    """{model: [paths relative to out_dir]} and a note for the report when there are none."""
+    try:
+        from cxr import explain
+    except ImportError:
+        return {}, ("Grad-CAM and guided-backprop overlays are not available in this build "
+                    "(the module cxr.explain is not installed yet); the report has none.")
+    overlays, failures = {}, []
+    for name, info in sorted(models.items()):
+        target = os.path.join(out_dir, "overlays", name)
+        try:
+            paths = explain.write_overlays(info["model_dir"], images, target)
+        except Exception as error:   # an explanation failure must not hide the comparison
+            logging.exception("overlays for %s failed", name)
+            failures.append(f"{name}: {type(error).__name__}: {error}")
+            continue
+        overlays[name] = [os.path.relpath(p, out_dir) for p in paths]
+    note = ("Overlays could not be drawn for " + "; ".join(failures)) if failures else None
+    return overlays, note
+
+
+# ---------------------------------------------------------------------------------- executor
+
+def write_predictions(path: str, cases: dict, scores: dict):
+    names = sorted(scores)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["split", *CASE_FEATURES, *names])
+        for i in range(len(cases["split"])):
+            writer.writerow([cases["split"][i], *(cases[c][i] for c in CASE_FEATURES),
+                             *(f"{scores[n][i]:.6f}" for n in names)])
+
+
+class Executor(base_executor.BaseExecutor):
+    def Do(self, input_dict, output_dict, exec_properties):
+        cells = json.loads(exec_properties["cells"])
+        settings = json.loads(exec_properties["settings"])
+        examples = artifact_utils.get_single_instance(input_dict["examples"])
+        raw = input_dict.get("raw_examples") or [examples]
+        output = artifact_utils.get_single_instance(output_dict[OUTPUT_KEY])
+
+        def single(role, cell):
+            artifacts = input_dict.get(input_key(role, cell)) or []
+            return artifacts[0] if artifacts else None
+
+        cases = read_cases(examples.uri)
+        models, scores = {}, {}
+        for cell in cells:
+            models[cell] = model_info(cell, single("model", cell), single("model_run", cell),
+                                      single("blessing", cell), single("pushed_model", cell))
+            logging.info("scoring %s on %s", cell, ", ".join(SCORED_SPLITS))
+            scores[cell] = score(models[cell]["model_dir"], examples.uri)
+        result = comparison.analyse(
+            cases, scores, models, settings["internal_sites"], settings["external_site"],
+            prevalence=settings["deployment_prevalence"],
+            min_per_class=settings["fairness_min_per_class"])
+        with tempfile.TemporaryDirectory() as local:
+            overlays, note = write_overlays(models, overlay_images(raw[0].uri), local)
+            comparison_report.write(result, local, overlays, note)
+            write_predictions(os.path.join(local, PREDICTIONS_CSV), cases, scores)
+            with open(os.path.join(local, COMPARISON_JSON), "w") as f:
+                json.dump(result, f, indent=1)
+            copy_tree(local, output.uri)
+        logging.info("champion: %s (%s)", result["champion"]["model_name"],
+                     result["champion"]["reason"])
+
+
+def copy_tree(local: str, destination: str):
+    """The report files to the artifact's URI (a local path or gs://, s3://)."""
+    for root, _, files in os.walk(local):
+        target = os.path.join(destination, os.path.relpath(root, local))
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.copy(os.path.join(root, name), os.path.join(target, name), overwrite=True)
+
+
+# ---------------------------------------------------------------------------------- component
+
+def create(examples, trained: dict, config, raw_examples=None) -> base_component.BaseComponent:
+    """The ModelComparison node for this grid.
+
+    trained: {cell name: {"model": channel, "model_run": channel, "blessing": channel,
+    "pushed_model": channel}}; `blessing`, `model_run` and `pushed_model` may be left out.
+    """
+    inputs = {"examples": ChannelParameter(type=standard_artifacts.Examples),
+              "raw_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True)}
+    arguments = {"examples": examples}
+    if raw_examples is not None:
+        arguments["raw_examples"] = raw_examples
+    for cell, channels in trained.items():
+        if "model" not in channels:
+            raise ValueError(f"ModelComparison: cell {cell} has no model channel")
+        for role, artifact_type in ROLES.items():
+            inputs[input_key(role, cell)] = ChannelParameter(type=artifact_type,
+                                                             optional=role != "model")
+            if role in channels:
+                arguments[input_key(role, cell)] = channels[role]
+    spec_class = type("ModelComparisonSpec", (types.ComponentSpec,), {
+        "PARAMETERS": {"cells": ExecutionParameter(type=str),
+                       "settings": ExecutionParameter(type=str)},
+        "INPUTS": inputs,
+        "OUTPUTS": {OUTPUT_KEY: ChannelParameter(type=ModelComparisonArtifact)}})
+    component_class = type("ModelComparison", (base_component.BaseComponent,), {
+        "SPEC_CLASS": spec_class, "EXECUTOR_SPEC": executor_spec.ExecutorClassSpec(Executor),
+        "__module__": __name__})
+    settings = {"internal_sites": list(config.internal_sites),
+                "external_site": config.external_site,
+                "deployment_prevalence": config.deployment_prevalence,
+                "fairness_min_per_class": config.fairness_min_per_class}
+    spec = spec_class(cells=json.dumps(list(trained)), settings=json.dumps(settings),
+                      **{OUTPUT_KEY: types.Channel(type=ModelComparisonArtifact)}, **arguments)
+    return component_class(spec=spec).with_id(NODE_ID)
