@@ -359,6 +359,118 @@ def schedule(host, package, experiment, namespace, cron, job_name):
     click.echo(json.dumps(summary))
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                "help_option_names": ["-h", "--help"]})
+@click.argument("flags", nargs=-1, type=click.UNPROCESSED)
+def serve(flags):
+    """A drop-in for tensorflow_model_server (gRPC) on one machine.
+
+    Takes its flags: --port, --model_name, --model_base_path, --model_config_file,
+    --model_config_file_poll_wait_seconds, --file_system_poll_wait_seconds, --enable_batching,
+    --batching_parameters_file, --grpc_channel_arguments, --grpc_max_threads,
+    --enable_model_warmup, --num_request_iterations_for_warmup,
+    --enable_signature_method_name_check. Its other flags are refused by name.
+    """
+    from serving import server
+
+    try:
+        sys.exit(server.main(list(flags), echo=lambda line: click.echo(line)))
+    except server.FlagError as error:
+        raise click.UsageError(str(error))
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--server", "target", required=True, help="HOST:PORT of TF Serving's gRPC API.")
+@click.option("--model", default="default", show_default=True, help="Model name.")
+@click.option("--version", "version", type=int, default=None, help="Model version.")
+@click.option("--label", default=None, help="Version label (stable, canary); not with --version.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image.")
+@click.option("--timeout", default=30.0, show_default=True, help="Deadline per request (s).")
+@click.option("--retries", default=4, show_default=True, help="Retries on UNAVAILABLE.")
+@click.option("--batch-size", default=1, show_default=True, help="Images per request.")
+@click.option("--tls", is_flag=True, help="TLS channel (server certificate checked).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
+              help="CA certificate (PEM) for --tls (default: the system's roots).")
+def predict(images, target, model, version, label, as_json, timeout, retries, batch_size, tls,
+            tls_ca):
+    """Send radiographs (PNG, JPEG, DICOM files or folders) to a TF Serving gRPC endpoint."""
+    from serving import client as client_lib
+
+    if version is not None and label is not None:
+        raise click.UsageError("--version and --label are exclusive")
+    try:
+        files = client_lib.image_files(images)
+    except client_lib.ImageError as error:
+        raise click.UsageError(str(error))
+    ca = open(tls_ca, "rb").read() if tls_ca else None
+    failed = 0
+    with client_lib.Client(target, timeout, retries, tls or bool(ca), ca) as client:
+        for path, result in client_lib.predict_files(client, files, model, version, label,
+                                                     batch_size):
+            failed += isinstance(result, str)
+            if as_json:
+                click.echo(json.dumps({"file": path, **({"error": result}
+                                                        if isinstance(result, str) else result)}))
+            else:
+                click.echo(client_lib.format_row(path, result))
+    if not as_json:
+        click.echo(json.dumps({"images": len(files), "failed": failed}))
+    if failed:
+        sys.exit(1)
+
+
+@main.group()
+def release():
+    """Move version labels (stable, canary) in <serving root>/models.config."""
+
+
+_root = click.option("--serving-root", required=True, type=click.Path(exists=True, file_okay=False),
+                     help="Where the Pusher writes <model>/<version>/ and models.config.")
+_label = click.option("--label", default="stable", show_default=True)
+_reason = click.option("--reason", default="", help="Recorded in release_history.jsonl.")
+
+
+@release.command("promote")
+@_root
+@click.option("--model", default=None, help="Model name (or --comparison).")
+@click.option("--comparison", type=click.Path(exists=True, dir_okay=False),
+              help="comparison.json of a model comparison: promote its champion.")
+@click.option("--version", "version", type=int, default=None,
+              help="Version (default: the canary version; for --label canary the newest push).")
+@_label
+@_reason
+def release_promote(serving_root, model, comparison, version, label, reason):
+    """Point a label at a version; the server picks it up at its next config poll."""
+    from serving import releases
+
+    if bool(model) == bool(comparison):
+        raise click.UsageError("name exactly one of --model and --comparison")
+    try:
+        if comparison:
+            model, why = releases.champion(comparison)
+            reason = reason or f"champion: {why}"
+        move = releases.promote(serving_root, model, label, version, reason)
+    except releases.ReleaseError as error:
+        raise click.ClickException(str(error))
+    click.echo(json.dumps(move))
+
+
+@release.command("rollback")
+@_root
+@click.option("--model", required=True)
+@_label
+@_reason
+def release_rollback(serving_root, model, label, reason):
+    """Point a label back at the version it held before its last promotion."""
+    from serving import releases
+
+    try:
+        click.echo(json.dumps(releases.rollback(serving_root, model, label, reason)))
+    except releases.ReleaseError as error:
+        raise click.ClickException(str(error))
+
+
 @main.command()
 def versions():
     """Print the versions of the stack this environment runs."""

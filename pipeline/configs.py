@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from serving.config import BatchingConfig
+
 # Beam always runs on a named runner: DirectRunner would first try to download a Prism binary.
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 
@@ -69,6 +71,8 @@ class PipelineConfig:
     segmenter_uri: str | None = None
     crop_size: int = 512
     beam_pipeline_args: tuple = (f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory")
+    # TF Serving's server-side batching; the Pusher writes it beside models.config.
+    batching: BatchingConfig = BatchingConfig()
 
     @property
     def sites(self) -> tuple:

@@ -1,9 +1,11 @@
 """The pipeline, assembled in one place. It reads top to bottom like the data flow."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from tfx import v1 as tfx
+from tfx.dsl.components.base import executor_spec
 
 from components import evaluator as evaluator_lib
 from components import trainer as trainer_lib
@@ -12,6 +14,7 @@ from components.crop_report import CropReport
 from components.lung_crop import LungCrop
 from cxr import features as F
 from pipeline.configs import PipelineConfig
+from serving import pusher as serving_pusher
 
 
 def example_gen_input_config():
@@ -77,13 +80,16 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         trainer.add_upstream_node(anomaly_gate)
         # TFMA metrics per site slice on test + external; blesses only models that pass the gate.
         evaluator = evaluator_lib.create(examples, trainer.outputs["model"], config, cell.name)
-        # Blessed models land in <serving_root>/<model name>/<version>/, as TF Serving reads it.
+        # Blessed models land in <serving_root>/<model name>/<version>/, as TF Serving reads it,
+        # copied atomically; models.config and the batching file follow (serving/pusher.py).
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
             push_destination=tfx.proto.PushDestination(
                 filesystem=tfx.proto.PushDestination.Filesystem(
-                    base_directory=os.path.join(serving_root, cell.name)))).with_id(
-                        f"Pusher.{cell.name}")
+                    base_directory=os.path.join(serving_root, cell.name))),
+            custom_config={"batching": dataclasses.asdict(config.batching)},
+            custom_executor_spec=executor_spec.ExecutorClassSpec(serving_pusher.Executor)).with_id(
+                f"Pusher.{cell.name}")
         components += [trainer, evaluator, pusher]
 
     return tfx.dsl.Pipeline(

@@ -7,6 +7,8 @@ Signatures:
                     TensorFlow ops the LungCrop stage ran on the training data.
   serving_examples  serialized tf.Examples as the pipeline stores them (already cropped), for
                     TFMA and infra validation -> probability and label.
+  classify          TF Serving's Classify API (serving/signatures.py), with warm-up requests
+                    in assets.extra/tf_serving_warmup_requests.
 The operating threshold chosen on validation is baked in, so the blessed model is the served one.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from cxr import crop, features as F, imaging
+from serving import signatures as serving_signatures
 
 SERVING_DEFAULT = "serving_default"
 SERVING_EXAMPLES = "serving_examples"
@@ -89,7 +92,10 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
     tf.saved_model.save(module, export_dir, signatures={
         SERVING_DEFAULT: module.serve_images.get_concrete_function(),
         SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
+        # TF Serving's Classify API and warm-up requests (serving/signatures.py).
+        serving_signatures.SERVING_CLASSIFY: serving_signatures.classify_function(module),
     })
+    serving_signatures.write_warmup_requests(export_dir)
     extra = os.path.join(export_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
     metadata = {"image_size": image_size, "operating_threshold": threshold,
