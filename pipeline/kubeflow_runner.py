@@ -19,6 +19,7 @@ import json
 import os
 
 import yaml
+from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
@@ -208,6 +209,12 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
     for name, value in defaults.items():
         if name in inputs:
             inputs[name].update(defaultValue=value, isOptional=True)
+    # TFX drops platform_config for FileBasedExampleGen (ImportExampleGen): add its resources.
+    executors = job["pipelineSpec"]["deploymentSpec"]["executors"]
+    for node in pipeline.components:
+        container = executors.get(f"{node.id}_executor", {}).get("container")
+        if container is not None and "resources" not in container and node.platform_config:
+            container["resources"] = json_format.MessageToDict(node.platform_config)
     with open(output_file, "w") as f:
         json.dump(job, f, indent=2, sort_keys=True)
     # Kubeflow Pipelines uploads and runs the PipelineSpec itself, as YAML.

@@ -6,7 +6,9 @@ defaults: the newest data span (`range_config` empty), the profile's epochs and 
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 
 DEFAULT_CRON = "0 0 3 * * 1"   # KFP's cron has a seconds field: Mondays at 03:00:00 (UTC)
 DEFAULT_EXPERIMENT = "cardio-retraining"
@@ -45,14 +47,20 @@ def _experiment_id(kfp_client, experiment: str, namespace: str | None) -> str:
     return kfp_client.create_experiment(name=experiment, namespace=namespace).experiment_id
 
 
+def _quiet():
+    """kfp.Client prints links on stdout; stdout carries the command's JSON summary."""
+    return contextlib.redirect_stdout(sys.stderr)
+
+
 def submit(host: str, package: str, experiment: str = DEFAULT_EXPERIMENT,
            namespace: str | None = None, run_name: str | None = None,
            params: dict | None = None) -> dict:
     """Starts one run of the compiled pipeline; returns its id and experiment."""
-    kfp_client = client(host, namespace)
-    result = kfp_client.create_run_from_pipeline_package(
-        _package(package), arguments=params or {}, run_name=run_name,
-        experiment_name=experiment, namespace=namespace)
+    with _quiet():
+        kfp_client = client(host, namespace)
+        result = kfp_client.create_run_from_pipeline_package(
+            _package(package), arguments=params or {}, run_name=run_name,
+            experiment_name=experiment, namespace=namespace)
     return {"run_id": result.run_id, "experiment": experiment}
 
 
@@ -61,10 +69,12 @@ def schedule(host: str, package: str, cron: str = DEFAULT_CRON, job_name: str = 
              params: dict | None = None, max_concurrency: int = 1) -> dict:
     """Creates a recurring run: one run per cron tick, never two at once, no backfill of ticks
     missed while paused (each run reads the newest span anyway)."""
-    kfp_client = client(host, namespace)
-    recurring = kfp_client.create_recurring_run(
-        experiment_id=_experiment_id(kfp_client, experiment, namespace), job_name=job_name,
-        cron_expression=check_cron(cron), pipeline_package_path=_package(package),
-        params=params or {}, max_concurrency=max_concurrency, no_catchup=True, enabled=True)
+    check_cron(cron)
+    with _quiet():
+        kfp_client = client(host, namespace)
+        recurring = kfp_client.create_recurring_run(
+            experiment_id=_experiment_id(kfp_client, experiment, namespace), job_name=job_name,
+            cron_expression=cron, pipeline_package_path=_package(package),
+            params=params or {}, max_concurrency=max_concurrency, no_catchup=True, enabled=True)
     return {"recurring_run_id": recurring.recurring_run_id, "cron": cron,
             "experiment": experiment, "job_name": job_name}

@@ -1,48 +1,217 @@
-"""The same pipeline definition compiles for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
+"""Every profile compiles, with KubeflowV2DagRunner, to a PipelineJob whose structure is checked
+against the pipeline definition: components, edges, images, resources, parameters, Beam args.
+
+Expectations come from the profile's configuration (its grid and gate) and from
+`create_pipeline` itself, so components added to the pipeline are covered without editing
+this file; what each grid cell must have is asserted concretely.
+"""
 import dataclasses
 import json
 
 import pytest
+import yaml
 
-from pipeline import configs, kubeflow_runner
+from components import tfjob_trainer, trainer as trainer_component
+from pipeline import kubeflow_runner
+from pipeline.pipeline import create_pipeline
+
+REPO, TAG = "registry.example/cardio", "1.2.3"
+CPU, GPU = f"{REPO}:{TAG}", f"{REPO}:{TAG}-gpu"
+ROOTS = dict(data_root="gs://bucket/data", pipeline_root="gs://bucket/root",
+             serving_root="gs://bucket/serving", segmenter_uri="gs://bucket/unet")
+# Components that run Beam (TFX's Beam executors and ours): they get the Beam runner's args and
+# Beam's memory.
+BEAM_EXECUTORS = ("example_gen", "statistics_gen", "lung_crop", "crop_report", "evaluator")
 
 
-@pytest.mark.parametrize("profile", ["demo", "study"])
-def test_pipeline_compiles_to_a_pipeline_job(tmp_path, profile):
-    config = configs.demo_config(None) if profile == "demo" else configs.PipelineConfig()
-    config = dataclasses.replace(config, segmenter_uri="gs://bucket/unet")
-    path = kubeflow_runner.compile_pipeline(
-        config, str(tmp_path / "job.json"), data_root="gs://bucket/data",
-        pipeline_root="gs://bucket/root", serving_root="gs://bucket/serving", image="registry/cardio:1.2.3")
-    job = json.loads(open(path).read())
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """(profile, training) -> (PipelineJob dict, compile summary, output dir); compiled once."""
+    cache = {}
+
+    def get(profile, training):
+        if (profile, training) not in cache:
+            out = tmp_path_factory.mktemp(f"{profile}-{training}")
+            summary = kubeflow_runner.compile_profile(
+                profile, str(out / "cardio.json"), repository=REPO, tag=TAG, training=training,
+                beam_runner="portable", beam_job_endpoint="flink-jobserver.flink:8099",
+                tfjob_workers=3, trainer_gpus=2, **ROOTS)
+            cache[profile, training] = json.loads((out / "cardio.json").read_text()), summary, out
+        return cache[profile, training]
+    return get
+
+
+def _config(profile):
+    return dataclasses.replace(kubeflow_runner.profile_config(profile),
+                               segmenter_uri=ROOTS["segmenter_uri"])
+
+
+def _producer(task, key):
+    return task["inputs"]["artifacts"][key]["taskOutputArtifact"]["producerTask"]
+
+
+def _param(task, name):
+    """A task parameter: ('input', root parameter name) or ('constant', value)."""
+    spec = task["inputs"]["parameters"][name]
+    if "componentInputParameter" in spec:
+        return "input", spec["componentInputParameter"]
+    return "constant", spec["runtimeValue"]["constant"]
+
+
+def _executor(job, task_name):
+    return job["pipelineSpec"]["deploymentSpec"]["executors"][f"{task_name}_executor"]
+
+
+def _executor_class(container):
+    args = container["args"]
+    return args[args.index("--executor_class_path") + 1]
+
+
+@pytest.mark.parametrize("profile", kubeflow_runner.PROFILES)
+@pytest.mark.parametrize("training", kubeflow_runner.TRAINING_MODES)
+def test_profile_compiles_with_the_pipelines_structure(compiled, profile, training):
+    job, summary, out = compiled(profile, training)
+    config = _config(profile)
     spec = job["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
-    expected = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
-                "AnomalyGate", "LungSegmenter", "LungCrop", "CropReport"}
-    for cell in config.grid:
-        expected |= {f"Trainer.{cell.name}", f"Evaluator.{cell.name}", f"Pusher.{cell.name}"}
-    assert expected == set(tasks)
-    assert len(config.grid) == (1 if profile == "demo" else 10)
-    # Data flows ExampleGen -> LungCrop -> Trainer -> Evaluator -> Pusher; cropping and training
-    # wait for the anomaly gate.
-    assert "AnomalyGate" in tasks["LungCrop"].get("dependentTasks", [])
-    assert tasks["LungCrop"]["inputs"]["artifacts"]["segmenter"]["taskOutputArtifact"][
-        "producerTask"] == "LungSegmenter"
-    assert tasks["AnomalyGate"]["inputs"]["artifacts"]["anomalies"]["taskOutputArtifact"][
-        "producerTask"] == "ExampleValidator"
-    for cell in config.grid:
-        trainer = tasks[f"Trainer.{cell.name}"]
-        assert "AnomalyGate" in trainer.get("dependentTasks", [])
-        assert trainer["inputs"]["artifacts"]["examples"]["taskOutputArtifact"]["producerTask"] == \
-            "LungCrop"
-        pusher = tasks[f"Pusher.{cell.name}"]["inputs"]["artifacts"]
-        assert pusher["model_blessing"]["taskOutputArtifact"]["producerTask"] == f"Evaluator.{cell.name}"
-    # The schema with the configured sites is written beside the job, for upload.
-    assert "site-a" in (tmp_path / "schema.pbtxt").read_text()
-    assert kubeflow_runner.schema_uri("gs://bucket/root") in open(path).read()
+
+    # Every node of the pipeline definition is a task, and nothing else.
+    nodes = create_pipeline(config, data_root="d", pipeline_root="r", serving_root="s",
+                            schema_file="f").components
+    assert set(tasks) == {node.id for node in nodes}
+    core = {"ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
+            "AnomalyGate", "LungSegmenter", "LungCrop", "CropReport"}
+    assert core <= set(tasks)
+    assert summary["grid"] == [cell.name for cell in config.grid]
+    assert len(config.grid) == {"study": 10, "demo": 1}[profile]
+
+    # Data edges up to the crop stage; nothing is cropped before the anomaly gate passes.
+    assert _producer(tasks["StatisticsGen"], "examples") == "ImportExampleGen"
+    assert _producer(tasks["ExampleValidator"], "statistics") == "StatisticsGen"
+    assert _producer(tasks["ExampleValidator"], "schema") == "ImportSchemaGen"
+    assert _producer(tasks["AnomalyGate"], "anomalies") == "ExampleValidator"
+    assert _producer(tasks["LungCrop"], "examples") == "ImportExampleGen"
+    assert _producer(tasks["LungCrop"], "segmenter") == "LungSegmenter"
+    assert "AnomalyGate" in tasks["LungCrop"]["dependentTasks"]
+
     executors = spec["deploymentSpec"]["executors"]
-    containers = [e["container"] for e in executors.values() if "container" in e]
-    assert len(containers) == len(executors) - 1    # all but the U-Net importer run a container
-    assert {c["image"] for c in containers} == {"registry/cardio:1.2.3"}
-    importer = next(e["importer"] for e in executors.values() if "importer" in e)
-    assert "gs://bucket/unet" in json.dumps(importer)
+    beam_args = kubeflow_runner.beam_pipeline_args(
+        "portable", CPU, "flink-jobserver.flink:8099")
+    for cell in config.grid:
+        trainer, evaluator, pusher = (tasks[f"{kind}.{cell.name}"]
+                                      for kind in ("Trainer", "Evaluator", "Pusher"))
+        # Cropped examples -> Trainer -> Evaluator -> Pusher, this cell's own chain.
+        assert _producer(trainer, "examples") == "LungCrop"
+        assert _producer(trainer, "schema") == "ImportSchemaGen"
+        assert "AnomalyGate" in trainer["dependentTasks"]
+        assert _producer(evaluator, "model") == f"Trainer.{cell.name}"
+        assert _producer(evaluator, "examples") == "LungCrop"
+        assert _producer(pusher, "model") == f"Trainer.{cell.name}"
+        assert _producer(pusher, "model_blessing") == f"Evaluator.{cell.name}"
+
+        # The cell's training configuration, with epochs and learning rate as runtime parameters.
+        custom = json.loads(_param(trainer, "custom_config")[1])
+        assert (custom["backbone"], custom["weighting"]) == (cell.backbone, cell.weighting)
+        assert custom["image_size"] == config.image_size
+        assert custom["weights"] == kubeflow_runner.IMAGE_WEIGHTS_DIR
+        assert custom["segmenter_weights"] == "gs://bucket/unet/unet_lungs.weights.h5"
+        assert _param(trainer, "run_fn") == ("constant", "trainer.task.run_fn")
+        assert _param(trainer, "epochs") == ("input", "epochs")
+        assert _param(trainer, "learning_rate") == ("input", "learning_rate")
+
+        # The profile's gate: the external site's AUC bound in this cell's Evaluator.
+        eval_config = json.loads(_param(evaluator, "eval_config")[1])
+        bounds = {slice_spec["feature_values"]["site"]: t["threshold"]["value_threshold"]["lower_bound"]
+                  for spec_ in eval_config["metrics_specs"] for metric in spec_["metrics"]
+                  if metric["class_name"] == "AUC"
+                  for t in metric.get("per_slice_thresholds", [])
+                  for slice_spec in t["slicing_specs"]}
+        assert bounds[config.external_site] == config.gate.external_auc_min
+
+        # Pushes into <serving root>/<model name>, the layout TF Serving reads.
+        assert f"gs://bucket/serving/{cell.name}" in json.dumps(pusher["inputs"]["parameters"])
+
+        container = _executor(job, f"Trainer.{cell.name}")["container"]
+        if training == "in-pod":
+            # The GPU image, GPUs and memory for training in the Trainer's pod.
+            assert container["image"] == GPU
+            assert _executor_class(container) == "components.trainer.Executor"
+            assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert container["resources"]["accelerator"]["resourceCount"] == "2"
+            assert "tfjob" not in trainer["inputs"]["parameters"]
+        else:
+            # A small launcher pod; the TFJob's replicas get the GPU image and the GPUs.
+            assert container["image"] == CPU
+            assert _executor_class(container) == "components.tfjob_trainer.Executor"
+            assert "accelerator" not in container["resources"]
+            tfjob = tfjob_trainer.TFJobSpec(**json.loads(_param(trainer, "tfjob")[1]))
+            assert (tfjob.image, tfjob.workers, tfjob.gpus_per_worker) == (GPU, 3, 2)
+
+    # Images: every container runs the CPU image except in-pod Trainers; importers run none.
+    for name, executor in executors.items():
+        if name == "LungSegmenter_executor":
+            assert executor["importer"]["artifactUri"]["constant"] == "gs://bucket/unet"
+            continue
+        container = executor["container"]
+        is_trainer = name.startswith("Trainer.")
+        assert container["image"] == (GPU if is_trainer and training == "in-pod" else CPU), name
+        resources = container["resources"]
+        assert resources["resourceMemoryRequest"] and resources["resourceCpuRequest"], name
+        if any(b in _executor_class(container) for b in BEAM_EXECUTORS):
+            # Beam stages: the distributed runner's args and Beam's memory.
+            assert container["args"][-len(beam_args):] == beam_args, name
+            assert resources["resourceMemoryRequest"] == kubeflow_runner.Resources().beam_memory
+
+    # Runtime parameters, with defaults: a run with no arguments reads the newest span.
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(inputs) == set(kubeflow_runner.RUNTIME_PARAMETERS)
+    assert inputs["data_root"]["defaultValue"] == "gs://bucket/data"
+    assert inputs["range_config"]["defaultValue"] == ""
+    assert inputs["epochs"] == {"defaultValue": config.epochs, "isOptional": True,
+                                "parameterType": "NUMBER_INTEGER"}
+    assert inputs["learning_rate"]["defaultValue"] == config.learning_rate
+    example_gen = tasks["ImportExampleGen"]
+    assert _param(example_gen, "input_base") == ("input", "data_root")
+    assert _param(example_gen, "range_config") == ("input", "range_config")
+    assert "span-{SPAN}/train/*" in _param(example_gen, "input_config")[1]
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
+
+    # The PipelineSpec YAML (what KFP uploads) is the job's spec; the schema is written beside.
+    assert yaml.safe_load((out / "cardio.yaml").read_text()) == spec
+    assert spec["pipelineInfo"]["name"] == config.pipeline_name
+    schema = (out / "schema.pbtxt").read_text()
+    assert all(site in schema for site in config.sites)
+    assert kubeflow_runner.schema_uri("gs://bucket/root") in json.dumps(spec)
+
+
+def test_runtime_overrides_reach_the_run_fn_config():
+    merged = trainer_component.merged_exec_properties(
+        {"custom_config": json.dumps({"backbone": "xception", "epochs": 30}), "epochs": 2,
+         "learning_rate": 0.01, "tfjob": "{}", "run_fn": "trainer.task.run_fn"})
+    assert json.loads(merged["custom_config"]) == {"backbone": "xception", "epochs": 2,
+                                                   "learning_rate": 0.01}
+    assert set(merged) == {"custom_config", "run_fn"}
+
+
+@pytest.mark.parametrize("runner,extra,expected", [
+    ("in-pod", (), ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]),
+    ("portable", (), ["--runner=PortableRunner", "--job_endpoint=js:8099",
+                      "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]),
+    ("dataflow", ("--project=p", "--region=europe-west4", "--temp_location=gs://b/tmp"),
+     ["--runner=DataflowRunner", f"--sdk_container_image={CPU}", "--project=p"]),
+])
+def test_beam_runner_presets(runner, extra, expected):
+    args = kubeflow_runner.beam_pipeline_args(runner, CPU, "js:8099", extra)
+    assert set(expected) <= set(args)
+    assert len({a.split("=", 1)[0] for a in args}) == len(args)   # no flag given twice
+
+
+def test_compile_refuses_what_cannot_run():
+    with pytest.raises(ValueError, match="--project, --region, --temp_location"):
+        kubeflow_runner.beam_pipeline_args("dataflow", CPU)
+    with pytest.raises(ValueError, match="job server"):
+        kubeflow_runner.beam_pipeline_args("portable", CPU)
+    with pytest.raises(ValueError, match="explicit tag"):
+        kubeflow_runner.images(REPO, "latest")
+    with pytest.raises(ValueError, match="unknown profile"):
+        kubeflow_runner.profile_config("nightly")
