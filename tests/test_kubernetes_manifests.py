@@ -1,0 +1,248 @@
+"""kubernetes/: every kustomization renders with `kubectl kustomize`, validates strictly against
+a pinned Kubernetes version's schemas, and passes the project's own checks (selectors match
+labels, probes that work with TF Serving, the restricted Pod Security profile, pinned images,
+TF Serving's config files, `stable` only in prod)."""
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import text_format
+from tensorflow_serving.config import model_server_config_pb2
+
+from components import tfjob_trainer
+
+KUBERNETES = Path(__file__).resolve().parents[1] / "kubernetes"
+KUBERNETES_VERSION = "1.33.0"   # the oldest release the manifests target (CronJob timeZone: 1.27+)
+OVERLAYS = ("dev", "prod")
+POD_OWNERS = ("Deployment", "CronJob")
+
+
+def render(path: Path) -> list[dict]:
+    result = subprocess.run(["kubectl", "kustomize", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def validate(documents: list[dict], tmp_path: Path, name: str):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    result = subprocess.run(["kubernetes-validate", "--strict", "-k", KUBERNETES_VERSION, str(path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, f"{name} does not validate:\n{result.stdout}\n{result.stderr}"
+    assert result.stdout.count("passed") == len(documents), result.stdout
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request):
+    return request.param, render(KUBERNETES / "overlays" / request.param)
+
+
+def by_kind(documents, kind):
+    return [d for d in documents if d["kind"] == kind]
+
+
+def one(documents, kind, name=None):
+    found = [d for d in by_kind(documents, kind) if name is None or d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def pod_spec(document):
+    if document["kind"] == "CronJob":
+        return document["spec"]["jobTemplate"]["spec"]["template"]
+    return document["spec"]["template"]
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_overlay_validates_strictly(overlay, tmp_path):
+    name, documents = overlay
+    assert {d["kind"] for d in documents} >= {
+        "Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+        "NetworkPolicy", "ServiceAccount", "ConfigMap", "CronJob", "PersistentVolumeClaim"}
+    # No custom resources here: kubernetes-validate has no schemas for them.
+    assert all(d["apiVersion"].split("/")[0] in {"v1", "apps", "batch", "autoscaling", "policy",
+                                                  "networking.k8s.io"} for d in documents)
+    validate(documents, tmp_path, name)
+    namespace = {"dev": "cardio-dev", "prod": "cardio"}[name]
+    assert {d["metadata"].get("namespace") for d in documents} == {namespace}
+
+
+def test_selectors_match_their_pods(overlay):
+    _, documents = overlay
+    deployment = one(documents, "Deployment", "tf-serving")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert matches(deployment["spec"]["selector"]["matchLabels"], labels)
+    assert matches(one(documents, "Service")["spec"]["selector"], labels)
+    assert matches(one(documents, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"], labels)
+    assert matches(one(documents, "NetworkPolicy")["spec"]["podSelector"]["matchLabels"], labels)
+    target = one(documents, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "tf-serving")
+    # Service ports point at named container ports that exist.
+    ports = {p["name"]: p["containerPort"] for p in
+             deployment["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert ports == {"grpc": 8500, "http": 8501}
+    assert {p["targetPort"] for p in one(documents, "Service")["spec"]["ports"]} == set(ports)
+    # Every referenced ConfigMap, ServiceAccount and claim is in the overlay.
+    names = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    for owner in by_kind(documents, "Deployment") + by_kind(documents, "CronJob"):
+        spec = pod_spec(owner)["spec"]
+        assert ("ServiceAccount", spec["serviceAccountName"]) in names
+        for volume in spec["volumes"]:
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in names
+            if "persistentVolumeClaim" in volume:
+                assert ("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"]) in names
+        for container in spec["containers"]:
+            for source in container.get("envFrom", []):
+                assert ("ConfigMap", source["configMapRef"]["name"]) in names
+
+
+def test_pods_meet_the_restricted_pod_security_profile(overlay):
+    _, documents = overlay
+    for owner in by_kind(documents, "Deployment") + by_kind(documents, "CronJob"):
+        spec = pod_spec(owner)["spec"]
+        where = owner["metadata"]["name"]
+        assert spec["securityContext"]["runAsNonRoot"] is True, where
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert spec["automountServiceAccountToken"] is False, where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, where
+            assert context["readOnlyRootFilesystem"] is True, where
+            assert context["capabilities"] == {"drop": ["ALL"]}, where
+            assert not context.get("privileged"), where
+            # Pinned images: a tag that is not `latest`, or a digest.
+            image = container["image"]
+            assert re.search(r":[\w.-]+$|@sha256:[0-9a-f]{64}$", image.rsplit("/", 1)[-1]), image
+            assert not image.endswith(":latest"), image
+            limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+            assert limits["memory"] and requests["memory"] and requests["cpu"], where
+            for volume in container["volumeMounts"]:
+                # Only emptyDirs, read-only mounts and /tmp are writable.
+                kind = next(v for v in spec["volumes"] if v["name"] == volume["name"])
+                assert volume.get("readOnly") or "emptyDir" in kind, (where, volume)
+
+
+def test_tf_serving_container_and_probes(overlay):
+    name, documents = overlay
+    deployment = one(documents, "Deployment", "tf-serving")
+    template = deployment["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    assert container["image"] == "tensorflow/serving:2.19.1"
+    flags = dict(a.lstrip("-").split("=", 1) for a in container["args"])
+    assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
+    config = one(documents, "ConfigMap", template["spec"]["volumes"][0]["configMap"]["name"])
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "config")["mountPath"]
+    for flag, key in (("model_config_file", "models.config"),
+                      ("batching_parameters_file", "batching_parameters.txt"),
+                      ("monitoring_config_file", "monitoring.config")):
+        assert flags[flag] == f"{mount}/{key}" and key in config["data"]
+    assert flags["enable_batching"] == "true"
+
+    models = text_format.Parse(config["data"]["models.config"],
+                               model_server_config_pb2.ModelServerConfig())
+    served = models.model_config_list.config
+    assert served and all(m.model_platform == "tensorflow" for m in served)
+    models_mount = next(m for m in container["volumeMounts"] if m["name"] == "models")["mountPath"]
+    for model in served:
+        assert model.base_path == f"{models_mount}/{model.name}"
+        # Every label points at a version the policy loads.
+        assert set(model.version_labels.values()) <= set(model.model_version_policy.specific.versions)
+    labels = {label for m in served for label in m.version_labels}
+    assert labels == ({"stable"} if name == "prod" else {"stable", "canary"})
+
+    # TF Serving has no gRPC health service: readiness is the REST model status of the served
+    # model's `stable` version, liveness a TCP check of the gRPC port.
+    path = f"/v1/models/{served[0].name}/labels/stable"
+    for probe in ("readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": path, "port": "http"}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": "grpc"}
+
+    # Prometheus metrics on, on the REST port, scraped through the pod's annotations.
+    monitoring = config["data"]["monitoring.config"]
+    assert re.fullmatch(r'prometheus_config \{\s*enable: true\s*path: "/monitoring/prometheus/metrics"\s*\}\s*',
+                        monitoring)
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8501"
+    assert annotations["prometheus.io/path"] == "/monitoring/prometheus/metrics"
+    batching = dict(re.findall(r"(\w+) \{ value: (\d+) \}", config["data"]["batching_parameters.txt"]))
+    assert int(batching["max_batch_size"]) >= 1 and int(batching["batch_timeout_micros"]) > 0
+
+
+def test_network_policy_admits_grpc_clients_and_monitoring_only(overlay):
+    _, documents = overlay
+    rules = one(documents, "NetworkPolicy")["spec"]["ingress"]
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in rules}
+    assert set(by_port) == {8500, 8501}
+    assert all(peer["podSelector"]["matchLabels"] == {"cardio.io/serving-client": "true"}
+               for peer in by_port[8500])
+    assert by_port[8501] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+def test_prod_scales_and_spreads(overlay):
+    name, documents = overlay
+    hpa = one(documents, "HorizontalPodAutoscaler")["spec"]
+    pdb = one(documents, "PodDisruptionBudget")["spec"]
+    deployment = one(documents, "Deployment")["spec"]
+    assert hpa["minReplicas"] <= deployment["replicas"] <= hpa["maxReplicas"]
+    assert pdb["maxUnavailable"] == 1 and hpa["minReplicas"] >= (3 if name == "prod" else 1)
+    if name == "prod":
+        assert deployment["template"]["spec"]["topologySpreadConstraints"]
+
+
+def test_retraining_cronjob_submits_the_compiled_pipeline(overlay):
+    name, documents = overlay
+    cronjob = one(documents, "CronJob", "cardio-retraining")
+    assert cronjob["spec"]["schedule"] == "0 3 * * 1"
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cronjob["spec"].get("suspend", False) is (name == "dev")
+    container = pod_spec(cronjob)["spec"]["containers"][0]
+    script = container["args"][0]
+    assert "cardio pipeline compile" in script and "cardio pipeline submit" in script
+    assert "--package /work/cardio.yaml" in script and "--output /work/cardio.json" in script
+    env = one(documents, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
+    # The submitted pipeline runs the same image version as the CronJob itself.
+    assert container["image"] == f"{env['IMAGE_REPOSITORY']}:{env['IMAGE_TAG']}"
+    for variable in re.findall(r'"\$(\w+)"', script):
+        assert variable in env, variable
+    token = next(v for v in pod_spec(cronjob)["spec"]["volumes"] if v["name"] == "kfp-token")
+    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == \
+        "pipelines.kubeflow.org"
+
+
+def test_kubeflow_rbac_and_the_tfjob_pods_validate(tmp_path):
+    documents = render(KUBERNETES / "kubeflow")
+    validate(documents, tmp_path, "kubeflow")
+    role = one(documents, "Role", "cardio-tfjob-launcher")
+    rule = next(r for r in role["rules"] if r["apiGroups"] == [tfjob_trainer.GROUP])
+    assert tfjob_trainer.PLURAL in rule["resources"]
+    assert {"create", "get"} <= set(rule["verbs"])
+    binding = one(documents, "RoleBinding", "cardio-tfjob-launcher")
+    assert binding["subjects"][0]["name"] == tfjob_trainer.TFJobSpec(image="x").service_account
+    # The TFJob is a custom resource (no schema offline): its replicas' pod templates are
+    # validated as Pods instead.
+    job = tfjob_trainer.build_tfjob("cardio-x", "cardio-pipelines",
+                                    tfjob_trainer.TFJobSpec(image="registry.example/cardio:1-gpu"),
+                                    {"input_dict": "{}", "output_dict": "{}", "exec_properties": "{}"})
+    pods = [{"apiVersion": "v1", "kind": "Pod",
+             "metadata": {"name": f"cardio-x-{kind.lower()}", "namespace": "cardio-pipelines",
+                          **replica["template"]["metadata"]},
+             "spec": replica["template"]["spec"]}
+            for kind, replica in job["spec"]["tfReplicaSpecs"].items()]
+    validate(pods, tmp_path, "tfjob-pods")
+
+
+@pytest.mark.parametrize("path", ["overlays/dev", "overlays/prod", "kubeflow"])
+def test_kustomizations_render_without_warnings(path):
+    result = subprocess.run(["kubectl", "kustomize", str(KUBERNETES / path)], capture_output=True,
+                            text=True, env={**os.environ, "NO_COLOR": "1"})
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
