@@ -56,10 +56,11 @@ def submit(host: str, package: str, experiment: str = DEFAULT_EXPERIMENT,
            namespace: str | None = None, run_name: str | None = None,
            params: dict | None = None) -> dict:
     """Starts one run of the compiled pipeline; returns its id and experiment."""
+    package = _package(package)
     with _quiet():
         kfp_client = client(host, namespace)
         result = kfp_client.create_run_from_pipeline_package(
-            _package(package), arguments=params or {}, run_name=run_name,
+            package, arguments=params or {}, run_name=run_name,
             experiment_name=experiment, namespace=namespace)
     return {"run_id": result.run_id, "experiment": experiment}
 
@@ -70,11 +71,12 @@ def schedule(host: str, package: str, cron: str = DEFAULT_CRON, job_name: str = 
     """Creates a recurring run: one run per cron tick, never two at once, no backfill of ticks
     missed while paused (each run reads the newest span anyway)."""
     check_cron(cron)
+    package = _package(package)
     with _quiet():
         kfp_client = client(host, namespace)
         recurring = kfp_client.create_recurring_run(
             experiment_id=_experiment_id(kfp_client, experiment, namespace), job_name=job_name,
-            cron_expression=cron, pipeline_package_path=_package(package),
+            cron_expression=cron, pipeline_package_path=package,
             params=params or {}, max_concurrency=max_concurrency, no_catchup=True, enabled=True)
     return {"recurring_run_id": recurring.recurring_run_id, "cron": cron,
             "experiment": experiment, "job_name": job_name}
