@@ -7,15 +7,15 @@
         result["probability"], result["predicted_label"], result["crop_box"], result["crop_qc"]
 
 Every call has a deadline; UNAVAILABLE (server starting, restarting, overloaded) is retried
-with exponential back-off by gRPC itself (a retry policy in the channel's service config);
+with exponential back-off;
 message limits fit large 16-bit radiographs; TLS is optional. DICOM is converted to a
 MONOCHROME2 PNG on the client (cxr.dicom's modality/VOI LUT and inversion), since the model
 takes PNG or JPEG.
 """
 from __future__ import annotations
 
-import json
 import os
+import time
 
 import grpc
 import numpy as np
@@ -66,31 +66,18 @@ def image_files(paths) -> list[str]:
     return files
 
 
-def _service_config(retries: int) -> str:
-    return json.dumps({"methodConfig": [{
-        "name": [{"service": "tensorflow.serving.PredictionService"},
-                 {"service": "tensorflow.serving.ModelService"}],
-        "retryPolicy": {"maxAttempts": max(2, min(retries + 1, 5)), "initialBackoff": "0.2s",
-                        "maxBackoff": "5s", "backoffMultiplier": 2,
-                        "retryableStatusCodes": ["UNAVAILABLE"]}}]})
-
-
 class Client:
     def __init__(self, target: str, timeout: float = 30.0, retries: int = 4, tls: bool = False,
                  root_certificates: bytes | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES):
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
-        if retries > 0:
-            options += [("grpc.enable_retries", 1), ("grpc.service_config", _service_config(retries))]
-        else:
-            options += [("grpc.enable_retries", 0)]
         if tls:
             credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
             self.channel = grpc.secure_channel(target, credentials, options=options)
         else:
             self.channel = grpc.insecure_channel(target, options=options)
-        self.timeout = timeout
+        self.timeout, self.retries = timeout, retries
         self.predictions = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
         self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
 
@@ -102,6 +89,17 @@ class Client:
 
     def close(self):
         self.channel.close()
+
+    def _call(self, method, request):
+        """One RPC with a deadline; UNAVAILABLE (server starting, restarting, overloaded) is
+        retried with exponential back-off (0.5 s, 1 s, 2 s, ... at most 8 s apart)."""
+        for attempt in range(self.retries + 1):
+            try:
+                return method(request, timeout=self.timeout)
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                    raise
+                time.sleep(min(0.5 * 2 ** attempt, 8.0))
 
     @staticmethod
     def _spec(spec, model: str, version: int | None, label: str | None, signature: str = ""):
@@ -123,7 +121,7 @@ class Client:
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto)
                                           else tf.make_tensor_proto(value))
-        return self.predictions.Predict(request, timeout=self.timeout)
+        return self._call(self.predictions.Predict, request)
 
     def predict(self, images: list[bytes], model: str, version: int | None = None,
                 label: str | None = None) -> list[dict]:
@@ -153,7 +151,7 @@ class Client:
         for image in images:
             request.input.example_list.examples.add().features.feature[
                 "image"].bytes_list.value.append(image)
-        response = self.predictions.Classify(request, timeout=self.timeout)
+        response = self._call(self.predictions.Classify, request)
         return [{c.label: c.score for c in row.classes}
                 for row in response.result.classifications]
 
@@ -161,7 +159,7 @@ class Client:
         """The model's SignatureDefMap."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         self._spec(request.model_spec, model, version, label)
-        response = self.predictions.GetModelMetadata(request, timeout=self.timeout)
+        response = self._call(self.predictions.GetModelMetadata, request)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
         return response.model_spec.version.value, signatures
@@ -170,7 +168,7 @@ class Client:
         """{version: state name} for the model's versions."""
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec, model, version, label)
-        response = self.models.GetModelStatus(request, timeout=self.timeout)
+        response = self._call(self.models.GetModelStatus, request)
         states = get_model_status_pb2.ModelVersionStatus.State
         return {s.version: states.Name(s.state) for s in response.model_version_status}
 

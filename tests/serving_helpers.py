@@ -20,6 +20,7 @@ from serving import client as client_lib, config as config_lib, pusher, server a
 from trainer import export
 
 IMAGE_SIZE = 16
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_classifier(seed: int) -> keras.Model:

@@ -1,0 +1,168 @@
+"""`cardio predict`, `cardio serve` and `cardio release` as an operator runs them."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cxr import cli, dicom
+from serving import client as client_lib, config as config_lib, releases
+from serving_helpers import REPO, export_version, free_port, jpeg, png, start_cardio
+
+MODEL = "cardio-tiny"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("serving"))
+    staging = str(tmp_path_factory.mktemp("exports"))
+    for version, seed in ((1, 0), (2, 1)):
+        export_version(staging, root, MODEL, version, seed)
+        releases.record_push(root, MODEL, version)
+    running = start_cardio([f"--model_config_file={root}/models.config", "--enable_batching"])
+    yield root, running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    (folder / "a16.png").write_bytes(png(1, size=(300, 260)))
+    (folder / "b8.png").write_bytes(png(2, bits=8))
+    (folder / "c.jpg").write_bytes(jpeg(3))
+    pixels = np.random.default_rng(4).integers(0, 4095, size=(64, 48), dtype=np.uint16)
+    dicom.write_dicom(str(folder / "d.dcm"), pixels, photometric="MONOCHROME1")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_predict_prints_a_row_per_image_and_a_summary(served, images):
+    root, running = served
+    result = CliRunner().invoke(cli.main, ["predict", "--server", running.target, "--model", MODEL,
+                                           "--label", "stable", str(images)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert json.loads(lines[-1]) == {"images": 4, "failed": 0}
+    rows = lines[:-1]
+    assert [os.path.basename(r.split()[0]) for r in rows] == ["a16.png", "b8.png", "c.jpg", "d.dcm"]
+    assert all(f"{MODEL}/1" in r and "[0.000 0.000 1.000 1.000]" in r for r in rows)
+
+
+def test_predict_json_lines_match_the_python_client(served, images):
+    root, running = served
+    result = CliRunner().invoke(cli.main, ["predict", "--server", running.target, "--model", MODEL,
+                                           "--version", "2", "--json", str(images / "d.dcm"),
+                                           str(images / "c.jpg")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert [os.path.basename(r["file"]) for r in rows] == ["d.dcm", "c.jpg"]
+    # DICOM goes through cxr.dicom's normalisation on the client, then PNG.
+    with client_lib.Client(running.target) as client:
+        expected = client.predict([client_lib.read_image(str(images / "d.dcm")),
+                                   (images / "c.jpg").read_bytes()], MODEL, version=2)
+    assert [r["probability"] for r in rows] == [e["probability"] for e in expected]
+    assert {r["version"] for r in rows} == {2} and all(len(r["crop_box"]) == 4 for r in rows)
+
+
+def test_predict_names_each_bad_file_and_fails(served, images, tmp_path):
+    root, running = served
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (tmp_path / "text.png").write_text("hello")
+    result = CliRunner().invoke(cli.main, ["predict", "--server", running.target, "--model", MODEL,
+                                           str(tmp_path / "broken.png"), str(tmp_path / "text.png"),
+                                           str(images / "b8.png")])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert "broken.png  ERROR INVALID_ARGUMENT" in lines[0]
+    assert "text.png: not a PNG, JPEG or DICOM file" in lines[1]
+    assert "b8.png" in lines[2] and "ERROR" not in lines[2]
+    assert json.loads(lines[-1]) == {"images": 3, "failed": 2}
+    unknown = CliRunner().invoke(cli.main, ["predict", "--server", running.target, "--model", "nope",
+                                            str(images / "b8.png")])
+    assert unknown.exit_code == 1 and "NOT_FOUND: Servable not found" in unknown.output
+
+
+def test_client_retries_until_the_server_is_up(served, tmp_path):
+    root, _ = served
+    port = free_port()
+    late = {}
+
+    def start_later():
+        time.sleep(1.0)
+        late["server"] = start_cardio_on(port, root)
+
+    thread = threading.Thread(target=start_later)
+    thread.start()
+    try:
+        with client_lib.Client(f"127.0.0.1:{port}", timeout=30, retries=4) as client:
+            assert client.predict([png(0)], MODEL)[0]["version"] == 2
+    finally:
+        thread.join()
+        late["server"].stop()
+
+
+def start_cardio_on(port, root):
+    from serving import server as server_lib
+    server = server_lib.Server(server_lib.parse_flags(
+        [f"--port={port}", f"--model_config_file={root}/models.config"]), host="127.0.0.1")
+    server.start()
+    return server
+
+
+def test_release_cli_promotes_the_champion_and_rolls_back(tmp_path):
+    root = tmp_path / "serving"
+    for version in (1, 2):
+        (root / MODEL / str(version)).mkdir(parents=True)
+        releases.record_push(str(root), MODEL, version)
+    comparison = tmp_path / "comparison.json"
+    comparison.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "best AUC"}}))
+    runner = CliRunner()
+    canary = runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
+                                      "--model", MODEL, "--label", "canary"])
+    assert json.loads(canary.output.splitlines()[-1])["to"] == 2
+    promoted = runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
+                                        "--comparison", str(comparison)])
+    assert promoted.exit_code == 0, promoted.output
+    assert json.loads(promoted.output.splitlines()[-1]) == {"model": MODEL, "label": "stable",
+                                                            "from": 1, "to": 2}
+    assert releases.history(str(root))[-1]["reason"] == "champion: best AUC"
+    back = runner.invoke(cli.main, ["release", "rollback", "--serving-root", str(root),
+                                    "--model", MODEL])
+    assert json.loads(back.output.splitlines()[-1])["to"] == 1
+    config = config_lib.read_models_config(str(root / config_lib.MODELS_CONFIG))
+    assert config.model_config_list.config[0].version_labels["stable"] == 1
+    missing = runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
+                                       "--model", "other"])
+    assert missing.exit_code == 1 and "no model named 'other'" in missing.output
+
+
+def test_cardio_serve_runs_like_tensorflow_model_server(served):
+    root, _ = served
+    refused = subprocess.run([sys.executable, "-m", "cxr", "serve", "--rest_api_port=8501",
+                              f"--model_config_file={root}/models.config"],
+                             capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert refused.returncode == 2 and "--rest_api_port is a tensorflow_model_server flag" in \
+        refused.stderr
+    process = subprocess.Popen([sys.executable, "-m", "cxr", "serve", "--port=0",
+                                f"--model_config_file={root}/models.config", "--enable_batching"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               cwd=REPO)
+    try:
+        ready = json.loads(process.stdout.readline())   # printed once the models are loaded
+        assert ready["available"] == {MODEL: [1, 2]}
+        assert ready["labels"] == {MODEL: {"stable": 1, "canary": 1}}
+        with client_lib.Client(f"127.0.0.1:{ready['port']}") as client:
+            assert client.predict([png(0)], MODEL)[0]["version"] == 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
