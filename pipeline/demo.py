@@ -1,7 +1,8 @@
 """The main job on the built-in default data: synthesise, run the pipeline, report, point at the push.
 
 Steps: synthetic radiographs from two sites -> TFRecords (span 1) -> the local pipeline ->
-evaluation per site slice -> where the blessed model was pushed.
+evaluation per site slice -> where the blessed model was pushed -> gRPC predictions from the
+served models (serving/demo.py).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable
 
 from cxr import convert
 from pipeline import configs, local_runner, outputs, report
+from serving import demo as serving_demo
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,4 +75,6 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
         result = report.cell_result(store, config, cell, serving_root)
         summary["models"][cell.name] = result
         echo(report.format_cell(cell.name, result))
+    # The main job ends in serving: the pushed models answer over TF Serving's gRPC API.
+    summary["serving"] = serving_demo.serve_and_predict(serving_root, data_root, echo)
     return summary
