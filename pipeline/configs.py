@@ -70,6 +70,11 @@ class PipelineConfig:
     # The lung U-Net (a directory holding unet_lungs.weights.h5): the crop stage runs when set.
     segmenter_uri: str | None = None
     crop_size: int = 512
+    # Model comparison: PPV and NPV are reported at this prevalence of cardiomegaly, since the test
+    # set is class-balanced (about 17% of PadChest's normal-or-cardiomegaly PA images have it).
+    deployment_prevalence: float = 0.17
+    # Fairness review: a slice, or its complement, with fewer cases of a class is too small to judge.
+    fairness_min_per_class: int = 10
     beam_pipeline_args: tuple = (f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory")
     # TF Serving's server-side batching; the Pusher writes it beside models.config.
     batching: BatchingConfig = BatchingConfig()
@@ -94,8 +99,9 @@ SHIPPED_SEGMENTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 
 
 def demo_config(weights: str | None, **overrides) -> PipelineConfig:
-    """One small MobileNet (alpha 0.25), 8 epochs at 128 px on 256 px crops, the `demo` gate."""
-    demo = dict(pipeline_name="cardiomegaly-demo", grid=(GridCell("mobilenet_025", "75-25"),),
+    """A small MobileNet (alpha 0.25) with both class weightings, 8 epochs at 128 px on 256 px crops, the `demo` gate."""
+    demo = dict(pipeline_name="cardiomegaly-demo",
+                grid=(GridCell("mobilenet_025", "75-25"), GridCell("mobilenet_025", "50-50")),
                 gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8,
                 segmenter_uri=SHIPPED_SEGMENTER, crop_size=256)
     demo.update(overrides)

@@ -8,6 +8,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
 from components import evaluator as evaluator_lib
+from components import model_comparison
 from components import trainer as trainer_lib
 from components.anomaly_gate import AnomalyGate
 from components.crop_report import CropReport
@@ -66,6 +67,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         examples = lung_crop.outputs["cropped_examples"]
         components += [segmenter, lung_crop, crop_report]
 
+    trained = {}   # every cell's model, training run, blessing and push, for the comparison
     for cell in config.grid:
         # One Trainer per (backbone x class weighting), each with its own artifacts and lineage.
         # (TFX's Trainer with epochs and learning rate as parameters; see components/trainer.py.)
@@ -90,7 +92,16 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
             custom_config={"batching": dataclasses.asdict(config.batching)},
             custom_executor_spec=executor_spec.ExecutorClassSpec(serving_pusher.Executor)).with_id(
                 f"Pusher.{cell.name}")
+        trained[cell.name] = {"model": trainer.outputs["model"],
+                              "model_run": trainer.outputs["model_run"],
+                              "blessing": evaluator.outputs["blessing"],
+                              "pushed_model": pusher.outputs["pushed_model"]}
         components += [trainer, evaluator, pusher]
+
+    # Every model scored on the same images: AUCs with CIs, DeLong for every pair, operating
+    # points, the fairness review and the champion (chosen on internal data only), in one report.
+    components.append(model_comparison.create(examples, trained, config,
+                                              raw_examples=example_gen.outputs["examples"]))
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name, pipeline_root=pipeline_root, components=components,

@@ -83,7 +83,7 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
             "AnomalyGate", "LungSegmenter", "LungCrop", "CropReport"}
     assert core <= set(tasks)
     assert summary["grid"] == [cell.name for cell in config.grid]
-    assert len(config.grid) == {"study": 10, "demo": 1}[profile]
+    assert len(config.grid) == {"study": 10, "demo": 2}[profile]
 
     # Data edges up to the crop stage; nothing is cropped before the anomaly gate passes.
     assert _producer(tasks["StatisticsGen"], "examples") == "ImportExampleGen"

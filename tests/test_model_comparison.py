@@ -189,3 +189,37 @@ def test_a_record_with_a_bad_label_is_named(tmp_path):
         w.write(example.SerializeToString())
     with pytest.raises(ValueError, match=r"split 'validation', record 0 \(image_id img-7\): label 3"):
         MC.read_cases(str(tmp_path), splits=(F.VALIDATION,))
+
+
+def test_compiles_for_kubeflow_with_every_cells_model_blessing_and_push(tmp_path):
+    """The study grid's ModelComparison in a KubeflowV2DagRunner PipelineJob: one input per
+    cell and role, each from that cell's own Trainer, Evaluator and Pusher."""
+    import dataclasses
+
+    from tfx import v1 as tfx
+
+    from pipeline.pipeline import create_pipeline
+
+    config = dataclasses.replace(configs.PipelineConfig(), segmenter_uri="gs://bucket/unet")
+    pipeline = create_pipeline(config, data_root="gs://b/data", pipeline_root="gs://b/root",
+                               serving_root="gs://b/serving", schema_file="gs://b/schema.pbtxt")
+    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(default_image="cardio:1"),
+        output_filename=str(tmp_path / "job.json"))
+    runner.run(pipeline, write_out=True)
+    spec = json.loads((tmp_path / "job.json").read_text())["pipelineSpec"]
+    task = spec["root"]["dag"]["tasks"][MC.NODE_ID]
+    producers = {key: value["taskOutputArtifact"]["producerTask"]
+                 for key, value in task["inputs"]["artifacts"].items()}
+    assert producers["examples"] == "LungCrop" and producers["raw_examples"] == "ImportExampleGen"
+    assert len(config.grid) == 10
+    for cell in config.grid:
+        for role, node in (("model", "Trainer"), ("model_run", "Trainer"),
+                           ("blessing", "Evaluator"), ("pushed_model", "Pusher")):
+            assert producers[MC.input_key(role, cell.name)] == f"{node}.{cell.name}"
+    assert len(producers) == 2 + 4 * len(config.grid)
+    settings = json.loads(task["inputs"]["parameters"]["settings"]["runtimeValue"]
+                          ["constantValue"]["stringValue"])
+    assert settings["deployment_prevalence"] == config.deployment_prevalence
+    executor = spec["deploymentSpec"]["executors"][f"{MC.NODE_ID}_executor"]["container"]
+    assert "components.model_comparison.Executor" in executor["args"]
