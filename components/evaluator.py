@@ -1,23 +1,56 @@
-"""The Evaluator: TFMA metrics per site slice and the blessing gate.
+"""The Evaluator: TFMA metrics per site slice, with bootstrap CIs, and the blessing gate.
 
-The Evaluator pools the `test` and `external` splits into one collection, so no figure or gate
-uses an overall slice: every slice is keyed by site first, and the gate's thresholds are set per
-site slice (point estimates, TFMA value thresholds).
+Slices. The Evaluator pools the `test` and `external` splits into one collection, so a slice
+without the site would mix internal and external data. Every slice is therefore keyed by site
+first: `site` is each site's overall figure (the internal test set, the external site), then
+site x sex and site x age band. No `overall` slice exists.
+
+Metrics. On the probability: example count, AUC (10,000 thresholds: at most 1e-4 from the exact
+value), log loss, Brier score (mean squared error of the probability), calibration (mean
+prediction / mean label) and a 20-bin calibration plot. On the label at the operating threshold
+baked into the export: sensitivity, specificity, accuracy, precision, F1 and the confusion matrix
+(TP, FP, TN, FN). Every metric carries a 95% confidence interval from TFMA's Poisson bootstrap.
+
+The gate (a `GateProfile`) compares POINT ESTIMATES, per site slice: the external site's AUC,
+each internal site's AUC, every site's sensitivity at the operating threshold, and, when the
+grid cell has a blessed model, each site's AUC may not fall more than the profile's tolerance
+below that baseline's. The confidence intervals are reported beside it, not gated on: TFMA's
+thresholds compare the unsampled value.
+
+The baseline is per grid cell (components/baseline.py finds it); this module's `Executor` is TFX's
+Evaluator executor plus the two things that needs: evaluate the model the lookup points to (or no
+baseline on a cell's first run), and stamp the blessing with the cell so the next lookup finds it.
 """
 from __future__ import annotations
 
 import json
 
+import tensorflow_model_analysis as tfma_lib
 from tensorflow_model_analysis.proto import config_pb2 as tfma
 from tfx import v1 as tfx
+from tfx.components.evaluator import executor as tfx_evaluator
+from tfx.dsl.components.base import executor_spec
+from tfx.types import standard_artifacts, standard_component_specs as keys
 
+from components import baseline as baseline_lib
 from cxr import features as F
-from pipeline.configs import PipelineConfig
+from pipeline.configs import GateProfile, PipelineConfig
 from trainer.export import SERVING_EXAMPLES
 
 # Every slice starts with the site, so internal and external data are never mixed.
 SLICE_FEATURES = ([F.SITE], [F.SITE, F.SEX], [F.SITE, F.AGE_BAND])
 EVAL_SPLITS = [F.TEST, F.EXTERNAL]
+AUC_THRESHOLDS = 10_000
+CALIBRATION_BINS = 20
+
+
+def describe_gate(gate: GateProfile) -> str:
+    """One line a reviewer reads before the results: what a model must reach to be pushed."""
+    return (f"Gate profile '{gate.name}': external-site AUC >= {gate.external_auc_min}, "
+            f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} at "
+            f"the operating threshold, AUC no more than {gate.auc_regression_tolerance} below the "
+            f"cell's last blessed model (point estimates per site slice; 95% bootstrap CIs "
+            f"reported)")
 
 
 def _metric(class_name: str, per_slice_thresholds=(), **config) -> tfma.MetricConfig:
@@ -25,29 +58,40 @@ def _metric(class_name: str, per_slice_thresholds=(), **config) -> tfma.MetricCo
                              per_slice_thresholds=list(per_slice_thresholds))
 
 
-def _threshold(lower_bound: float) -> tfma.MetricThreshold:
-    return tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-        lower_bound={"value": lower_bound}))
-
-
-def _per_site(site: str, lower_bound: float) -> tfma.PerSliceMetricThreshold:
+def _per_site(site: str, threshold: tfma.MetricThreshold) -> tfma.PerSliceMetricThreshold:
     return tfma.PerSliceMetricThreshold(
-        slicing_specs=[tfma.SlicingSpec(feature_values={F.SITE: site})],
-        threshold=_threshold(lower_bound))
+        slicing_specs=[tfma.SlicingSpec(feature_values={F.SITE: site})], threshold=threshold)
 
 
-def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
+def _floor(lower_bound: float, regression_tolerance: float | None = None) -> tfma.MetricThreshold:
+    """A lower bound on the point estimate and, if given, on the change against the baseline
+    (TFMA drops the change part when there is no baseline: a cell's first model)."""
+    threshold = tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+        lower_bound={"value": lower_bound}))
+    if regression_tolerance is not None:
+        threshold.change_threshold.CopyFrom(tfma.GenericChangeThreshold(
+            absolute={"value": -regression_tolerance}, direction=tfma.MetricDirection.HIGHER_IS_BETTER))
+    return threshold
+
+
+def eval_config(config: PipelineConfig, confidence_intervals: bool = True) -> tfma.EvalConfig:
+    """The EvalConfig of every grid cell. `confidence_intervals=False` only skips the bootstrap
+    (several times the cost); the gate, which compares point estimates, decides the same."""
     gate = config.gate
-    sites = list(config.internal_sites) + [config.external_site]
-    auc_gates = [_per_site(s, gate.internal_auc_min) for s in config.internal_sites]
-    auc_gates.append(_per_site(config.external_site, gate.external_auc_min))
-    sensitivity_gates = [_per_site(s, gate.sensitivity_min) for s in sites]
+    auc_floors = {site: gate.internal_auc_min for site in config.internal_sites}
+    auc_floors[config.external_site] = gate.external_auc_min
+    auc_gates = [_per_site(site, _floor(floor, gate.auc_regression_tolerance))
+                 for site, floor in auc_floors.items()]
+    sensitivity_gates = [_per_site(site, _floor(gate.sensitivity_min)) for site in config.sites]
     # Ranking and calibration metrics score the probability; the confusion-matrix metrics score
     # the label at the operating threshold baked into the model, which is what clinicians get.
     probability_metrics = [
         _metric("ExampleCount"),
-        _metric("AUC", per_slice_thresholds=auc_gates, num_thresholds=10000),
+        _metric("AUC", per_slice_thresholds=auc_gates, num_thresholds=AUC_THRESHOLDS),
         _metric("BinaryCrossentropy", name="log_loss"),
+        _metric("MeanSquaredError", name="brier_score"),
+        _metric("Calibration", name="calibration"),
+        _metric("CalibrationPlot", name="calibration_plot", num_buckets=CALIBRATION_BINS),
     ]
     label_metrics = [
         _metric("Recall", per_slice_thresholds=sensitivity_gates, name="sensitivity"),
@@ -55,17 +99,112 @@ def eval_config(config: PipelineConfig) -> tfma.EvalConfig:
         _metric("BinaryAccuracy", name="accuracy"),
         _metric("Precision", name="precision"),
         _metric("F1Score", name="f1"),
+        _metric("TruePositives", name="tp"),
+        _metric("FalsePositives", name="fp"),
+        _metric("TrueNegatives", name="tn"),
+        _metric("FalseNegatives", name="fn"),
     ]
     return tfma.EvalConfig(
+        # One spec: TFX adds the baseline copy when the cell has a blessed model.
         model_specs=[tfma.ModelSpec(signature_name=SERVING_EXAMPLES,
                                     label_keys={F.PROBABILITY: F.LABEL, F.PREDICTED_LABEL: F.LABEL})],
-        slicing_specs=[tfma.SlicingSpec(feature_keys=keys) for keys in SLICE_FEATURES],
+        slicing_specs=[tfma.SlicingSpec(feature_keys=keys_) for keys_ in SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(output_names=[F.PROBABILITY], metrics=probability_metrics),
-                       tfma.MetricsSpec(output_names=[F.PREDICTED_LABEL], metrics=label_metrics)])
+                       tfma.MetricsSpec(output_names=[F.PREDICTED_LABEL], metrics=label_metrics)],
+        options=tfma.Options(
+            compute_confidence_intervals={"value": confidence_intervals},
+            confidence_intervals=tfma.ConfidenceIntervalOptions(
+                method=tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP)))
 
 
-def create(examples, model, config: PipelineConfig, cell_name: str):
+class Executor(tfx_evaluator.Executor):
+    """TFX's Evaluator executor, with the grid cell's baseline from the lookup (or none)."""
+
+    def Do(self, input_dict, output_dict, exec_properties):
+        input_dict = dict(input_dict)
+        lookups = input_dict.get(keys.BASELINE_MODEL_KEY) or []
+        pointer = baseline_lib.read_pointer(lookups[0]) if lookups else None
+        if pointer and pointer.get("model_uri"):
+            # Evaluate the blessed model itself (not a copy); the blessing records its uri and id.
+            model = standard_artifacts.Model()
+            model.uri = pointer["model_uri"]
+            if pointer.get("model_id"):
+                model.id = int(pointer["model_id"])
+            input_dict[keys.BASELINE_MODEL_KEY] = [model]
+        else:
+            input_dict[keys.BASELINE_MODEL_KEY] = []   # the cell's first model: floors only
+        super().Do(input_dict, output_dict, exec_properties)
+        if pointer:
+            blessing = output_dict[keys.BLESSING_KEY][0]
+            blessing.set_string_custom_property(baseline_lib.CELL, pointer["cell"])
+            blessing.set_string_custom_property(baseline_lib.PIPELINE, pointer["pipeline"])
+
+
+class CellEvaluator(tfx.components.Evaluator):
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
+
+
+def create(examples, model, baseline_model, config: PipelineConfig, cell_name: str):
     """An Evaluator over the `test` and `external` splits for one grid cell's model."""
-    return tfx.components.Evaluator(
-        examples=examples, model=model, eval_config=eval_config(config),
-        example_splits=EVAL_SPLITS).with_id(f"Evaluator.{cell_name}")
+    return CellEvaluator(
+        examples=examples, model=model, baseline_model=baseline_model,
+        eval_config=eval_config(config), example_splits=EVAL_SPLITS).with_id(
+            f"Evaluator.{cell_name}")
+
+
+# --- reading results -------------------------------------------------------------------------
+
+def load(evaluation_uri: str):
+    """The candidate's tfma.EvalResult (TFMA names it `candidate` when a baseline was evaluated)."""
+    from tensorflow_model_analysis.writers import eval_config_writer
+
+    _, _, _, locations = eval_config_writer.load_eval_run(evaluation_uri)
+    name = tfma_lib.CANDIDATE_KEY if tfma_lib.CANDIDATE_KEY in locations else None
+    return tfma_lib.load_eval_result(evaluation_uri, model_name=name)
+
+
+def slice_name(slice_key) -> str:
+    return ", ".join(f"{k}={v}" for k, v in slice_key) or "overall"
+
+
+def metrics_with_intervals(eval_result) -> dict:
+    """{slice: {metric: {"value", "lower", "upper"}}}; lower/upper are None without a CI."""
+    table = {}
+    for slice_key, metrics in eval_result.slicing_metrics:
+        row = {}
+        for by_sub_key in metrics.values():          # one entry per model output
+            for name, value in by_sub_key.get("", {}).items():
+                if not isinstance(value, dict):
+                    continue
+                if "boundedValue" in value:
+                    bounded = value["boundedValue"]
+                    row[name] = {"value": float(bounded["value"]),
+                                 "lower": float(bounded["lowerBound"]),
+                                 "upper": float(bounded["upperBound"])}
+                elif "doubleValue" in value:
+                    row[name] = {"value": float(value["doubleValue"]), "lower": None, "upper": None}
+        table[slice_name(slice_key)] = row
+    return table
+
+
+def validation_failures(evaluation_uri: str) -> list[str]:
+    """Why the gate said no, one line per failed threshold (empty when it blessed)."""
+    result = tfma_lib.load_validation_result(evaluation_uri)
+    lines = []
+    for per_slice in result.metric_validations_per_slice:
+        name = slice_name([(k.column, k.bytes_value.decode() or k.int64_value)
+                           for k in per_slice.slice_key.single_slice_keys])
+        for failure in per_slice.failures:
+            kind = "change vs baseline" if failure.metric_key.is_diff else "value"
+            lines.append(f"{name}: {failure.metric_key.name} ({kind}) = "
+                         f"{failure.metric_value.double_value.value:.4f} fails "
+                         f"{_describe_threshold(failure.metric_threshold)}")
+    for missing in result.missing_slices:
+        lines.append(f"no examples for slice {dict(missing.feature_values)}: its threshold fails")
+    return lines
+
+
+def _describe_threshold(threshold: tfma.MetricThreshold) -> str:
+    if threshold.HasField("value_threshold"):
+        return f">= {threshold.value_threshold.lower_bound.value}"
+    return f"change >= {threshold.change_threshold.absolute.value}"

@@ -42,10 +42,8 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     pipeline_root = os.path.join(workdir, "pipeline")
     serving_root = os.path.join(workdir, "serving")
 
-    gate = config.gate
-    echo(f"Gate profile '{gate.name}': external-site AUC >= {gate.external_auc_min}, "
-         f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} "
-         f"(point estimates per site slice)")
+    from components import evaluator
+    echo(evaluator.describe_gate(config.gate))
     echo(f"ImageNet weights: {weights or 'none found: random initialisation'}")
     if not os.path.exists(os.path.join(data_root, "span-1", "summary.json")):
         with progress_factory(n, "synthesising radiographs") as bar:

@@ -7,8 +7,10 @@ import os
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
+from components import baseline as baseline_lib
 from components import evaluator as evaluator_lib
 from components import model_comparison
+from components import model_card as model_card_lib
 from components import trainer as trainer_lib
 from components.anomaly_gate import AnomalyGate
 from components.crop_report import CropReport
@@ -80,8 +82,12 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
             custom_config=config.trainer_custom_config(cell)).with_id(f"Trainer.{cell.name}")
         # The anomaly gate must pass before any training starts.
         trainer.add_upstream_node(anomaly_gate)
+        # This cell's last blessed model (found in MLMD), which a new model may not fall below.
+        baseline = baseline_lib.create(trainer.outputs["model"], config, cell.name,
+                                       metadata_connection_config)
         # TFMA metrics per site slice on test + external; blesses only models that pass the gate.
-        evaluator = evaluator_lib.create(examples, trainer.outputs["model"], config, cell.name)
+        evaluator = evaluator_lib.create(examples, trainer.outputs["model"],
+                                         baseline.outputs["baseline"], config, cell.name)
         # Blessed models land in <serving_root>/<model name>/<version>/, as TF Serving reads it,
         # copied atomically; models.config and the batching file follow (serving/pusher.py).
         pusher = tfx.components.Pusher(
@@ -92,11 +98,13 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
             custom_config={"batching": dataclasses.asdict(config.batching)},
             custom_executor_spec=executor_spec.ExecutorClassSpec(serving_pusher.Executor)).with_id(
                 f"Pusher.{cell.name}")
+        # Model card: data, lineage, metrics per slice with CIs, operating point, licences.
+        card = model_card_lib.create(trainer, evaluator, pusher, examples, config, cell.name)
         trained[cell.name] = {"model": trainer.outputs["model"],
                               "model_run": trainer.outputs["model_run"],
                               "blessing": evaluator.outputs["blessing"],
                               "pushed_model": pusher.outputs["pushed_model"]}
-        components += [trainer, evaluator, pusher]
+        components += [trainer, baseline, evaluator, pusher, card]
 
     # Every model scored on the same images: AUCs with CIs, DeLong for every pair, operating
     # points, the fairness review and the champion (chosen on internal data only), in one report.

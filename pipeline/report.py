@@ -5,12 +5,14 @@ import json
 import os
 
 import tensorflow as tf
-import tensorflow_model_analysis as tfma
 
+from components import evaluator
 from cxr import features as F
 from pipeline import outputs
 
-METRICS = ("example_count", "auc", "sensitivity", "specificity", "accuracy", "precision", "f1")
+METRICS = ("example_count", "auc", "sensitivity", "specificity", "accuracy", "precision", "f1",
+           "brier_score")
+CI_METRICS = ("auc", "sensitivity", "specificity")   # printed with their 95% bootstrap CI
 
 
 def read_counts(data_root: str, span: int = 1) -> dict:
@@ -31,16 +33,16 @@ def slice_name(slice_key) -> str:
 
 
 def slice_metrics(eval_result) -> dict:
-    """{slice name: {metric: value}} from a tfma.EvalResult."""
-    table = {}
-    for slice_key, metrics in eval_result.slicing_metrics:
-        row = {}
-        for by_sub_key in metrics.values():          # one entry per model output
-            for name, value in by_sub_key.get("", {}).items():
-                if isinstance(value, dict) and "doubleValue" in value:
-                    row[name] = float(value["doubleValue"])
-        table[slice_name(slice_key)] = row
-    return table
+    """{slice name: {metric: point estimate}} from a tfma.EvalResult."""
+    return {name: {metric: v["value"] for metric, v in row.items()}
+            for name, row in evaluator.metrics_with_intervals(eval_result).items()}
+
+
+def slice_intervals(eval_result) -> dict:
+    """{slice name: {metric: [lower, upper]}}: the 95% bootstrap CIs."""
+    return {name: {metric: [v["lower"], v["upper"]] for metric, v in row.items()
+                   if v["lower"] is not None}
+            for name, row in evaluator.metrics_with_intervals(eval_result).items()}
 
 
 def cell_result(store, config, cell, serving_root: str) -> dict:
@@ -50,10 +52,16 @@ def cell_result(store, config, cell, serving_root: str) -> dict:
                                      "blessing")
     pushed = outputs.latest_output(store, config.pipeline_name, f"Pusher.{cell.name}",
                                    "pushed_model")
+    card = outputs.latest_output(store, config.pipeline_name, f"ModelCard.{cell.name}", "card")
     result = {"slices": {}, "blessed": False, "pushed_to": None}
     if evaluation is not None:
-        result["slices"] = slice_metrics(tfma.load_eval_result(evaluation.uri))
+        eval_result = evaluator.load(evaluation.uri)   # the candidate's, baseline or not
+        result["slices"] = slice_metrics(eval_result)
+        result["intervals"] = slice_intervals(eval_result)
+        result["gate_failures"] = evaluator.validation_failures(evaluation.uri)
         result["evaluation_uri"] = evaluation.uri
+    if card is not None:
+        result["model_card"] = os.path.join(card.uri, "model_card.md")
     if blessing is not None:
         result["blessed"] = tf.io.gfile.exists(os.path.join(blessing.uri, "BLESSED"))
     if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
@@ -92,14 +100,26 @@ def crop_qc_counts(store, config) -> dict | None:
 
 
 def format_cell(name: str, result: dict) -> str:
-    header = f"{'slice':<34}" + "".join(f"{m:>13}" for m in METRICS)
-    lines = [f"\nModel {name}: evaluation per slice (test + external splits)", header]
+    def cell(values, intervals, m):
+        width = 22 if m in CI_METRICS else 13
+        if values.get(m) is None:
+            return f"{'-':>{width}}"
+        text = f"{values[m]:.3f}"
+        if m in intervals:
+            text += " [{:.2f}, {:.2f}]".format(*intervals[m])
+        return f"{text:>{width}}"
+
+    header = f"{'slice':<34}" + "".join(f"{m:>{22 if m in CI_METRICS else 13}}" for m in METRICS)
+    lines = [f"\nModel {name}: evaluation per slice (test + external splits), "
+             f"point estimate [95% bootstrap CI]", header]
     for slice_, values in sorted(result["slices"].items()):
-        cells = "".join(f"{values[m]:>13.3f}" if values.get(m) is not None else f"{'-':>13}"
-                        for m in METRICS)
-        lines.append(f"{slice_:<34}{cells}")
+        intervals = result.get("intervals", {}).get(slice_, {})
+        lines.append(f"{slice_:<34}" + "".join(cell(values, intervals, m) for m in METRICS))
     if result["blessed"]:
         lines.append(f"BLESSED; pushed to {result['pushed_to']}")
     else:
         lines.append("NOT BLESSED: the model failed the gate and was not pushed")
+        lines += [f"  failed: {failure}" for failure in result.get("gate_failures", [])]
+    if result.get("model_card"):
+        lines.append(f"Model card: {result['model_card']}")
     return "\n".join(lines)

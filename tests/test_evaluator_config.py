@@ -36,3 +36,48 @@ def test_demo_gate_profile():
     gate = configs.GATE_PROFILES["demo"]
     assert _thresholds(eval_config, "AUC") == {"site-a": gate.internal_auc_min,
                                                 "site-b": gate.external_auc_min}
+
+
+def _metrics(eval_config, output):
+    return {m.class_name: m for spec in eval_config.metrics_specs if spec.output_names == [output]
+            for m in spec.metrics}
+
+
+def test_confidence_intervals_are_tfma_poisson_bootstrap():
+    from tensorflow_model_analysis.proto import config_pb2
+    options = evaluator.eval_config(configs.PipelineConfig()).options
+    assert options.compute_confidence_intervals.value
+    assert options.confidence_intervals.method == config_pb2.ConfidenceIntervalOptions.POISSON_BOOTSTRAP
+
+
+def test_auc_calibration_and_confusion_matrix_are_reported():
+    eval_config = evaluator.eval_config(configs.PipelineConfig())
+    probability = _metrics(eval_config, "probability")
+    assert {"AUC", "MeanSquaredError", "Calibration", "CalibrationPlot", "BinaryCrossentropy"} <= set(probability)
+    assert '"num_thresholds": 10000' in probability["AUC"].config
+    assert '"brier_score"' in probability["MeanSquaredError"].config
+    label = _metrics(eval_config, "predicted_label")
+    assert {"Recall", "Specificity", "BinaryAccuracy", "Precision", "F1Score", "TruePositives",
+            "FalsePositives", "TrueNegatives", "FalseNegatives"} <= set(label)
+
+
+def test_no_regression_threshold_on_every_site_auc():
+    from tensorflow_model_analysis.proto import config_pb2
+    gate = configs.GATE_PROFILES["study"]
+    auc = _metrics(evaluator.eval_config(configs.PipelineConfig()), "probability")["AUC"]
+    changes = {t.slicing_specs[0].feature_values["site"]: t.threshold.change_threshold
+               for t in auc.per_slice_thresholds}
+    assert set(changes) == {"site-a", "site-b"}
+    for change in changes.values():
+        assert change.absolute.value == -gate.auc_regression_tolerance
+        assert change.direction == config_pb2.MetricDirection.HIGHER_IS_BETTER
+
+
+def test_both_splits_are_evaluated_and_no_slice_pools_sites():
+    eval_config = evaluator.eval_config(configs.PipelineConfig())
+    assert evaluator.EVAL_SPLITS == ["test", "external"]
+    # No empty SlicingSpec: TFMA would add an `overall` slice mixing internal and external data.
+    assert all(spec.feature_keys and spec.feature_keys[0] == "site"
+               for spec in eval_config.slicing_specs)
+    assert {tuple(s.feature_keys) for s in eval_config.slicing_specs} == {
+        ("site",), ("site", "sex"), ("site", "age_band")}
