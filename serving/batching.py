@@ -48,14 +48,17 @@ class Batcher:
                                f"{self.config.max_batch_size}")
         task = _Task(signature, inputs, rows)
         with self._cv:
-            queued = sum(t.rows for t in self._pending)
-            if self._closed or queued + rows > (self.config.max_enqueued_batches *
-                                                self.config.max_batch_size):
-                raise ServingError(grpc.StatusCode.UNAVAILABLE,
-                                   "The batch scheduling queue to which this task was submitted "
-                                   "is full")
-            self._pending.append(task)
-            self._cv.notify_all()
+            closed = self._closed
+            if not closed:
+                queued = sum(t.rows for t in self._pending)
+                if queued + rows > self.config.max_enqueued_batches * self.config.max_batch_size:
+                    raise ServingError(grpc.StatusCode.UNAVAILABLE,
+                                       "The batch scheduling queue to which this task was "
+                                       "submitted is full")
+                self._pending.append(task)
+                self._cv.notify_all()
+        if closed:   # the version is being unloaded: a late request is still served, unbatched
+            return self._run(signature, inputs)
         return task.future.result()
 
     def close(self):

@@ -1,0 +1,146 @@
+"""gRPC serving against the same SavedModel called in-process, on the same inputs, same process.
+
+  latency      Predict at batch 1, batching off: p50 and p99 per request. Each image is sent
+               once in-process and once over gRPC, alternately, so both see the same machine
+               load. Target: gRPC p50 / in-process p50 <= 1.15.
+  throughput   8 concurrent clients, one image per request: in-process (8 threads calling the
+               signature) against gRPC with server-side batching on. Blocks alternate. Target:
+               gRPC / in-process images per second >= 0.9.
+  load test    a fixed number of valid requests at concurrency 16 over loopback: errors must be 0.
+
+The model is the demo's: the lung U-Net + crop + MobileNet (alpha 0.25, 128 px, random weights:
+speed does not depend on them), served from 1024-1280 px synthetic radiographs as PNGs.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+from tensorflow_serving.apis import model_pb2
+
+from cxr import features as F, records, synth, unet
+from serving import client as client_lib, config as config_lib, server as server_lib
+from trainer import export, model as model_lib
+
+MODEL = "cardio-bench"
+LATENCY_REQUESTS = 60
+THROUGHPUT_REQUESTS = 96          # per block; two blocks per side
+CONCURRENCY = 8
+LOAD_REQUESTS = 400
+LOAD_CONCURRENCY = 16
+
+
+def _images(n: int) -> list[bytes]:
+    sites = ("site-a", "site-b")
+    return [records.encode_png(synth.sample(7, i, sites[i % 2], f"p{i}").image) for i in range(n)]
+
+
+def _export(root: str) -> str:
+    classifier = model_lib.build_model("mobilenet_025", 128, weights="random")
+    export_dir = os.path.join(root, MODEL, "1")
+    export.export(classifier, export_dir, 128, 0.5, unet.load(), crop_size=256)
+    return export_dir
+
+
+def _percentiles(seconds: list[float]) -> tuple[float, float]:
+    return (float(np.percentile(seconds, 50)) * 1000, float(np.percentile(seconds, 99)) * 1000)
+
+
+def _concurrently(call, images: list[bytes], concurrency: int) -> float:
+    """Seconds to run `call(image)` for every image with `concurrency` threads."""
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        start = time.perf_counter()
+        list(pool.map(call, images))
+        return time.perf_counter() - start
+
+
+def main():
+    with tempfile.TemporaryDirectory() as root:
+        print("\nExporting the demo's model and drawing radiographs ...", flush=True)
+        export_dir = _export(root)
+        images = _images(16)
+        signature = tf.saved_model.load(export_dir).signatures[export.SERVING_DEFAULT]
+
+        def in_process(image):
+            return signature(image_bytes=tf.constant([image]))[F.PROBABILITY].numpy()
+
+        base = os.path.join(root, MODEL)
+        plain = server_lib.Server(server_lib.ServerOptions(
+            port=0, model_base_path=base, model_name=MODEL), host="127.0.0.1")
+        batching_file = os.path.join(root, config_lib.BATCHING_PARAMETERS)
+        with open(batching_file, "w") as f:
+            f.write(config_lib.render_batching_parameters(config_lib.BatchingConfig(
+                max_batch_size=CONCURRENCY, batch_timeout_micros=2000, num_batch_threads=2)))
+        batched = server_lib.Server(server_lib.ServerOptions(
+            port=0, model_base_path=base, model_name=MODEL, enable_batching=True,
+            batching_parameters_file=batching_file), host="127.0.0.1")
+        with plain, batched, \
+                client_lib.Client(f"127.0.0.1:{plain.port}") as plain_client, \
+                client_lib.Client(f"127.0.0.1:{batched.port}") as batched_client:
+            def over_grpc(client):
+                return lambda image: client.predict([image], MODEL)[0]["probability"]
+
+            for image in images[:4]:      # both sides warm (tracing happened at load)
+                in_process(image), over_grpc(plain_client)(image)
+            local, remote = [], []
+            for i in range(LATENCY_REQUESTS):
+                image = images[i % len(images)]
+                start = time.perf_counter()
+                expected = in_process(image)[0]
+                local.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                got = over_grpc(plain_client)(image)
+                remote.append(time.perf_counter() - start)
+                assert abs(got - expected) < 1e-5, (got, expected)
+            (local_p50, local_p99), (remote_p50, remote_p99) = (_percentiles(local),
+                                                                _percentiles(remote))
+
+            work = [images[i % len(images)] for i in range(THROUGHPUT_REQUESTS)]
+            local_s = remote_s = 0.0
+            for _ in range(2):
+                local_s += _concurrently(in_process, work, CONCURRENCY)
+                remote_s += _concurrently(over_grpc(batched_client), work, CONCURRENCY)
+            local_ips, remote_ips = 2 * len(work) / local_s, 2 * len(work) / remote_s
+            servable = batched.manager.resolve(_spec())
+            calls_before = servable.model_calls
+
+            errors = []
+
+            def load(image):
+                try:
+                    over_grpc(batched_client)(image)
+                except Exception as error:   # counted, reported
+                    errors.append(error)
+
+            load_s = _concurrently(load, [images[i % len(images)] for i in range(LOAD_REQUESTS)],
+                                   LOAD_CONCURRENCY)
+            load_calls = servable.model_calls - calls_before
+
+    print(f"\ngRPC serving vs the same SavedModel in-process ({os.cpu_count()} cores; demo model: "
+          f"U-Net crop + MobileNet 0.25 at 128 px; 1024-1280 px PNG radiographs)")
+    print(f"{'what':<52}{'p50 ms':>9}{'p99 ms':>9}{'img/s':>8}{'ratio':>8}{'target':>9}")
+    print(f"{'in-process, batch 1 (baseline)':<52}{local_p50:>9.1f}{local_p99:>9.1f}"
+          f"{'':>8}{1.0:>8.2f}")
+    print(f"{'gRPC Predict, batch 1, batching off':<52}{remote_p50:>9.1f}{remote_p99:>9.1f}"
+          f"{'':>8}{remote_p50 / local_p50:>8.2f}{'<= 1.15':>9}")
+    print(f"{f'in-process, {CONCURRENCY} threads (baseline)':<52}{'':>9}{'':>9}"
+          f"{local_ips:>8.1f}{1.0:>8.2f}")
+    print(f"{f'gRPC, {CONCURRENCY} clients, batching on':<52}{'':>9}{'':>9}"
+          f"{remote_ips:>8.1f}{remote_ips / local_ips:>8.2f}{'>= 0.9':>9}")
+    print(f"\nLoad test: {LOAD_REQUESTS} valid requests, {LOAD_CONCURRENCY} concurrent clients, "
+          f"loopback: {len(errors)} errors, {LOAD_REQUESTS / load_s:.1f} requests/s, "
+          f"{load_calls} model calls (batching)")
+    if errors:
+        raise SystemExit(f"load test: {len(errors)} failed requests, first: {errors[0]}")
+
+
+def _spec():
+    return model_pb2.ModelSpec(name=MODEL)
+
+
+if __name__ == "__main__":
+    main()
