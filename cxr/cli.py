@@ -263,6 +263,27 @@ def crop_(images, out, weights, size, overlays):
     click.echo(json.dumps(counts))
 
 
+@main.command("explain")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A pushed or exported model: <serving root>/<model>/<version>.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", default="explain", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the figures (one PNG per image).")
+def explain_(model_dir, images, out):
+    """Where the model looks: Grad-CAM and guided backprop for radiographs (PNG, JPEG, DICOM)."""
+    from cxr import explain as explain_lib
+
+    try:
+        model = explain_lib.load(model_dir)
+    except explain_lib.ExplainError as error:
+        raise click.ClickException(str(error))
+    with _progress(len(images), "explaining") as bar:
+        summary = explain_lib.explain_files(model, list(images), out, bar.update, click.echo)
+    click.echo(json.dumps(summary))
+    if summary["failed"]:
+        sys.exit(1)
+
+
 @main.group()
 def pipeline():
     """Run or compile the pipeline."""

@@ -9,6 +9,8 @@ Signatures:
                     TFMA and infra validation -> probability and label.
   classify          TF Serving's Classify API (serving/signatures.py), with warm-up requests
                     in assets.extra/tf_serving_warmup_requests.
+  explain           serving_default's input and outputs plus Grad-CAM and guided-backprop maps
+                    and the crop the classifier saw (cxr.saliency; `cardio explain` reads it).
 The operating threshold chosen on validation is baked in, so the blessed model is the served one.
 """
 from __future__ import annotations
@@ -77,6 +79,11 @@ class CardioServingModule(tf.Module):
                            fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
         return self._classify(images)
 
+    def explain_signature(self):
+        """The `explain` signature (cxr.saliency): the maps explain exactly what is served."""
+        from cxr import saliency
+        return saliency.signature(self, CROP_BOX, CROP_QC)
+
 
 METADATA_FILE = "cardio_metadata.json"   # in assets.extra, beside TF Serving's warm-up file
 
@@ -90,8 +97,9 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
 
     module = CardioServingModule(model, image_size, threshold, unet, crop_size)
     tf.saved_model.save(module, export_dir, signatures={
-        SERVING_DEFAULT: module.serve_images.get_concrete_function(),
-        SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
+        SERVING_DEFAULT: module.serve_images,
+        SERVING_EXAMPLES: module.serve_examples,
+        "explain": module.explain_signature(),
         # TF Serving's Classify API and warm-up requests (serving/signatures.py).
         serving_signatures.SERVING_CLASSIFY: serving_signatures.classify_function(module),
     })
