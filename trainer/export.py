@@ -97,8 +97,8 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
 
     module = CardioServingModule(model, image_size, threshold, unet, crop_size)
     tf.saved_model.save(module, export_dir, signatures={
-        SERVING_DEFAULT: module.serve_images,
-        SERVING_EXAMPLES: module.serve_examples,
+        SERVING_DEFAULT: module.serve_images.get_concrete_function(),
+        SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
         "explain": module.explain_signature(),
         # TF Serving's Classify API and warm-up requests (serving/signatures.py).
         serving_signatures.SERVING_CLASSIFY: serving_signatures.classify_function(module),
