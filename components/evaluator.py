@@ -144,12 +144,14 @@ class CellEvaluator(tfx.components.Evaluator):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
 
-def create(examples, model, baseline_model, config: PipelineConfig, cell_name: str):
-    """An Evaluator over the `test` and `external` splits for one grid cell's model."""
+def create(examples, model, baseline_model, config: PipelineConfig, cell_name: str,
+           confidence_intervals: bool = True):
+    """An Evaluator over the `test` and `external` splits for one grid cell's model, compared
+    with `baseline_model` (a BaselineLookup's output)."""
     return CellEvaluator(
         examples=examples, model=model, baseline_model=baseline_model,
-        eval_config=eval_config(config), example_splits=EVAL_SPLITS).with_id(
-            f"Evaluator.{cell_name}")
+        eval_config=eval_config(config, confidence_intervals),
+        example_splits=EVAL_SPLITS).with_id(f"Evaluator.{cell_name}")
 
 
 # --- reading results -------------------------------------------------------------------------
