@@ -1,0 +1,96 @@
+"""The pipeline image's Dockerfile, checked statically (no Docker engine builds images here):
+Debian 13, the lock installed as is, Keras 2 set in the image, a numeric non-root user, a GPU
+target with the locked TensorFlow's CUDA extra, and the names the compiled pipeline and the
+manifests use."""
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+from pipeline import kubeflow_runner
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def stages() -> dict[str, list[str]]:
+    """{stage name: its instructions}, continuation lines joined."""
+    text = re.sub(r"\\\n\s*", " ", (ROOT / "Dockerfile").read_text())
+    result, current = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"FROM\s+(\S+)(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+        if match:
+            current = match.group(2) or match.group(1)
+            result[current] = [line]
+        elif current:
+            result[current].append(line)
+    return result
+
+
+def chain(all_stages, name) -> list[str]:
+    """A stage's instructions after those of the stages it is built FROM."""
+    base = all_stages[name][0].split()[1]
+    return (chain(all_stages, base) if base in all_stages else []) + all_stages[name]
+
+
+def test_stages_and_base_image():
+    all_stages = stages()
+    assert list(all_stages)[-1] == "cpu", "a plain `docker build .` must give the CPU image"
+    assert {"cpu", "gpu", "build", "build-gpu", "runtime", "weights"} <= set(all_stages)
+    base = re.search(r"^ARG DEBIAN_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    assert re.fullmatch(r"debian:13(\.\d+)?-slim(@sha256:[0-9a-f]{64})?", base), base
+    for name in ("build", "runtime"):
+        assert all_stages[name][0].split()[1] == "${DEBIAN_IMAGE}"
+
+
+def test_runtime_sets_keras_2_and_a_numeric_non_root_user():
+    all_stages = stages()
+    for target in ("cpu", "gpu"):
+        instructions = chain(all_stages, target)
+        env = " ".join(i for i in instructions if i.startswith("ENV "))
+        assert "TF_USE_LEGACY_KERAS=1" in env, target
+        user = [i for i in instructions if i.startswith("USER ")][-1].split()[1]
+        uid, gid = user.split(":")
+        assert uid.isdigit() and int(uid) >= 1000 and gid.isdigit(), user
+        assert any(i.startswith("COPY --from=build") and "/opt/cardio-venv" in i
+                   for i in all_stages[target]), target
+
+
+def test_the_lock_is_installed_as_is_and_gpu_adds_the_locked_tensorflow_cuda_extra():
+    all_stages = stages()
+    build = " ".join(all_stages["build"])
+    assert "pip install --no-deps -r /tmp/requirements.lock" in build
+    assert "pip install --no-deps /src" in build and "pip check" in build
+    gpu = " ".join(all_stages["build-gpu"])
+    assert "tensorflow[and-cuda]==${tf#tensorflow==}" in gpu and "-c /tmp/requirements.lock" in gpu
+    lock = (ROOT / "requirements.lock").read_text()
+    # The Dockerfile finds the locked TensorFlow with this pattern: exactly one line.
+    assert len(re.findall(r"^tensorflow==", lock, re.M)) == 1
+    assert any("ENV NVIDIA_VISIBLE_DEVICES=all" in i for i in all_stages["gpu"])
+
+
+def test_dockerignore_admits_exactly_the_installed_packages():
+    ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines()
+              if line and not line.startswith("#")]
+    assert ignore[0] == "*"
+    admitted = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]["include"]
+    assert {p.rstrip("*") for p in packages} <= admitted
+    assert {"requirements.lock", "pyproject.toml", "README.md", "LICENSE"} <= admitted
+    assert not admitted & {"tests", "cardio-demo", ".git", "data"}
+
+
+def test_the_compiled_pipeline_and_the_manifests_name_the_images_the_targets_build():
+    cpu, gpu = kubeflow_runner.images("registry.example/cardio", "2.0.0")
+    assert (cpu, gpu) == ("registry.example/cardio:2.0.0", "registry.example/cardio:2.0.0-gpu")
+    kustomization = yaml.safe_load((ROOT / "kubernetes/base/kustomization.yaml").read_text())
+    tags = {image["name"]: image["newTag"] for image in kustomization["images"]}
+    assert tags[kubeflow_runner.DEFAULT_REPOSITORY] == kubeflow_runner.DEFAULT_TAG
+    env = dict(line.split("=", 1) for line in
+               (ROOT / "kubernetes/base/retraining.env").read_text().split())
+    assert (env["IMAGE_REPOSITORY"], env["IMAGE_TAG"]) == (
+        kubeflow_runner.DEFAULT_REPOSITORY, kubeflow_runner.DEFAULT_TAG)
