@@ -130,10 +130,13 @@ def job_state(tfjob: dict) -> str | None:
     return None
 
 
-def _invocation(input_dict, output_dict, exec_properties) -> dict:
+def invocation(input_dict, output_dict, exec_properties) -> dict:
+    """What every replica runs: the Trainer's artifacts and its exec properties as TFX's generic
+    Trainer reads them (the runtime overrides folded into custom_config)."""
     return {"input_dict": json_utils.dumps(input_dict),
             "output_dict": json_utils.dumps(output_dict),
-            "exec_properties": json_utils.dumps(exec_properties)}
+            "exec_properties": json_utils.dumps(
+                trainer_component.merged_exec_properties(exec_properties))}
 
 
 class Executor(base_executor.BaseExecutor):
@@ -144,14 +147,16 @@ class Executor(base_executor.BaseExecutor):
         from kubernetes import client, config as kube_config
 
         spec = TFJobSpec(**json.loads(exec_properties[trainer_component.TFJOB]))
-        properties = trainer_component.merged_exec_properties(exec_properties)
         model = artifact_utils.get_single_instance(output_dict["model"])
         namespace = spec.namespace or open(NAMESPACE_FILE).read().strip()
-        cell = json.loads(properties["custom_config"] or "{}")
+        cell = json.loads(exec_properties.get("custom_config") or "{}")
         name = job_name(f"{cell.get('backbone', 'cardio')}-{cell.get('weighting', '')}", model.uri)
         manifest = build_tfjob(name, namespace, spec,
-                               _invocation(input_dict, output_dict, properties))
-        kube_config.load_incluster_config()
+                               invocation(input_dict, output_dict, exec_properties))
+        try:
+            kube_config.load_incluster_config()   # the launcher's pod: its service account
+        except kube_config.ConfigException:
+            kube_config.load_kube_config(os.environ.get("KUBECONFIG"))   # elsewhere
         api = client.CustomObjectsApi()
         try:
             api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
