@@ -316,9 +316,11 @@ def pipeline():
               show_default=True, help="Train in the Trainer's pod, or launch a multi-worker TFJob.")
 @click.option("--trainer-gpus", default=1, show_default=True, help="GPUs per Trainer pod or replica.")
 @click.option("--tfjob-workers", default=2, show_default=True, help="TFJob replicas (chief included).")
+@click.option("--gpu-type", default="nvidia.com/gpu", show_default=True,
+              help="GPU resource name (Kubernetes) or accelerator type (Vertex, e.g. NVIDIA_L4).")
 def compile_(output, profile, image_repository, image_tag, pipeline_root, data_root, serving_root,
              segmenter_uri, weights, beam_runner, beam_job_endpoint, beam_extra, training,
-             trainer_gpus, tfjob_workers):
+             trainer_gpus, tfjob_workers, gpu_type):
     """Compile the pipeline for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
     from pipeline import kubeflow_runner
 
@@ -329,7 +331,7 @@ def compile_(output, profile, image_repository, image_tag, pipeline_root, data_r
             repository=image_repository, tag=image_tag or kubeflow_runner.DEFAULT_TAG,
             weights=weights, beam_runner=beam_runner, beam_job_endpoint=beam_job_endpoint,
             beam_extra=beam_extra, training=training, trainer_gpus=trainer_gpus,
-            tfjob_workers=tfjob_workers)
+            tfjob_workers=tfjob_workers, gpu_type=gpu_type)
     except ValueError as error:
         raise click.UsageError(str(error))
     click.echo(f"upload {summary['schema']} to {summary['schema_uri']} before the first run",

@@ -233,18 +233,19 @@ def compile_profile(profile: str, output_file: str, data_root: str, pipeline_roo
                     tag: str = DEFAULT_TAG, weights: str = IMAGE_WEIGHTS_DIR,
                     beam_runner: str = "in-pod", beam_job_endpoint: str | None = None,
                     beam_extra: tuple = (), training: str = "in-pod", trainer_gpus: int = 1,
-                    tfjob_workers: int = 2) -> dict:
+                    tfjob_workers: int = 2, gpu_type: str = Resources.gpu_type) -> dict:
     """`cardio pipeline compile`: one profile to a PipelineJob JSON and a PipelineSpec YAML."""
     cpu_image, gpu_image = images(repository, tag)
     config = dataclasses.replace(profile_config(profile), segmenter_uri=segmenter_uri,
                                  weights=weights)
     beam_args = beam_pipeline_args(beam_runner, cpu_image, beam_job_endpoint, tuple(beam_extra))
     tfjob = (tfjob_trainer.TFJobSpec(image=gpu_image, workers=tfjob_workers,
-                                     gpus_per_worker=trainer_gpus)
+                                     gpus_per_worker=trainer_gpus, gpu_resource=gpu_type)
              if training == "tfjob" else None)
     compile_pipeline(config, output_file, data_root=data_root, pipeline_root=pipeline_root,
                      serving_root=serving_root, image=cpu_image, gpu_image=gpu_image,
-                     beam_args=beam_args, resources=Resources(trainer_gpus=trainer_gpus),
+                     beam_args=beam_args,
+                     resources=Resources(trainer_gpus=trainer_gpus, gpu_type=gpu_type),
                      training=training, tfjob=tfjob)
     return {"pipeline_job": output_file, "pipeline_spec": pipeline_spec_path(output_file),
             "schema": os.path.join(os.path.dirname(output_file), "schema.pbtxt"),
