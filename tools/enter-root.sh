@@ -9,6 +9,9 @@ mount -t proc proc "$root/proc" 2>/dev/null || mount --rbind /proc "$root/proc"
 mount --rbind /sys "$root/sys"
 mount --rbind /dev "$root/dev"
 cp -L /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# The host's own name must resolve inside too: Beam's portable runner hands its SDK workers
+# addresses by host name.
+cp -L /etc/hosts "$root/etc/hosts" 2>/dev/null || true
 
 # Directories the root's own system lives in are never shadowed by host directories.
 is_system_path() {
