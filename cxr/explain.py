@@ -51,6 +51,10 @@ class ExplainModel:
         return self.loaded.signatures[saliency.EXPLAIN]
 
     @property
+    def cropped(self) -> bool:
+        return bool(self.metadata.get("crop_size"))
+
+    @property
     def title(self) -> str:
         backbone, weighting = self.metadata.get("backbone"), self.metadata.get("weighting")
         return " ".join(str(v) for v in (backbone, weighting) if v) or os.path.basename(
@@ -128,7 +132,7 @@ def _guided_display(gradient: np.ndarray) -> np.ndarray:
     return np.clip(0.5 + 0.5 * gradient / scale, 0, 1)
 
 
-def _draw_original(ax, e: Explanation):
+def _draw_original(ax, e: Explanation, cropped: bool = True):
     import matplotlib.pyplot as plt
 
     shown = _display(e.image)
@@ -137,7 +141,8 @@ def _draw_original(ax, e: Explanation):
     y0, x0, y1, x1 = np.asarray(e.box) * [h, w, h, w]
     colour = "orange" if e.qc_flags else "deepskyblue"
     ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color=colour, lw=1.5))
-    note = f"crop fallback: {', '.join(e.qc_flags)}" if e.qc_flags else "lung crop box"
+    note = (f"crop fallback: {', '.join(e.qc_flags)}" if e.qc_flags else "lung crop box"
+            if cropped else "no crop stage: the whole image")
     ax.set_title(f"original {e.image.shape[1]}x{e.image.shape[0]}\n{note}", fontsize=9)
 
 
@@ -161,14 +166,16 @@ def _draw_guided(ax, e: Explanation, label: str = ""):
     ax.set_title(f"{label}guided backprop\n(bright: raises the score)", fontsize=9)
 
 
-def figure(e: Explanation, path: str, model_title: str = "", threshold: float | None = None) -> str:
-    """One image's four panels: original with crop box, crop, Grad-CAM, guided backprop."""
+def figure(e: Explanation, path: str, model_title: str = "", threshold: float | None = None,
+           cropped: bool = True) -> str:
+    """One image's four panels: original with crop box, crop, Grad-CAM, guided backprop.
+    `cropped`: whether the model crops (its metadata's crop_size), for the first panel's note."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(13, 3.9))
-    _draw_original(axes[0], e)
+    _draw_original(axes[0], e, cropped)
     _draw_crop(axes[1], e)
     _draw_gradcam(axes[2], e)
     _draw_guided(axes[3], e)
@@ -203,7 +210,8 @@ def write_overlays(model_dir, images, out_dir: str) -> list[str]:
     model = load(model_dir) if isinstance(model_dir, str) else model_dir
     threshold = model.metadata.get("operating_threshold")
     taken: set = set()
-    return [figure(e, os.path.join(out_dir, overlay_name(e.name, taken)), model.title, threshold)
+    return [figure(e, os.path.join(out_dir, overlay_name(e.name, taken)), model.title, threshold,
+                   model.cropped)
             for e in explain(model, images)]
 
 
@@ -273,7 +281,8 @@ def explain_files(model, paths: list, out_dir: str, progress=None, log=None) -> 
                 progress(1)
             continue
         e, = explain(model, [(path, encoded)])
-        overlay = figure(e, os.path.join(out_dir, overlay_name(path, taken)), model.title, threshold)
+        overlay = figure(e, os.path.join(out_dir, overlay_name(path, taken)), model.title,
+                         threshold, model.cropped)
         results.append({"file": path, "probability": round(e.probability, 6), "label": e.label,
                         "crop_qc": e.qc_flags, "overlay": os.path.abspath(overlay)})
         if log:

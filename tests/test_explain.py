@@ -5,6 +5,7 @@ radiographs), `cardio explain` on PNG, DICOM and broken files.
 One mobilenet_025 (the ImageNet weights in ../shared) is fine-tuned for a few seconds at 128 px
 on synthetic radiographs whose label is the heart's size, and shared by the tests below.
 """
+import io
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 from click.testing import CliRunner
+from PIL import Image
 from scipy import stats
 
 from conftest import shared_path
@@ -156,9 +158,12 @@ def test_explain_matches_serving_default_and_writes_overlays(cropping_export, tm
     files = tmp_path / "files"
     synth.export_files(str(files), 3, seed=5, size=256)    # 16-bit PNGs and MONOCHROME1 DICOM
     png = sorted((files / "images").glob("*.png"))[0]
-    images = [("a/scan.png", png.read_bytes()), ("b/scan.png", png.read_bytes())]
+    jpeg = io.BytesIO()
+    Image.fromarray((np.asarray(Image.open(png)) >> 8).astype(np.uint8)).save(jpeg, "JPEG")
+    images = [("a/scan.png", png.read_bytes()), ("b/scan.png", png.read_bytes()),
+              ("scan.jpg", jpeg.getvalue())]
     paths = explain.write_overlays(str(cropping_export), images, str(tmp_path / "out"))
-    assert [p.rsplit("/", 1)[1] for p in paths] == ["scan.png", "scan-2.png"]
+    assert [p.rsplit("/", 1)[1] for p in paths] == ["scan.png", "scan-2.png", "scan-3.png"]
     for path in paths:
         assert tf.io.decode_png(tf.io.read_file(path)).shape[1] > 900   # four panels
 
