@@ -45,7 +45,9 @@ TRAINING_MODES = ("in-pod", "tfjob")
 DATA_ROOT, RANGE_CONFIG, EPOCHS, LEARNING_RATE = "data_root", "range_config", "epochs", "learning_rate"
 RUNTIME_PARAMETERS = (DATA_ROOT, RANGE_CONFIG, EPOCHS, LEARNING_RATE)
 
-BEAM_STAGE_PREFIXES = ("ImportExampleGen", "StatisticsGen", "LungCrop", "CropReport", "Evaluator")
+# Stages that hold radiographs or models in memory: the Beam stages and the model comparison.
+DATA_STAGE_PREFIXES = ("ImportExampleGen", "StatisticsGen", "LungCrop", "CropReport", "Evaluator",
+                       "ModelComparison")
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 
 
@@ -73,7 +75,8 @@ class Resources:
     default_cpu: str = "1"
     default_memory: str = "4G"
     beam_cpu: str = "4"              # the in-pod Beam runner uses every core it is given
-    beam_memory: str = "16G"         # LungCrop holds a U-Net and batches of 1-3k px radiographs
+    beam_memory: str = "16G"         # LungCrop holds a U-Net and batches of 1-3k px radiographs;
+                                     # ModelComparison every grid cell's model
     trainer_cpu: str = "8"
     trainer_memory: str = "32G"
     trainer_gpus: int = 1
@@ -190,7 +193,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
                 node.with_platform_config(resource_spec(
                     resources.trainer_cpu, resources.trainer_memory, resources.trainer_gpus,
                     resources.gpu_type))
-        elif node.id.startswith(BEAM_STAGE_PREFIXES):
+        elif node.id.startswith(DATA_STAGE_PREFIXES):
             node.with_platform_config(resource_spec(resources.beam_cpu, resources.beam_memory))
         elif hasattr(node, "with_platform_config") and not isinstance(node, tfx.dsl.Importer):
             node.with_platform_config(resource_spec(resources.default_cpu,
