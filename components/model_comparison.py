@@ -195,6 +195,23 @@ def write_overlays(models: dict, images: list, out_dir: str) -> tuple[dict, str 
             failures.append(f"{name}: {type(error).__name__}: {error}")
             continue
         overlays[name] = [os.path.relpath(p, out_dir) for p in paths]
+    # The study's Figure 6: per backbone, its class weightings side by side on the same images.
+    by_backbone = {}
+    for name, info in sorted(models.items()):
+        by_backbone.setdefault(info.get("backbone"), {})[info.get("weighting") or name] = \
+            info["model_dir"]
+    for backbone, dirs in sorted(by_backbone.items(), key=lambda item: str(item[0])):
+        if len(dirs) < 2 or not hasattr(explain, "comparison_figure"):
+            continue
+        path = os.path.join(out_dir, "overlays", f"weightings_{backbone}.png")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            explain.comparison_figure(dirs, images, path)
+        except Exception as error:
+            logging.exception("weighting figure for %s failed", backbone)
+            failures.append(f"{backbone} weightings: {type(error).__name__}: {error}")
+            continue
+        overlays[f"{backbone}: class weightings side by side"] = [os.path.relpath(path, out_dir)]
     note = ("Overlays could not be drawn for " + "; ".join(failures)) if failures else None
     return overlays, note
 

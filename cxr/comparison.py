@@ -213,6 +213,8 @@ def analyse(cases: dict, scores: dict, models: dict, internal_sites, external_si
                              prevalence) for g in masks}}
     delong = pairwise_delong(labels_by_group, scores_by_group, models)
     champion = choose_champion(out_models, delong, alpha)
+    if champion["model_name"]:   # where serving finds it (version to label `stable`)
+        champion["pushed"] = models[champion["model_name"]].get("pushed")
     sites = tuple(internal_sites) + (external_site,)
     for name, info in models.items():
         out_models[name]["fairness"] = fairness(cases, scores[name], info["threshold"], sites,

@@ -94,7 +94,8 @@ def plot_forest(comparison: dict, path: str):
         for name in names:
             s = comparison["models"][name]["groups"].get(group, {})
             if s.get("auc") is not None:
-                ax.errorbar(s["auc"], y, xerr=[[s["auc"] - s["ci"][0]], [s["ci"][1] - s["auc"]]],
+                ax.errorbar(s["auc"], y, xerr=[[max(0.0, s["auc"] - s["ci"][0])],
+                                               [max(0.0, s["ci"][1] - s["auc"])]],
                             fmt="o", color=f"C{g_index}", capsize=3)
             ticks.append(y)
             labels.append(f"{name} | {group}")
@@ -126,8 +127,8 @@ def plot_operating_point(comparison: dict, name: str, path: str):
                 v = point[metric]
                 lo, hi = point[f"{metric}_ci"]
                 values.append(np.nan if v is None else v)
-                low.append(0 if v is None else v - lo)
-                high.append(0 if v is None else hi - v)
+                low.append(0 if v is None else max(0.0, v - lo))   # float rounding at 0 and 1
+                high.append(0 if v is None else max(0.0, hi - v))
             x = np.arange(len(groups)) + (offset - 0.5) * width
             ax.bar(x, values, width, yerr=[low, high], capsize=3, label=label,
                    color=("#2e86c1", "#aab7b8")[offset])
@@ -158,7 +159,8 @@ def plot_fairness(rows: list, name: str, path: str):
             continue
         ax.barh(y, row["auc"], color=colour, height=0.7,
                 hatch="//" if row["status"] == "too small" else None, edgecolor="white")
-        ax.errorbar(row["auc"], y, xerr=[[row["auc"] - row["ci"][0]], [row["ci"][1] - row["auc"]]],
+        ax.errorbar(row["auc"], y, xerr=[[max(0.0, row["auc"] - row["ci"][0])],
+                          [max(0.0, row["ci"][1] - row["auc"])]],
                     fmt="none", ecolor="k", capsize=2, lw=1)
         reference = site_auc.get(row["site"])
         if reference is not None and row["status"] != "site":

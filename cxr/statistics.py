@@ -114,7 +114,8 @@ def wilson_ci(successes: int, total: int, level: float = LEVEL) -> list:
     if total == 0:
         return [None, None]
     low, high = proportion_confint(successes, total, alpha=1 - level, method="wilson")
-    return [float(low), float(high)]
+    share = successes / total   # the interval holds the estimate (rounding aside, e.g. at 1.0)
+    return [float(max(0.0, min(low, share))), float(min(1.0, max(high, share)))]
 
 
 def _ratio(a: int, b: int):

@@ -165,14 +165,23 @@ def test_explain_hook_gets_raw_images_and_each_models_export(inputs, monkeypatch
         assert all(tf.io.decode_image(data).shape[0] > 0 for _, data in images)
         return [path]
 
+    def comparison_figure(models, images, path):
+        calls.append((sorted(models), len(images)))
+        tf.io.write_file(path, tf.io.encode_png(tf.zeros([4, 4, 1], tf.uint8)))
+        return path
+
     fake = types.ModuleType("cxr.explain")
     fake.write_overlays = write_overlays
+    fake.comparison_figure = comparison_figure
     import cxr
     monkeypatch.setitem(sys.modules, "cxr.explain", fake)
     monkeypatch.setattr(cxr, "explain", fake, raising=False)
     out = _run(root, trained, "with_explain")
-    assert [os.path.normpath(d).split(os.sep)[-3] for d, _ in calls] == sorted(CELLS)
+    assert [os.path.normpath(d).split(os.sep)[-3] for d, _ in calls[:2]] == sorted(CELLS)
     names = calls[0][1]
+    # The study's Figure 6: the backbone's two weightings side by side on the same images.
+    assert calls[2] == (["50-50", "75-25"], len(names))
+    assert (out / "overlays" / "weightings_tiny.png").exists()
     assert sum(n.startswith("test-cardiomegaly") for n in names) == MC.OVERLAY_IMAGES
     assert sum(n.startswith("external-normal") for n in names) == 1
     text = (out / "report.md").read_text()
