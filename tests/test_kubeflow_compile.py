@@ -83,7 +83,9 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
             "AnomalyGate", "LungSegmenter", "LungCrop", "CropReport"}
     assert core <= set(tasks)
     assert summary["grid"] == [cell.name for cell in config.grid]
-    assert len(config.grid) == {"study": 10, "demo": 2}[profile]
+    assert len(config.grid) == len({cell.name for cell in config.grid}) >= 1
+    if profile == "study":
+        assert len(config.grid) == 10   # the study's 5 backbones x 2 class weightings
 
     # Data edges up to the crop stage; nothing is cropped before the anomaly gate passes.
     assert _producer(tasks["StatisticsGen"], "examples") == "ImportExampleGen"
@@ -119,14 +121,22 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
         assert _param(trainer, "epochs") == ("input", "epochs")
         assert _param(trainer, "learning_rate") == ("input", "learning_rate")
 
-        # The profile's gate: the external site's AUC bound in this cell's Evaluator.
+        # The profile's gate: the external site's AUC bound in this cell's Evaluator, and on
+        # every site no regression against the cell's last blessed model (its BaselineLookup),
+        # so a scheduled run never pushes a worse model.
         eval_config = json.loads(_param(evaluator, "eval_config")[1])
-        bounds = {slice_spec["feature_values"]["site"]: t["threshold"]["value_threshold"]["lower_bound"]
-                  for spec_ in eval_config["metrics_specs"] for metric in spec_["metrics"]
-                  if metric["class_name"] == "AUC"
-                  for t in metric.get("per_slice_thresholds", [])
-                  for slice_spec in t["slicing_specs"]}
-        assert bounds[config.external_site] == config.gate.external_auc_min
+        auc = {slice_spec["feature_values"]["site"]: t["threshold"]
+               for spec_ in eval_config["metrics_specs"] for metric in spec_["metrics"]
+               if metric["class_name"] == "AUC"
+               for t in metric.get("per_slice_thresholds", [])
+               for slice_spec in t["slicing_specs"]}
+        assert auc[config.external_site]["value_threshold"]["lower_bound"] == \
+            config.gate.external_auc_min
+        assert set(auc) == set(config.sites)
+        assert all(t["change_threshold"]["direction"] == "HIGHER_IS_BETTER" for t in auc.values())
+        baseline = _producer(evaluator, "baseline_model")
+        assert baseline == f"BaselineLookup.{cell.name}"
+        assert _producer(tasks[baseline], "model") == f"Trainer.{cell.name}"
 
         # Pushes into <serving root>/<model name>, the layout TF Serving reads.
         assert f"gs://bucket/serving/{cell.name}" in json.dumps(pusher["inputs"]["parameters"])
