@@ -124,8 +124,10 @@ def test_pods_meet_the_restricted_pod_security_profile(overlay):
             assert not image.endswith(":latest"), image
             limits, requests = container["resources"]["limits"], container["resources"]["requests"]
             assert limits["memory"] and requests["memory"] and requests["cpu"], where
+            # The root file system is read-only: /tmp must be a volume (Python, TF write there).
+            assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}, where
             for volume in container["volumeMounts"]:
-                # Only emptyDirs, read-only mounts and /tmp are writable.
+                # Only emptyDirs and read-only mounts.
                 kind = next(v for v in spec["volumes"] if v["name"] == volume["name"])
                 assert volume.get("readOnly") or "emptyDir" in kind, (where, volume)
 
