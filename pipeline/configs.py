@@ -67,6 +67,10 @@ class PipelineConfig:
     epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 1e-3
+    lr_factor: float = 0.5                 # ReduceLROnPlateau on validation loss
+    lr_patience: int = 5
+    augment_positives: bool = True         # rotation, shift, shear, scale, flip; cardiomegaly only
+    mixed_precision: bool = True           # float16 compute when training on GPUs
     steps_per_epoch: int | None = None     # None: one pass over the training split per epoch
     target_sensitivity: float = 0.9
     seed: int = 0
@@ -91,7 +95,9 @@ class PipelineConfig:
         return {"backbone": cell.backbone, "weighting": cell.weighting,
                 "image_size": self.image_size, "weights": self.weights, "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
-                "steps_per_epoch": self.steps_per_epoch,
+                "lr_factor": self.lr_factor, "lr_patience": self.lr_patience,
+                "augment_positives": self.augment_positives,
+                "mixed_precision": self.mixed_precision, "steps_per_epoch": self.steps_per_epoch,
                 "target_sensitivity": self.target_sensitivity, "seed": self.seed,
                 "deterministic": self.deterministic, "crop_size": self.crop_size,
                 "segmenter_weights": (f"{self.segmenter_uri.rstrip('/')}/unet_lungs.weights.h5"

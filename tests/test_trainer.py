@@ -75,3 +75,19 @@ def test_input_pipeline_augments_only_positives_and_is_deterministic(tiny_span):
     assert all(x.numpy().tobytes() in originals for x in negatives)
     assert not any(x.numpy().tobytes() in originals for x in positives)
     assert x1.shape[1:] == (64, 64, 3) and float(tf.reduce_max(x1)) <= 255.0
+
+
+def test_every_pipeline_setting_reaches_the_trainer():
+    """The pipeline's config and the trainer's agree on every option, the study's recipe first."""
+    from pipeline import configs
+    config = configs.PipelineConfig()
+    for cell in config.grid:
+        training = task.TrainingConfig.from_custom_config(config.trainer_custom_config(cell))
+        assert (training.backbone, training.weighting) == (cell.backbone, cell.weighting)
+    assert (training.learning_rate, training.batch_size, training.epochs) == (1e-3, 16, 30)
+    assert (training.lr_factor, training.lr_patience, training.image_size) == (0.5, 5, 224)
+    assert training.augment_positives and training.mixed_precision
+    assert len(config.grid) == 10
+    changed = configs.demo_config(None, lr_patience=2, augment_positives=False)
+    training = task.TrainingConfig.from_custom_config(changed.trainer_custom_config(changed.grid[0]))
+    assert (training.lr_patience, training.augment_positives) == (2, False)

@@ -22,12 +22,12 @@ def cluster_workers() -> int:
     return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
 
 
-def choose_strategy() -> tf.distribute.Strategy:
+def choose_strategy(mixed_precision: bool = True) -> tf.distribute.Strategy:
     """MultiWorkerMirrored when TF_CONFIG names several workers; Mirrored over all local GPUs
     (with mixed precision) or over several logical CPU devices (which only a deliberate
     `tf.config.set_logical_device_configuration` creates, as the tests do); else the default."""
     gpus = tf.config.list_physical_devices("GPU")
-    if gpus:
+    if gpus and mixed_precision:
         import tf_keras
         tf_keras.mixed_precision.set_global_policy("mixed_float16")
     if cluster_workers() > 1:

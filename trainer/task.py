@@ -33,6 +33,10 @@ class TrainingConfig:
     epochs: int = 30
     batch_size: int = 16
     learning_rate: float = 1e-3
+    lr_factor: float = 0.5                # ReduceLROnPlateau on validation loss
+    lr_patience: int = 5
+    augment_positives: bool = True        # the study's augmentation, cardiomegaly images only
+    mixed_precision: bool = True          # float16 compute on GPUs
     steps_per_epoch: int | None = None    # None: one pass over the training split
     target_sensitivity: float = 0.9
     seed: int = 0
@@ -93,7 +97,7 @@ def train_and_export(fn_args):
         keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
 
-    strategy = distribution.choose_strategy()
+    strategy = distribution.choose_strategy(config.mixed_precision)
     chief = distribution.is_chief(strategy)
     with strategy.scope():
         model = model_lib.build_model(config.backbone, config.image_size, config.weights)
@@ -106,6 +110,7 @@ def train_and_export(fn_args):
     # The global batch is split across replicas, so each step sees `batch_size` images in all.
     train_ds = data.make_dataset(fn_args.train_files, config.batch_size, config.image_size,
                                  training=True, deterministic=config.deterministic, seed=config.seed,
+                                 augment_positives=config.augment_positives,
                                  workers=distribution.cluster_workers())
     # Split across replicas, a short last batch can leave a replica an empty batch, which some
     # CPU kernels reject; validation loss (for the LR schedule) does without it. The operating
@@ -117,7 +122,8 @@ def train_and_export(fn_args):
     logging.info("epoch checkpoints (resumed from when present): %s", backup)
     callbacks = [
         keras.callbacks.BackupAndRestore(backup),
-        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=5),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.lr_factor,
+                                          patience=config.lr_patience),
         keras.callbacks.TensorBoard(log_dir=os.path.join(fn_args.model_run_dir, "logs")),
     ]
     history = model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
