@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -105,8 +106,18 @@ def card_metadata(weights: str) -> dict:
     return {"weights_sha256": digest, **metadata}
 
 
+def local_copy(path: str) -> str:
+    """Keras reads HDF5 weights from local files only; on Kubeflow the U-Net is an artifact in
+    object storage (gs://, s3://), so a remote file is copied to a temporary one first."""
+    if os.path.isfile(path) or not tf.io.gfile.exists(path):
+        return path
+    local = os.path.join(tempfile.mkdtemp(prefix="cardio-unet-"), os.path.basename(path))
+    tf.io.gfile.copy(path, local)
+    return local
+
+
 def load(weights: str | None = None) -> keras.Model:
-    weights = weights or DEFAULT_WEIGHTS
+    weights = local_copy(weights or DEFAULT_WEIGHTS)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"U-Net weights not found at {weights}; train them with "
                                 f"`cardio unet train` or pass --weights")

@@ -1,0 +1,25 @@
+"""On Kubeflow every artifact lives in object storage (gs://, s3://), not on a local disk: the
+stages that read the lung U-Net's HDF5 weights (LungCrop, the Trainer's serving export) load it
+from a remote URI. TensorFlow's in-memory `ram://` file system stands in for the bucket."""
+import numpy as np
+import tensorflow as tf
+
+from components import lung_crop
+from cxr import unet
+
+
+def test_unet_weights_load_from_a_remote_uri(tmp_path):
+    model = unet.build()
+    local = tmp_path / lung_crop.WEIGHTS_FILE
+    model.save_weights(str(local))
+    remote = f"ram://bucket/unet/{lung_crop.WEIGHTS_FILE}"
+    tf.io.gfile.makedirs("ram://bucket/unet")
+    tf.io.gfile.copy(str(local), remote, overwrite=True)
+    assert not tf.io.gfile.exists(remote.replace("ram://", "/"))
+
+    loaded = unet.load(remote)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    # The model card metadata reads the same remote file.
+    assert unet.card_metadata(remote)["weights_sha256"] == unet.card_metadata(str(local))[
+        "weights_sha256"]
