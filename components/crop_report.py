@@ -78,7 +78,9 @@ def plot(path: str, panels: dict, seed: int = 0):
         ax.legend(loc="best", fontsize=8)
     figure.suptitle("t-SNE of radiographs by site (0.5 AUC = the sites look alike)")
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    # Through tf.io.gfile: on Kubeflow the report artifact is in object storage.
+    with tf.io.gfile.GFile(path, "wb") as f:
+        figure.savefig(f, format="png", dpi=80)
     plt.close(figure)
 
 

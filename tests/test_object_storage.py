@@ -1,10 +1,10 @@
 """On Kubeflow every artifact lives in object storage (gs://, s3://), not on a local disk: the
 stages that read the lung U-Net's HDF5 weights (LungCrop, the Trainer's serving export) load it
-from a remote URI. TensorFlow's in-memory `ram://` file system stands in for the bucket."""
+from a remote URI, and the crop report draws its figure there. TensorFlow's in-memory `ram://` file system stands in for the bucket."""
 import numpy as np
 import tensorflow as tf
 
-from components import lung_crop
+from components import crop_report, lung_crop
 from cxr import unet
 
 
@@ -23,3 +23,14 @@ def test_unet_weights_load_from_a_remote_uri(tmp_path):
     # The model card metadata reads the same remote file.
     assert unet.card_metadata(remote)["weights_sha256"] == unet.card_metadata(str(local))[
         "weights_sha256"]
+
+
+def test_crop_report_figure_is_written_to_a_remote_uri():
+    rng = np.random.default_rng(0)
+    sites = np.array(["site-a"] * 12 + ["site-b"] * 12)
+    panels = {"before cropping": (rng.normal(size=(24, 16)), sites, 0.9),
+              "after cropping": (rng.normal(size=(24, 16)), sites, 0.6)}
+    path = "ram://bucket/report/crop_report.png"
+    crop_report.plot(path, panels)
+    with tf.io.gfile.GFile(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
