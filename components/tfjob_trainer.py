@@ -16,13 +16,16 @@ RBAC the pipeline's service account needs to create and watch TFJobs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 
 from tfx.components.trainer import executor as trainer_executor
@@ -139,6 +142,30 @@ def invocation(input_dict, output_dict, exec_properties) -> dict:
                 trainer_component.merged_exec_properties(exec_properties))}
 
 
+class Terminated(Exception):
+    """The launcher's pod was asked to stop (the pipeline run was terminated)."""
+
+
+@contextlib.contextmanager
+def _deleted_when_terminated(api, namespace: str, name: str):
+    """A terminated pipeline run stops the launcher with SIGTERM: delete the TFJob then, so its
+    replicas do not hold GPUs for a run nobody waits for."""
+    def on_sigterm(signum, frame):
+        raise Terminated(f"terminated while waiting for TFJob {namespace}/{name}")
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    try:
+        yield
+    except Terminated:
+        logging.warning("deleting TFJob %s/%s", namespace, name)
+        api.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
 class Executor(base_executor.BaseExecutor):
     """Submits the TFJob, waits for it, and checks the chief's export."""
     poll_seconds = 30
@@ -166,13 +193,14 @@ class Executor(base_executor.BaseExecutor):
                 raise RuntimeError(f"could not create TFJob {namespace}/{name}: {error.reason}: "
                                    f"{error.body}") from error
             logging.info("TFJob %s/%s exists already; waiting for it", namespace, name)
-        deadline = time.time() + spec.timeout_seconds
-        while (state := job_state(api.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name))) is None:
-            if time.time() > deadline:
-                raise RuntimeError(f"TFJob {namespace}/{name} did not finish in "
-                                   f"{spec.timeout_seconds} s")
-            time.sleep(self.poll_seconds)
+        with _deleted_when_terminated(api, namespace, name):
+            deadline = time.time() + spec.timeout_seconds
+            while (state := job_state(api.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, PLURAL, name))) is None:
+                if time.time() > deadline:
+                    raise RuntimeError(f"TFJob {namespace}/{name} did not finish in "
+                                       f"{spec.timeout_seconds} s")
+                time.sleep(self.poll_seconds)
         if state != "Succeeded":
             raise RuntimeError(f"TFJob {namespace}/{name} failed: see `kubectl -n {namespace} "
                                f"logs -l training.kubeflow.org/job-name={name}`")

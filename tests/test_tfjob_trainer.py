@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import signal
 import threading
 from pathlib import Path
 
@@ -96,7 +97,7 @@ class StandInTrainingOperator(http.server.ThreadingHTTPServer):
     replicas run as local processes of their container command, with TF_CONFIG set."""
 
     def __init__(self, run_replicas=True, existing=None):
-        self.jobs, self.processes, self.created = dict(existing or {}), {}, []
+        self.jobs, self.processes, self.created, self.deleted = dict(existing or {}), {}, [], []
         self.run_replicas = run_replicas
         super().__init__(("127.0.0.1", 0), _OperatorHandler)
 
@@ -160,6 +161,13 @@ class _OperatorHandler(http.server.BaseHTTPRequestHandler):
         if self.server.run_replicas:
             self.server.start(body)
         self._send(201, body)
+
+    def do_DELETE(self):
+        name = self.path.rsplit("/", 1)[-1]
+        if not self.path.startswith(TFJOBS + "/") or name not in self.server.jobs:
+            return self._send(404, {"kind": "Status", "code": 404})
+        self.server.deleted.append(self.server.jobs.pop(name)["metadata"]["name"])
+        self._send(200, {"kind": "Status", "status": "Success"})
 
     def do_GET(self):
         name = self.path.rsplit("/", 1)[-1]
@@ -237,3 +245,19 @@ def test_a_succeeded_tfjob_without_the_chiefs_export_is_an_error(operator, tmp_p
         "conditions": [{"type": "Succeeded", "status": "True"}]}}
     with pytest.raises(RuntimeError, match="chief wrote no model"):
         _launcher().Do(inputs, outputs, properties)
+
+
+@pytest.mark.parametrize("operator", [{"run_replicas": False}], indirect=True)
+def test_terminating_the_launcher_deletes_its_tfjob(operator, tmp_path):
+    inputs, outputs, properties = _invocation_artifacts(tmp_path)
+    properties[trainer_component.TFJOB] = json.dumps({"image": "i:1", "namespace": NAMESPACE})
+    handler = signal.getsignal(signal.SIGTERM)
+    # The replicas never finish; the pipeline run is terminated instead (Argo sends SIGTERM).
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(tfjob_trainer.Terminated):
+        _launcher().Do(inputs, outputs, properties)
+    timer.join()
+    (job,) = operator.created
+    assert operator.deleted == [job["metadata"]["name"]]
+    assert signal.getsignal(signal.SIGTERM) == handler   # the launcher's handler is removed
