@@ -225,3 +225,13 @@ def test_compile_refuses_what_cannot_run():
         kubeflow_runner.images(REPO, "latest")
     with pytest.raises(ValueError, match="unknown profile"):
         kubeflow_runner.profile_config("nightly")
+
+
+def test_the_cli_offers_exactly_the_library_choices():
+    from cxr.cli import main
+    params = {p.name: p for p in main.commands["pipeline"].commands["compile"].params}
+    assert tuple(params["profile"].type.choices) == kubeflow_runner.PROFILES
+    assert tuple(params["beam_runner"].type.choices) == kubeflow_runner.BEAM_RUNNERS
+    assert tuple(params["training"].type.choices) == kubeflow_runner.TRAINING_MODES
+    assert params["weights"].default == kubeflow_runner.IMAGE_WEIGHTS_DIR
+    assert params["image_repository"].default == kubeflow_runner.DEFAULT_REPOSITORY
