@@ -151,7 +151,8 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
                      training: str = "in-pod",
                      tfjob: tfjob_trainer.TFJobSpec | None = None) -> str:
     """Writes a PipelineJob JSON for Kubeflow Pipelines 2.x (or Vertex Pipelines), and beside it
-    `schema.pbtxt` with the configured sites, to upload to `schema_uri(pipeline_root)`.
+    the PipelineSpec YAML (`pipeline_spec_path`) and `schema.pbtxt` with the configured sites, to
+    upload to `schema_uri(pipeline_root)`.
 
     `data_root` is the default of the `data_root` runtime parameter. `training="tfjob"` makes
     each Trainer a launcher of a multi-worker TFJob (`tfjob`, default: 2 replicas on
@@ -201,6 +202,8 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
 
     defaults = {DATA_ROOT: data_root, RANGE_CONFIG: "", EPOCHS: config.epochs,
                 LEARNING_RATE: config.learning_rate}
+    if config.spans is not None:   # a span range fixed at compile time: no range parameter
+        del defaults[RANGE_CONFIG]
     runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
         config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
             default_image=image_map, use_pipeline_spec_2_1=True),

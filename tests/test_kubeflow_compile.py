@@ -235,3 +235,19 @@ def test_the_cli_offers_exactly_the_library_choices():
     assert tuple(params["training"].type.choices) == kubeflow_runner.TRAINING_MODES
     assert params["weights"].default == kubeflow_runner.IMAGE_WEIGHTS_DIR
     assert params["image_repository"].default == kubeflow_runner.DEFAULT_REPOSITORY
+
+
+def test_a_span_range_fixed_at_compile_time_has_no_range_parameter(tmp_path):
+    config = dataclasses.replace(_config("demo"), spans=(2, 3))
+    path = kubeflow_runner.compile_pipeline(
+        config, str(tmp_path / "cardio.json"), data_root="gs://bucket/data",
+        pipeline_root="gs://bucket/root", serving_root="gs://bucket/serving", image=CPU)
+    job = json.loads(open(path).read())
+    assert set(job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]) == {
+        "data_root", "epochs", "learning_rate"}
+    assert set(job["runtimeConfig"]["parameterValues"]) == {"data_root", "epochs", "learning_rate"}
+    range_config = _param(job["pipelineSpec"]["root"]["dag"]["tasks"]["ImportExampleGen"],
+                          "range_config")
+    assert range_config[0] == "constant"
+    assert json.loads(range_config[1])["static_range"] == {"start_span_number": 2,
+                                                           "end_span_number": 3}
