@@ -9,7 +9,8 @@ Metrics. On the probability: example count, AUC (10,000 thresholds: at most 1e-4
 value), log loss, Brier score (mean squared error of the probability), calibration (mean
 prediction / mean label) and a 20-bin calibration plot. On the label at the operating threshold
 baked into the export: sensitivity, specificity, accuracy, precision, F1 and the confusion matrix
-(TP, FP, TN, FN). Every metric carries a 95% confidence interval from TFMA's Poisson bootstrap.
+(TP, FP, TN, FN). Every metric carries a 95% confidence interval from TFMA's Poisson bootstrap
+(20 replicates, a t interval; `metrics_with_intervals` clips it to the metric's range).
 
 The gate (a `GateProfile`) compares POINT ESTIMATES, per site slice: the external site's AUC,
 each internal site's AUC, every site's sensitivity at the operating threshold, and, when the
@@ -24,6 +25,7 @@ baseline on a cell's first run), and stamp the blessing with the cell so the nex
 from __future__ import annotations
 
 import json
+import math
 
 import tensorflow_model_analysis as tfma_lib
 from tensorflow_model_analysis.proto import config_pb2 as tfma
@@ -169,6 +171,20 @@ def slice_name(slice_key) -> str:
     return ", ".join(f"{k}={v}" for k, v in slice_key) or "overall"
 
 
+# Metrics that live in [0, 1]; every other one (counts, log loss, calibration) is >= 0.
+UNIT_INTERVAL_METRICS = ("auc", "sensitivity", "specificity", "accuracy", "precision", "f1",
+                         "brier_score")
+
+
+def _interval(name: str, lower: float, upper: float):
+    """TFMA's bootstrap interval is a t interval over 20 replicates: it can leave the metric's
+    range on small slices (clipped here) or be undefined (a replicate without positives: None)."""
+    if math.isnan(lower) or math.isnan(upper):
+        return None, None
+    top = 1.0 if name in UNIT_INTERVAL_METRICS else math.inf
+    return min(max(lower, 0.0), top), min(max(upper, 0.0), top)
+
+
 def metrics_with_intervals(eval_result) -> dict:
     """{slice: {metric: {"value", "lower", "upper"}}}; lower/upper are None without a CI."""
     table = {}
@@ -180,9 +196,9 @@ def metrics_with_intervals(eval_result) -> dict:
                     continue
                 if "boundedValue" in value:
                     bounded = value["boundedValue"]
-                    row[name] = {"value": float(bounded["value"]),
-                                 "lower": float(bounded["lowerBound"]),
-                                 "upper": float(bounded["upperBound"])}
+                    lower, upper = _interval(name, float(bounded["lowerBound"]),
+                                             float(bounded["upperBound"]))
+                    row[name] = {"value": float(bounded["value"]), "lower": lower, "upper": upper}
                 elif "doubleValue" in value:
                     row[name] = {"value": float(value["doubleValue"]), "lower": None, "upper": None}
         table[slice_name(slice_key)] = row

@@ -61,8 +61,9 @@ class ModelCardArtifact(Artifact):
 
 
 def source_revision(repo_dir: str | None = None) -> str:
-    """The git commit the pipeline was built from ($CARDIO_GIT_COMMIT, else `git`), or
-    "unknown"; "-dirty" when the working tree has uncommitted changes."""
+    """The git commit the pipeline was built from: $CARDIO_GIT_COMMIT (set it in images built
+    without .git), else `git` ("-dirty" when tracked files have uncommitted changes), else
+    .git/HEAD read directly (environments without a git binary), else "unknown"."""
     if os.environ.get("CARDIO_GIT_COMMIT"):
         return os.environ["CARDIO_GIT_COMMIT"]
     repo_dir = repo_dir or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,9 +72,25 @@ def source_revision(repo_dir: str | None = None) -> str:
                                 text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", repo_dir, "status", "--porcelain", "--untracked-files=no"],
                                capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + ("-dirty" if dirty else "")
+        return _read_git_head(os.path.join(repo_dir, ".git")) or "unknown"
+
+
+def _read_git_head(git_dir: str) -> str | None:
+    try:
+        head = open(os.path.join(git_dir, "HEAD")).read().strip()
+        if not head.startswith("ref: "):
+            return head                                   # detached HEAD: the commit itself
+        ref = head[len("ref: "):]
+        if os.path.exists(os.path.join(git_dir, ref)):
+            return open(os.path.join(git_dir, ref)).read().strip()
+        for line in open(os.path.join(git_dir, "packed-refs")):
+            if line.rstrip().endswith(" " + ref):
+                return line.split()[0]
+    except OSError:
+        return None
+    return None
 
 
 def _read_json(path: str) -> dict | None:
@@ -152,7 +169,8 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
             "per_site": {name: {m: row[m] for m in ("sensitivity", "specificity") if m in row}
                          for name, row in metrics.items() if name.count("=") == 1}},
         "evaluation": {"gate": gate, "compares": "point estimates per site slice; 95% CIs from "
-                       "TFMA's Poisson bootstrap are reported, not gated on",
+                       "TFMA's Poisson bootstrap (20 replicates, t interval clipped to the "
+                       "metric's range) are reported, not gated on",
                        "failures": evaluator.validation_failures(evaluation_uri),
                        "baseline": baseline, "slices": metrics},
         "lineage": {"git_commit": git_commit, "container_image_digest": image_digest,
@@ -162,11 +180,15 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
     }
 
 
-def _figure(cell: dict | None) -> str:
+COUNTS = ("example_count", "tp", "fp", "tn", "fn")   # shown without an interval
+
+
+def _figure(cell: dict | None, count: bool = False) -> str:
     if cell is None:
         return "-"
-    value = cell["value"]
-    text = f"{value:.0f}" if float(value).is_integer() and value > 1 else f"{value:.3f}"
+    if count:
+        return f"{cell['value']:.0f}"
+    text = f"{cell['value']:.3f}"
     if cell.get("lower") is not None:
         text += f" [{cell['lower']:.3f}, {cell['upper']:.3f}]"
     return text
@@ -228,7 +250,7 @@ def render_markdown(card: dict) -> str:
     for name, row in sorted(evaluation["slices"].items()):
         small = row.get("example_count", {}).get("value", 0) < SMALL_SLICE
         lines.append(f"| {name}{' (small)' if small else ''} | "
-                     + " | ".join(_figure(row.get(m)) for m in CARD_METRICS) + " |")
+                     + " | ".join(_figure(row.get(m), m in COUNTS) for m in CARD_METRICS) + " |")
     lines += ["", "## Limitations", ""] + [f"- {text}" for text in card["limitations"]]
     lines += ["", "## Lineage", ""] + [f"- {k.replace('_', ' ')}: `{v}`"
                                        for k, v in card["lineage"].items()]

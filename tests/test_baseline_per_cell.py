@@ -167,3 +167,15 @@ def test_card_names_the_unet_licence_first_when_the_model_embeds_it(tmp_path):
     text = open(md_path).read()
     assert text.index("non-commercial") < text.index("## Intended use")
     assert json.load(open(json_path))["non_commercial"] is True
+
+
+def test_source_revision_without_a_git_binary(tmp_path, monkeypatch):
+    git = tmp_path / ".git"
+    (git / "refs" / "heads").mkdir(parents=True)
+    (git / "HEAD").write_text("ref: refs/heads/main\n")
+    (git / "packed-refs").write_text("# pack-refs\n" + "a" * 40 + " refs/heads/main\n")
+    assert model_card._read_git_head(str(git)) == "a" * 40
+    (git / "refs" / "heads" / "main").write_text("b" * 40 + "\n")
+    assert model_card._read_git_head(str(git)) == "b" * 40
+    monkeypatch.setenv("CARDIO_GIT_COMMIT", "c" * 40)
+    assert model_card.source_revision(str(tmp_path)) == "c" * 40

@@ -5,8 +5,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_model_analysis as tfma
 
+from components import evaluator, model_card
 from cxr import crop, features as F, imaging
 from pipeline import configs, local_runner, outputs, report
 from trainer import export, task
@@ -60,7 +60,8 @@ def test_every_component_ran(e2e):
     store = _store(e2e)
     nodes = ["ImportExampleGen", "StatisticsGen", "ImportSchemaGen", "ExampleValidator",
              "AnomalyGate", "LungSegmenter", "LungCrop", "CropReport", f"Trainer.{CELL.name}",
-             f"Evaluator.{CELL.name}", f"Pusher.{CELL.name}"]
+             f"BaselineLookup.{CELL.name}", f"Evaluator.{CELL.name}", f"Pusher.{CELL.name}",
+             f"ModelCard.{CELL.name}"]
     for node in nodes:
         executions = outputs.node_executions(store, PIPELINE, node)
         assert executions, node
@@ -69,15 +70,23 @@ def test_every_component_ran(e2e):
 
 def test_evaluation_is_per_site_and_never_pools_sites(e2e):
     evaluation = outputs.latest_output(_store(e2e), PIPELINE, f"Evaluator.{CELL.name}", "evaluation")
-    result = tfma.load_eval_result(evaluation.uri)
+    result = evaluator.load(evaluation.uri)
     slices = report.slice_metrics(result)
+    intervals = report.slice_intervals(result)
     assert {"site=site-a", "site=site-b"} <= set(slices)
     assert all("site=" in name for name in slices), "a slice mixes internal and external data"
     for site in ("site=site-a", "site=site-b"):
         assert 0.0 <= slices[site]["auc"] <= 1.0
         assert slices[site]["example_count"] > 0
-    # The demo prints the same table.
+        assert 0.0 <= slices[site]["brier_score"] <= 1.0
+        assert slices[site]["tp"] + slices[site]["fn"] + slices[site]["tn"] + slices[site]["fp"] == \
+            slices[site]["example_count"]
+        lower, upper = intervals[site]["auc"]      # TFMA's Poisson bootstrap
+        assert lower <= slices[site]["auc"] <= upper
+    assert result.plots, "the calibration plot is missing"
+    # The demo prints the same table, with the gate profile and the CIs.
     assert "site=site-b" in e2e.stdout and "Gate profile 'demo'" in e2e.stdout
+    assert "95% bootstrap CI" in e2e.stdout
 
 
 def test_blessed_model_is_pushed_in_tf_serving_layout(e2e):
@@ -87,6 +96,27 @@ def test_blessed_model_is_pushed_in_tf_serving_layout(e2e):
     assert e2e.summary["models"][CELL.name]["blessed"] is True
     assert e2e.summary["models"][CELL.name]["pushed_to"].rstrip("/") == version_dir.rstrip("/")
     assert f"pushed to {e2e.summary['models'][CELL.name]['pushed_to']}" in e2e.stdout
+
+
+def test_every_evaluated_model_has_a_model_card(e2e):
+    import json
+
+    for cell in configs.demo_config(None).grid:
+        result = e2e.summary["models"][cell.name]
+        card_dir = os.path.dirname(result["model_card"])
+        card = json.load(open(os.path.join(card_dir, model_card.JSON)))
+        assert card["status"] == {"blessed": result["blessed"], "pushed_to": result["pushed_to"]}
+        assert card["non_commercial"] and "non-commercial" in card["licences"]["lung_unet"]
+        assert len(card["lineage"]["unet_weights_sha256"]) == 64
+        assert sum(n for split in card["data"]["counts"].values() for site in split.values()
+                   for n in site.values()) == 240
+        assert card["evaluation"]["gate"]["name"] == "demo"
+        auc = card["evaluation"]["slices"]["site=site-b"]["auc"]
+        assert auc["value"] == pytest.approx(result["slices"]["site=site-b"]["auc"])
+        assert auc["lower"] <= auc["value"] <= auc["upper"]
+        markdown = open(result["model_card"]).read()
+        assert markdown.index("non-commercial") < markdown.index("## Intended use")
+        assert f"Model card: {result['model_card']}" in e2e.stdout
 
 
 def test_serving_crop_matches_the_batch_crop_stage(e2e):

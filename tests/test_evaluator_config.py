@@ -81,3 +81,40 @@ def test_both_splits_are_evaluated_and_no_slice_pools_sites():
                for spec in eval_config.slicing_specs)
     assert {tuple(s.feature_keys) for s in eval_config.slicing_specs} == {
         ("site",), ("site", "sex"), ("site", "age_band")}
+
+
+def test_per_cell_baseline_and_model_card_compile_for_kubeflow(tmp_path):
+    """No resolver (Kubeflow V2 compiles only pipeline-wide ones): each cell's Evaluator takes its
+    baseline from that cell's BaselineLookup, which reaches the cluster's MLMD; the model card
+    follows the cell's Pusher."""
+    import dataclasses
+    import json as json_lib
+
+    from components import baseline
+    from pipeline import kubeflow_runner
+
+    config = dataclasses.replace(configs.PipelineConfig(), segmenter_uri="gs://bucket/unet")
+    path = kubeflow_runner.compile_pipeline(
+        config, str(tmp_path / "job.json"), data_root="gs://bucket/data",
+        pipeline_root="gs://bucket/root", serving_root="gs://bucket/serving")
+    tasks = json_lib.loads(open(path).read())["pipelineSpec"]["root"]["dag"]["tasks"]
+    assert not [name for name in tasks if "resolver" in name.lower()]
+    for cell in config.grid:
+        evaluator_inputs = tasks[f"Evaluator.{cell.name}"]["inputs"]["artifacts"]
+        assert evaluator_inputs["baseline_model"]["taskOutputArtifact"] == {
+            "producerTask": f"BaselineLookup.{cell.name}", "outputArtifactKey": "baseline"}
+        lookup = tasks[f"BaselineLookup.{cell.name}"]["inputs"]
+        assert lookup["artifacts"]["model"]["taskOutputArtifact"]["producerTask"] == \
+            f"Trainer.{cell.name}"
+        assert json_lib.dumps(lookup["parameters"]).count(cell.name) == 1
+        assert baseline.KUBEFLOW_MLMD in json_lib.dumps(lookup["parameters"])
+        card = tasks[f"ModelCard.{cell.name}"]["inputs"]["artifacts"]
+        assert card["pushed_model"]["taskOutputArtifact"]["producerTask"] == f"Pusher.{cell.name}"
+        assert card["evaluation"]["taskOutputArtifact"]["producerTask"] == f"Evaluator.{cell.name}"
+
+
+def test_bootstrap_intervals_are_kept_within_the_metrics_range():
+    """TFMA's t interval over 20 replicates leaves [0, 1] on small slices; reports clip it."""
+    assert evaluator._interval("auc", -0.08, 1.62) == (0.0, 1.0)
+    assert evaluator._interval("tp", -0.8, 4.3) == (0.0, 4.3)
+    assert evaluator._interval("sensitivity", float("nan"), float("nan")) == (None, None)
