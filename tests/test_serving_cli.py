@@ -166,3 +166,86 @@ def test_cardio_serve_runs_like_tensorflow_model_server(served):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def _self_signed(host: str) -> tuple[bytes, bytes]:
+    crypto = pytest.importorskip("cryptography", reason="cryptography makes the test certificate")
+    del crypto
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                              serialization.NoEncryption()))
+
+
+def test_predict_over_tls_checks_the_server_certificate(served, images, tmp_path):
+    """A TLS endpoint (as an ingress or a TF Serving with --ssl_config_file presents)."""
+    import concurrent.futures
+
+    import grpc
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    from serving import service
+
+    _, running = served
+    cert, key = _self_signed("localhost")
+    server = grpc.server(concurrent.futures.ThreadPoolExecutor(4))
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+        service.PredictionService(running.server.manager), server)
+    port = server.add_secure_port("localhost:0", grpc.ssl_server_credentials([(key, cert)]))
+    server.start()
+    try:
+        (tmp_path / "ca.pem").write_bytes(cert)
+        result = CliRunner().invoke(cli.main, [
+            "predict", "--server", f"localhost:{port}", "--model", MODEL, "--json",
+            "--tls-ca", str(tmp_path / "ca.pem"), str(images / "b8.png")])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output.splitlines()[-1])["version"] == 2
+        # Without the CA the certificate is not trusted: no silent fallback to plaintext.
+        untrusted = CliRunner().invoke(cli.main, [
+            "predict", "--server", f"localhost:{port}", "--model", MODEL, "--tls", "--retries",
+            "0", "--timeout", "5", str(images / "b8.png")])
+        assert untrusted.exit_code == 1 and "UNAVAILABLE" in untrusted.output
+    finally:
+        server.stop(0)
+
+
+def test_reload_config_request_swaps_the_served_models(served):
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+    import grpc
+
+    root, running = served
+    config = config_lib.read_models_config(os.path.join(root, config_lib.MODELS_CONFIG))
+    renamed = type(config)()
+    renamed.CopyFrom(config)
+    renamed.model_config_list.config[0].name = "renamed"
+    stub = model_service_pb2_grpc.ModelServiceStub(grpc.insecure_channel(running.target))
+    try:
+        response = stub.HandleReloadConfigRequest(
+            model_management_pb2.ReloadConfigRequest(config=renamed), timeout=120)
+        assert response.status.error_code == 0, response.status.error_message
+        with client_lib.Client(running.target, retries=0) as client:
+            assert client.predict([png(0)], "renamed")[0]["version"] == 2
+            with pytest.raises(grpc.RpcError) as raised:
+                client.predict([png(0)], MODEL)
+            assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        stub.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config),
+                                       timeout=120)
+    with client_lib.Client(running.target) as client:
+        assert client.predict([png(0)], MODEL)[0]["version"] == 2
