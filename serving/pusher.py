@@ -6,6 +6,10 @@ whose name is not a number (TF Serving ignores those) and is renamed into place,
 model's version is added to `<serving root>/models.config` and the batching parameters file is
 rewritten from the pipeline config (custom_config["batching"]).
 
+On a local or network filesystem the rename is atomic. On object stores (gs://, s3://) a
+"directory" rename is a copy of each object, so the version appears object by object; there,
+point TF Serving at the models.config (whose policy names the version only after the copy).
+
 Used as `Pusher(..., custom_executor_spec=executor_spec.ExecutorClassSpec(Executor))`, so the
 component, its artifacts and its Kubeflow compilation stay the stock Pusher's.
 """
