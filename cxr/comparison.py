@@ -154,14 +154,12 @@ def fairness(cases: dict, scores, threshold: float, sites, min_per_class: int,
                 row = _slice_row(f"{F.SITE}={site}, {feature}={value}", site, feature, value,
                                  labels[mask], scores[mask], threshold, status="ok")
                 row["complement_n"] = int(rest.sum())
-                small = [f"{what} has {count} {kind}" for what, group in
-                         (("slice", mask), ("complement", rest))
-                         for kind, count in zip(("positives", "negatives"),
-                                                S.class_counts(labels[group]))
-                         if count < min_per_class]
-                if small:
-                    row.update(status="too small", note="; ".join(small) +
-                               f" (needs >= {min_per_class} each)")
+                counts = {what: S.class_counts(labels[group])
+                          for what, group in (("slice", mask), ("complement", rest))}
+                if min(min(c) for c in counts.values()) < min_per_class:
+                    row.update(status="too small", note=", ".join(
+                        f"{what} {pos}+/{neg}-" for what, (pos, neg) in counts.items()) +
+                        f" (needs >= {min_per_class} of each class in both)")
                 else:
                     test = S.delong_unpaired(labels[mask], scores[mask], labels[rest], scores[rest])
                     row.update(complement_auc=test["auc_2"], z=test["z"], p=test["p"])

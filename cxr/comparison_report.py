@@ -255,6 +255,11 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
              + ", ".join(f"**{g}** ({', '.join(i['sites'])}: {i['n']} images, {i['positives']} "
                          f"cardiomegaly)" for g, i in groups.items()) + ".",
              "",
+             *[f"**Few cases**: {g} has {i['positives']} cardiomegaly and "
+               f"{i['n'] - i['positives']} normal images; its AUC CIs (normal approximation) and "
+               "tests are unreliable and models are hard to tell apart there." + "\n"
+               for g, i in groups.items()
+               if min(i["positives"], i["n"] - i["positives"]) < settings["fairness_min_per_class"]],
              "The champion is chosen on internal data only (validation, then internal test). "
              f"The external site ({settings['external_site']}) gates and reports but never "
              "chooses.", "",
@@ -331,8 +336,8 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
         lines += [overlay_note, ""]
     for name, paths in (overlays or {}).items():
         lines += [f"### {name}", ""] + [f"![{os.path.basename(p)}]({p})" for p in paths] + [""]
-    lines += ["", "Per-image predictions of every model are in `predictions.csv`; every figure "
-              "above is recomputed from `comparison.json`.", ""]
+    lines += ["", "Per-image predictions of every model are in `predictions.csv`; the ROC, AUC, "
+              "operating-point and fairness figures are drawn from `comparison.json`.", ""]
     return "\n".join(lines)
 
 
