@@ -73,6 +73,11 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
         result = report.cell_result(store, config, cell, serving_root)
         summary["models"][cell.name] = result
         echo(report.format_cell(cell.name, result))
+    # Every model compared on the same images; the champion is chosen on internal data only.
+    comparison = report.model_comparison(store, config)
+    if comparison:
+        echo(report.format_comparison(comparison))
+        summary["comparison"] = comparison
     # The main job ends in serving: the pushed models answer over TF Serving's gRPC API.
     summary["serving"] = serving_demo.serve_and_predict(serving_root, data_root, echo)
     return summary

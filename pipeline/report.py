@@ -123,3 +123,40 @@ def format_cell(name: str, result: dict) -> str:
     if result.get("model_card"):
         lines.append(f"Model card: {result['model_card']}")
     return "\n".join(lines)
+
+
+def model_comparison(store, config) -> dict | None:
+    """The ModelComparison's champion, AUCs, flagged slices and where its report is."""
+    from components import model_comparison as comparison_lib
+
+    artifact = outputs.latest_output(store, config.pipeline_name, comparison_lib.NODE_ID,
+                                     comparison_lib.OUTPUT_KEY)
+    if artifact is None:
+        return None
+    path = os.path.join(artifact.uri, comparison_lib.COMPARISON_JSON)
+    with tf.io.gfile.GFile(path) as f:
+        result = json.load(f)
+    return {"champion": result["champion"]["model_name"], "reason": result["champion"]["reason"],
+            "auc": {name: {group: s["auc"] for group, s in model["groups"].items()}
+                    for name, model in result["models"].items()},
+            "flagged_slices": {name: [r["slice"] for r in model["fairness"]
+                                      if r["status"] == "flagged"]
+                               for name, model in result["models"].items()},
+            "json": path, "report": os.path.join(artifact.uri, "report.html"),
+            "markdown": os.path.join(artifact.uri, "report.md"),
+            "roc": os.path.join(artifact.uri, "roc_curves.png")}
+
+
+def format_comparison(comparison: dict) -> str:
+    lines = ["\nModel comparison (AUC; the champion is chosen on validation, then internal test; "
+             "the external site never chooses)"]
+    for name, aucs in sorted(comparison["auc"].items()):
+        figures = ", ".join(f"{group} {'-' if auc is None else f'{auc:.3f}'}"
+                            for group, auc in aucs.items())
+        flagged = comparison["flagged_slices"][name]
+        lines.append(f"  {name}: {figures}" + (f"; fairness flags: {', '.join(flagged)}"
+                                                 if flagged else ""))
+    lines.append(f"Champion: {comparison['champion'] or 'none'}. {comparison['reason']}")
+    lines.append(f"Comparison report (ROC curves, DeLong tests, operating point, fairness): "
+                 f"{comparison['report']}")
+    return "\n".join(lines)

@@ -223,3 +223,30 @@ def test_demo_ends_serving_the_pushed_models_over_grpc(e2e):
             **{export.IMAGE_BYTES: tf.constant([i["image"] for i in images])})[F.PROBABILITY]
         np.testing.assert_allclose(result["probabilities"], expected.numpy(), atol=1e-5)
 
+
+def test_model_comparison_report_has_roc_curves_delong_table_and_a_champion(e2e):
+    """Every cell compared on the same images; AUCs agree with TFMA's; the champion is blessed."""
+    import json
+
+    comparison = e2e.summary["comparison"]
+    for key in ("report", "markdown", "roc", "json"):
+        assert os.path.getsize(comparison[key]) > 1000, key
+    text = open(comparison["markdown"]).read()
+    assert "## DeLong tests, every pair" in text and "| weighting |" in text
+    assert "## Fairness review" in text and "## Operating point" in text
+    result = json.load(open(comparison["json"]))
+    grid = configs.demo_config(None).grid
+    assert set(result["models"]) == {cell.name for cell in grid} and len(grid) == 2
+    assert len(result["delong"]) == 3           # one pair (75-25 vs 50-50) on three groups
+    for name, model in result["models"].items():
+        assert model["blessed"] == e2e.summary["models"][name]["blessed"]
+        for group, site in ((F.TEST, "site-a"), (F.EXTERNAL, "site-b")):
+            # Two computations, one exact (ranks) and one TFMA's (10,000 thresholds).
+            tfma_auc = e2e.summary["models"][name]["slices"][f"site={site}"]["auc"]
+            assert model["groups"][group]["auc"] == pytest.approx(tfma_auc, abs=2e-3)
+    champion = result["champion"]["model_name"]
+    blessed = [n for n, m in result["models"].items() if m["blessed"]]
+    assert (champion is None) == (not blessed) and (champion is None or champion in blessed)
+    assert "external site was not used" in result["champion"]["reason"]
+    assert f"Champion: {champion or 'none'}." in e2e.stdout
+
