@@ -27,12 +27,13 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from tfx.components.trainer import executor as trainer_executor
+from tfx.components.util import udf_utils
 from tfx.dsl.components.base import base_executor
 from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
-from tfx.components.util import udf_utils
 from tfx.utils import json_utils, path_utils
 
 from components import trainer as trainer_component
@@ -171,11 +172,12 @@ class Executor(base_executor.BaseExecutor):
     poll_seconds = 30
 
     def Do(self, input_dict, output_dict, exec_properties):
-        from kubernetes import client, config as kube_config
+        from kubernetes import client
+        from kubernetes import config as kube_config
 
         spec = TFJobSpec(**json.loads(exec_properties[trainer_component.TFJOB]))
         model = artifact_utils.get_single_instance(output_dict["model"])
-        namespace = spec.namespace or open(NAMESPACE_FILE).read().strip()
+        namespace = spec.namespace or Path(NAMESPACE_FILE).read_text().strip()
         cell = json.loads(exec_properties.get("custom_config") or "{}")
         name = job_name(f"{cell.get('backbone', 'cardio')}-{cell.get('weighting', '')}", model.uri)
         manifest = build_tfjob(name, namespace, spec,

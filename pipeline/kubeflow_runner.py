@@ -26,7 +26,8 @@ from tfx.dsl.components.base import executor_spec
 
 import cxr
 import schemas
-from components import tfjob_trainer, trainer as trainer_component
+from components import tfjob_trainer
+from components import trainer as trainer_component
 from pipeline import configs
 from pipeline.configs import PipelineConfig
 from pipeline.pipeline import create_pipeline

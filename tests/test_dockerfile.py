@@ -40,7 +40,7 @@ def test_stages_and_base_image():
     all_stages = stages()
     assert list(all_stages)[-1] == "cpu", "a plain `docker build .` must give the CPU image"
     assert {"cpu", "gpu", "build", "build-gpu", "runtime", "weights"} <= set(all_stages)
-    base = re.search(r"^ARG DEBIAN_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.M).group(1)
+    base = re.search(r"^ARG DEBIAN_IMAGE=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE).group(1)
     assert re.fullmatch(r"debian:13(\.\d+)?-slim(@sha256:[0-9a-f]{64})?", base), base
     for name in ("build", "runtime"):
         assert all_stages[name][0].split()[1] == "${DEBIAN_IMAGE}"
@@ -68,7 +68,7 @@ def test_the_lock_is_installed_as_is_and_gpu_adds_the_locked_tensorflow_cuda_ext
     assert "tensorflow[and-cuda]==${tf#tensorflow==}" in gpu and "-c /tmp/requirements.lock" in gpu
     lock = (ROOT / "requirements.lock").read_text()
     # The Dockerfile finds the locked TensorFlow with this pattern: exactly one line.
-    assert len(re.findall(r"^tensorflow==", lock, re.M)) == 1
+    assert len(re.findall(r"^tensorflow==", lock, re.MULTILINE)) == 1
     assert any("ENV NVIDIA_VISIBLE_DEVICES=all" in i for i in all_stages["gpu"])
 
 

@@ -7,11 +7,13 @@ this file; what each grid cell must have is asserted concretely.
 """
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
-from components import tfjob_trainer, trainer as trainer_component
+from components import tfjob_trainer
+from components import trainer as trainer_component
 from pipeline import kubeflow_runner
 from pipeline.pipeline import create_pipeline
 
@@ -242,7 +244,7 @@ def test_a_span_range_fixed_at_compile_time_has_no_range_parameter(tmp_path):
     path = kubeflow_runner.compile_pipeline(
         config, str(tmp_path / "cardio.json"), data_root="gs://bucket/data",
         pipeline_root="gs://bucket/root", serving_root="gs://bucket/serving", image=CPU)
-    job = json.loads(open(path).read())
+    job = json.loads(Path(path).read_text())
     assert set(job["pipelineSpec"]["root"]["inputDefinitions"]["parameters"]) == {
         "data_root", "epochs", "learning_rate"}
     assert set(job["runtimeConfig"]["parameterValues"]) == {"data_root", "epochs", "learning_rate"}

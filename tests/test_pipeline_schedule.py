@@ -5,6 +5,7 @@ compiled defaults (so every scheduled run reads the newest span)."""
 import http.server
 import json
 import threading
+from pathlib import Path
 
 import pytest
 import yaml
@@ -105,7 +106,7 @@ def test_schedule_creates_a_weekly_recurring_run_of_the_compiled_spec(api, packa
     assert job["display_name"] == "cardio-retraining"
     # The spec is the compiled one, as compiled; no parameter overrides its defaults, so each
     # run reads the newest span with the profile's training arguments.
-    compiled = yaml.safe_load(open(package))
+    compiled = yaml.safe_load(Path(package).read_text())
     assert job["pipeline_spec"] == compiled
     assert not job["runtime_config"].get("parameters")
     defaults = compiled["root"]["inputDefinitions"]["parameters"]

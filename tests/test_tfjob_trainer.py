@@ -5,10 +5,9 @@ conditions from the processes' exit codes, and the launcher then finds the chief
 import http.server
 import json
 import os
+import signal
 import socket
 import subprocess
-import sys
-import signal
 import threading
 from pathlib import Path
 
@@ -18,7 +17,8 @@ import yaml
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import json_utils
 
-from components import tfjob_trainer, trainer as trainer_component
+from components import tfjob_trainer
+from components import trainer as trainer_component
 from cxr import convert
 
 REPO = Path(__file__).resolve().parents[1]
