@@ -91,6 +91,7 @@ def test_the_compiled_pipeline_and_the_manifests_name_the_images_the_targets_bui
     tags = {image["name"]: image["newTag"] for image in kustomization["images"]}
     assert tags[kubeflow_runner.DEFAULT_REPOSITORY] == kubeflow_runner.DEFAULT_TAG
     env = dict(line.split("=", 1) for line in
-               (ROOT / "kubernetes/base/retraining.env").read_text().split())
+               (ROOT / "kubernetes/base/retraining.env").read_text().splitlines()
+               if line and not line.startswith("#"))
     assert (env["IMAGE_REPOSITORY"], env["IMAGE_TAG"]) == (
         kubeflow_runner.DEFAULT_REPOSITORY, kubeflow_runner.DEFAULT_TAG)

@@ -214,8 +214,9 @@ def test_retraining_cronjob_submits_the_compiled_pipeline(overlay):
     env = one(documents, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
     # The submitted pipeline runs the same image version as the CronJob itself.
     assert container["image"] == f"{env['IMAGE_REPOSITORY']}:{env['IMAGE_TAG']}"
-    for variable in re.findall(r'"\$(\w+)"', script):
-        assert variable in env, variable
+    variables = set(re.findall(r"\$(\w+)", script))
+    assert {"PROFILE", "DATA_ROOT", "KFP_HOST", "COMPILE_ARGS"} <= variables
+    assert variables <= set(env), variables - set(env)
     token = next(v for v in pod_spec(cronjob)["spec"]["volumes"] if v["name"] == "kfp-token")
     assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == \
         "pipelines.kubeflow.org"
