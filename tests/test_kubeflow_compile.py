@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
 
 from components import tfjob_trainer
 from components import trainer as trainer_component
@@ -188,8 +190,11 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
     assert "span-{SPAN}/train/*" in _param(example_gen, "input_config")[1]
     assert job["runtimeConfig"]["gcsOutputDirectory"] == "gs://bucket/root"
 
-    # The PipelineSpec YAML (what KFP uploads) is the job's spec; the schema is written beside.
+    # The PipelineSpec YAML (what KFP uploads) is the job's spec, and both parse strictly as
+    # kfp-pipeline-spec's protos; the schema is written beside.
     assert yaml.safe_load((out / "cardio.yaml").read_text()) == spec
+    json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
+    json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob())
     assert spec["pipelineInfo"]["name"] == config.pipeline_name
     schema = (out / "schema.pbtxt").read_text()
     assert all(site in schema for site in config.sites)
