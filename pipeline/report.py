@@ -105,7 +105,7 @@ def format_cell(name: str, result: dict) -> str:
         if values.get(m) is None:
             return f"{'-':>{width}}"
         text = f"{values[m]:.3f}"
-        if m in intervals:
+        if m in CI_METRICS and m in intervals:
             text += " [{:.2f}, {:.2f}]".format(*intervals[m])
         return f"{text:>{width}}"
 
