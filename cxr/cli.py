@@ -54,6 +54,7 @@ def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, se
     click.echo(json.dumps({
         "seconds": summary["seconds"], "site_auc": summary.get("site_auc"),
         "crop_qc": summary.get("crop_qc"), "serving": summary.get("serving"),
+        "comparison": summary.get("comparison"),
         "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"]}
                    for k, v in summary["models"].items()}}))
 

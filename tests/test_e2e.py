@@ -240,10 +240,12 @@ def test_model_comparison_report_has_roc_curves_delong_table_and_a_champion(e2e)
     assert len(result["delong"]) == 3           # one pair (75-25 vs 50-50) on three groups
     for name, model in result["models"].items():
         assert model["blessed"] == e2e.summary["models"][name]["blessed"]
+        evaluation = outputs.latest_output(_store(e2e), PIPELINE, f"Evaluator.{name}", "evaluation")
+        slices = report.slice_metrics(evaluator.load(evaluation.uri))
         for group, site in ((F.TEST, "site-a"), (F.EXTERNAL, "site-b")):
             # Two computations, one exact (ranks) and one TFMA's (10,000 thresholds).
-            tfma_auc = e2e.summary["models"][name]["slices"][f"site={site}"]["auc"]
-            assert model["groups"][group]["auc"] == pytest.approx(tfma_auc, abs=2e-3)
+            assert model["groups"][group]["auc"] == pytest.approx(slices[f"site={site}"]["auc"],
+                                                                  abs=2e-3)
     champion = result["champion"]["model_name"]
     blessed = [n for n, m in result["models"].items() if m["blessed"]]
     assert (champion is None) == (not blessed) and (champion is None or champion in blessed)
