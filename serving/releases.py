@@ -75,6 +75,14 @@ def _write(serving_root: str, state: dict):
     """Re-derives every model's served versions from its labels and pushes, then writes the
     config. Versions no longer on disk are dropped (TF Serving would fail to load them)."""
     entries = history(serving_root)
+    # A pushed model the config does not name (its Pusher lost a write race with another grid
+    # cell's on an object store, where there is no lock) is named again, newest version labelled.
+    for name in (n.rstrip("/") for n in tf.io.gfile.listdir(serving_root)):
+        base = os.path.join(serving_root, name)
+        if name not in state and not name.startswith(".") and config_lib.pushed_versions(base):
+            newest = config_lib.pushed_versions(base)[-1]
+            state[name] = {"base_path": base, "versions": [newest],
+                           "labels": {config_lib.STABLE: newest, config_lib.CANARY: newest}}
     for name, model in state.items():
         on_disk = config_lib.pushed_versions(model["base_path"])
         if not on_disk:

@@ -84,6 +84,22 @@ def test_rollback_walks_back_through_promotions(tmp_path):
     assert any(e.get("reason") == "better external AUC" for e in releases.history(root))
 
 
+def test_a_model_lost_from_the_config_by_a_write_race_is_named_again(tmp_path):
+    root = str(tmp_path)
+    _push(root, 1)
+    os.makedirs(os.path.join(root, "other-model", "5"))
+    releases.record_push(root, "other-model", 5)
+    # Another Pusher overwrote the config without "other-model" (no lock on object stores).
+    state = releases.read_state(root)
+    del state["other-model"]
+    config_lib.write_atomically(os.path.join(root, config_lib.MODELS_CONFIG),
+                                config_lib.render_models_config(state))
+    _push(root, 2)
+    healed = releases.read_state(root)
+    assert healed["other-model"]["labels"] == {"stable": 5, "canary": 5}
+    assert healed[MODEL]["versions"] == [1, 2]
+
+
 def test_release_errors_name_the_problem(tmp_path):
     root = str(tmp_path)
     _push(root, 1)
