@@ -144,3 +144,15 @@ def test_bad_inputs_say_what_is_wrong():
         S.delong_auc_variance([1, 1], [0.1, 0.2])
     with pytest.raises(ValueError, match="3 labels but 2 scores"):
         S.threshold_metrics([0, 1, 1], [0.1, 0.2], 0.5)
+
+
+def test_hanley_mcneil_worked_example():
+    """Hanley & McNeil (1982), Radiology 143:29, Table 1: 58 normal and 51 abnormal CT scans
+    rated 1-5; published AUC 0.893 and SE 0.032 (their exponential approximation, so DeLong's
+    empirical SE lies near it, not on it)."""
+    normal, abnormal = [33, 6, 6, 11, 2], [3, 2, 2, 11, 33]
+    labels = np.r_[np.zeros(sum(normal)), np.ones(sum(abnormal))].astype(int)
+    ratings = np.r_[np.repeat(np.arange(1, 6), normal), np.repeat(np.arange(1, 6), abnormal)]
+    result = S.auc_with_ci(labels, ratings)
+    assert round(result["auc"], 3) == 0.893
+    assert result["se"] == pytest.approx(0.032, abs=0.002)
