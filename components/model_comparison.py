@@ -195,8 +195,9 @@ def write_overlays(models: dict, images: list, out_dir: str) -> tuple[dict, str 
             failures.append(f"{name}: {type(error).__name__}: {error}")
             continue
         overlays[name] = [os.path.relpath(p, out_dir) for p in paths]
-    # The study's Figure 6: per backbone, its class weightings side by side on the same images.
-    by_backbone = {}
+    # The study's Figure 6: per backbone, its class weightings side by side on the same images
+    # (shown first in the report).
+    figures, by_backbone = {}, {}
     for name, info in sorted(models.items()):
         by_backbone.setdefault(info.get("backbone"), {})[info.get("weighting") or name] = \
             info["model_dir"]
@@ -211,9 +212,9 @@ def write_overlays(models: dict, images: list, out_dir: str) -> tuple[dict, str 
             logging.exception("weighting figure for %s failed", backbone)
             failures.append(f"{backbone} weightings: {type(error).__name__}: {error}")
             continue
-        overlays[f"{backbone}: class weightings side by side"] = [os.path.relpath(path, out_dir)]
+        figures[f"{backbone}: class weightings side by side"] = [os.path.relpath(path, out_dir)]
     note = ("Overlays could not be drawn for " + "; ".join(failures)) if failures else None
-    return overlays, note
+    return {**figures, **overlays}, note
 
 
 # ---------------------------------------------------------------------------------- executor
