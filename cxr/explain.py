@@ -61,10 +61,23 @@ class ExplainModel:
             os.path.normpath(self.directory))
 
 
+def newest_version(model_dir: str) -> str:
+    """A model's base path (`<serving_root>/<model>`) -> its newest version directory, as TF
+    Serving picks it; any other directory is returned as it is."""
+    if tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
+        return model_dir
+    versions = [v.rstrip("/") for v in tf.io.gfile.listdir(model_dir) if v.rstrip("/").isdigit()]
+    versions = [v for v in versions
+                if tf.io.gfile.exists(os.path.join(model_dir, v, "saved_model.pb"))]
+    return os.path.join(model_dir, max(versions, key=int)) if versions else model_dir
+
+
 def load(model_dir: str) -> ExplainModel:
-    """Loads a pushed or exported cardio model (`<serving_root>/<model>/<version>/`)."""
+    """Loads a pushed or exported cardio model: a version directory
+    (`<serving_root>/<model>/<version>/`) or a model's base path (its newest version)."""
     if not tf.io.gfile.isdir(model_dir):
         raise ExplainError(f"{model_dir}: no such model directory")
+    model_dir = newest_version(model_dir)
     if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
         raise ExplainError(f"{model_dir}: not a SavedModel (no saved_model.pb); pass a model "
                            f"version directory, <serving root>/<model>/<version>")

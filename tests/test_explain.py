@@ -7,6 +7,7 @@ on synthetic radiographs whose label is the heart's size, and shared by the test
 """
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -163,6 +164,8 @@ def cropping_export(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("explain-crop") / "cardio" / "3"
     export.export(model, str(model_dir), 96, 0.4, unet.load(), 128,
                   {"backbone": "mobilenet_025", "weighting": "75-25"})
+    shutil.copytree(model_dir, model_dir.parent / "2")   # an older version
+    (model_dir.parent / ".incomplete-4").mkdir()          # a push in progress
     return model_dir
 
 
@@ -197,11 +200,13 @@ def test_cli_explains_png_and_dicom_and_names_broken_files(cropping_export, tmp_
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "out"
-    result = CliRunner().invoke(main, ["explain", "--model", str(cropping_export), *images,
+    # The model's base path: the newest version is explained, as TF Serving would serve it.
+    result = CliRunner().invoke(main, ["explain", "--model", str(cropping_export.parent), *images,
                                        str(broken), "--out", str(out)])
     assert result.exit_code == 1, result.output          # a failed image fails the command
     lines = result.stdout.strip().splitlines()
     summary = json.loads(lines[-1])
+    assert summary["model"] == str(cropping_export)
     assert summary["explained"] == len(images) and summary["operating_threshold"] == 0.4
     assert [f["file"] for f in summary["failed"]] == [str(broken)]
     assert "broken.png" in summary["failed"][0]["error"]
