@@ -210,7 +210,7 @@ def test_retraining_cronjob_submits_the_compiled_pipeline(overlay):
     container = pod_spec(cronjob)["spec"]["containers"][0]
     script = container["args"][0]
     assert "cardio pipeline compile" in script and "cardio pipeline submit" in script
-    assert "--package /work/cardio.yaml" in script and "--output /work/cardio.json" in script
+    assert "--package /scratch/cardio.yaml" in script and "--output /scratch/cardio.json" in script
     env = one(documents, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
     # The submitted pipeline runs the same image version as the CronJob itself.
     assert container["image"] == f"{env['IMAGE_REPOSITORY']}:{env['IMAGE_TAG']}"
