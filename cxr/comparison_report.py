@@ -300,7 +300,8 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
               "sensitivity; the study's 0.5 is shown beside it. The test split is "
               "class-balanced, so its precision says little about a ward: PPV and NPV are "
               f"given at a deployment prevalence of {prevalence:.0%} (configurable, "
-              "`deployment_prevalence`).", ""]
+              "`deployment_prevalence`), as point estimates from the sensitivity and specificity "
+              "beside them (Bayes' rule).", ""]
     for name, model in sorted(comparison["models"].items()):
         target = model.get("target_sensitivity")
         lines += [f"### {name}", "",
