@@ -79,8 +79,8 @@ def load(model_dir: str) -> ExplainModel:
         raise ExplainError(f"{model_dir}: no such model directory")
     model_dir = newest_version(model_dir)
     if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
-        raise ExplainError(f"{model_dir}: not a SavedModel (no saved_model.pb); pass a model "
-                           f"version directory, <serving root>/<model>/<version>")
+        raise ExplainError(f"{model_dir}: not a SavedModel (no saved_model.pb); pass "
+                           f"<serving root>/<model>[/<version>]")
     metadata_file = os.path.join(model_dir, "assets.extra", "cardio_metadata.json")
     if not tf.io.gfile.exists(metadata_file):
         raise ExplainError(f"{model_dir}: not a cardio export (no assets.extra/cardio_metadata.json)")

@@ -235,9 +235,14 @@ def test_cli_explains_png_and_dicom_and_names_broken_files(cropping_export, tmp_
 def test_cli_rejects_a_directory_that_is_not_a_cardio_export(tmp_path):
     plain = tmp_path / "plain"
     tf.saved_model.save(tf.Module(), str(plain))
+    older = tmp_path / "older"             # a cardio export from before the explain signature
+    tf.saved_model.save(tf.Module(), str(older))
+    (older / "assets.extra").mkdir()
+    (older / "assets.extra" / "cardio_metadata.json").write_text('{"image_size": 224}')
     image = tmp_path / "x.png"
     image.write_bytes(records.encode_png(np.zeros((8, 8), np.uint8)))
-    for directory, reason in [(tmp_path, "not a SavedModel"), (plain, "not a cardio export")]:
+    for directory, reason in [(tmp_path, "not a SavedModel"), (plain, "not a cardio export"),
+                              (older, "exported without the 'explain' signature")]:
         result = CliRunner().invoke(main, ["explain", "--model", str(directory), str(image)])
         assert result.exit_code == 1
         assert str(directory) in result.output and reason in result.output
