@@ -266,7 +266,8 @@ def crop_(images, out, weights, size, overlays):
 
 @main.command("explain")
 @click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A pushed or exported model: <serving root>/<model>/<version>.")
+              help="A pushed model, <serving root>/<model> (its newest version) or "
+                   "<serving root>/<model>/<version>, or an export.")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--out", default="explain", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the figures (one PNG per image).")
