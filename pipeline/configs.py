@@ -109,7 +109,8 @@ SHIPPED_SEGMENTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 
 
 def demo_config(weights: str | None, **overrides) -> PipelineConfig:
-    """A small MobileNet (alpha 0.25) with both class weightings, 8 epochs at 128 px on 256 px crops, the `demo` gate."""
+    """A small MobileNet (alpha 0.25), both class weightings (so the comparison has a pair), 8
+    epochs at 128 px on 256 px crops, the `demo` gate."""
     demo = dict(pipeline_name="cardiomegaly-demo",
                 grid=(GridCell("mobilenet_025", "75-25"), GridCell("mobilenet_025", "50-50")),
                 gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8,
