@@ -49,15 +49,22 @@ class PipelineRun:
 E2E_ARGS = ["--n", "240", "--size", "384", "--epochs", "5", "--deterministic"]
 
 
+# `ip link set lo up` without iproute2: SIOCSIFFLAGS with IFF_UP | IFF_LOOPBACK | IFF_RUNNING.
+LOOPBACK_UP = ("import fcntl, socket, struct; fcntl.ioctl(socket.socket(), 0x8914, "
+               "struct.pack('16sH', b'lo', 0x1 | 0x8 | 0x40))")
+
+
 def run_demo(workdir: Path, cut_network: bool) -> tuple[subprocess.CompletedProcess, list]:
     command = [sys.executable, "-m", "cxr", "demo", "--workdir", str(workdir), *E2E_ARGS]
     if not (SHARED / "weights").exists():
         command.append("--random-init")
     if cut_network:
-        # A new network namespace has only a loopback device, and it is down: nothing leaves.
+        # A new network namespace has only a loopback device: nothing leaves the machine. The
+        # loopback is brought up, since the demo ends by serving its models over gRPC on it.
         netdev = workdir / "net_dev.txt"
-        command = ["unshare", "--net", "--", "sh", "-c", 'cat /proc/self/net/dev > "$0"; exec "$@"',
-                   str(netdev), *command]
+        command = ["unshare", "--net", "--", "sh", "-c",
+                   f'{sys.executable} -c "$1" && cat /proc/self/net/dev > "$0" && shift && exec "$@"',
+                   str(netdev), LOOPBACK_UP, *command]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=2400)
     if result.returncode != 0:
         pytest.fail(f"demo failed ({result.returncode}):\n{result.stderr[-6000:]}")
