@@ -18,7 +18,7 @@ from PIL import Image
 from scipy import stats
 
 from conftest import shared_path
-from cxr import explain, imaging, records, saliency, synth, unet
+from cxr import convert, explain, imaging, records, saliency, synth, unet
 from cxr.cli import main
 from trainer import export, model as model_lib
 
@@ -129,6 +129,22 @@ def test_gradcam_mass_falls_on_the_heart(trained):
     print(f"Grad-CAM heart mass / heart area: mean {np.mean(ratios):.2f}, min {min(ratios):.2f}")
     # Measured: mean 1.53, every image above 1.4 (MobileNet's 4x4 cells at 128 px are coarse).
     assert np.mean(ratios) > 1.25 and min(ratios) > 1.0
+
+
+def test_heart_check_on_synthetic_records(trained, tmp_path):
+    _, model_dir, _ = trained
+    convert.write_synthetic(str(tmp_path), 40, seed=4, size=160, span=1, external_sites=(),
+                            workers=1)
+    pattern = str(tmp_path / "span-1" / "*" / "*.tfrecord.gz")
+    positives = sum(tf.train.Example.FromString(raw.numpy()).features.feature["label"]
+                    .int64_list.value[0] for raw in tf.data.TFRecordDataset(
+                        tf.io.gfile.glob(pattern), compression_type="GZIP"))
+    result = explain.heart_mass_ratios(str(model_dir), pattern, limit=8)
+    print(f"heart check on synthetic records: {result}")
+    assert result["images"] == min(positives, 8) > 0
+    assert result["mean"] > 1.0
+    with pytest.raises(explain.ExplainError, match="no files"):
+        explain.heart_mass_ratios(str(model_dir), str(tmp_path / "none-*.gz"))
 
 
 def test_maps_change_when_the_weights_are_randomised(trained):
