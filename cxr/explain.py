@@ -83,7 +83,8 @@ def load(model_dir: str) -> ExplainModel:
                            f"<serving root>/<model>[/<version>]")
     metadata_file = os.path.join(model_dir, "assets.extra", "cardio_metadata.json")
     if not tf.io.gfile.exists(metadata_file):
-        raise ExplainError(f"{model_dir}: not a cardio export (no assets.extra/cardio_metadata.json)")
+        raise ExplainError(f"{model_dir}: not a cardio export "
+                           f"(no assets.extra/cardio_metadata.json)")
     with tf.io.gfile.GFile(metadata_file) as f:
         metadata = json.load(f)
     loaded = tf.saved_model.load(model_dir)
@@ -156,7 +157,8 @@ def heart_mass_ratios(model, file_pattern: str, limit: int = 32) -> dict:
             continue
         image_id = feature[F.IMAGE_ID].bytes_list.value[0].decode()
         images.append((image_id, feature[F.IMAGE].bytes_list.value[0]))
-        hearts.append(tf.io.decode_png(feature[F.HEART_MASK].bytes_list.value[0]).numpy()[..., 0] > 127)
+        mask = tf.io.decode_png(feature[F.HEART_MASK].bytes_list.value[0]).numpy()[..., 0]
+        hearts.append(mask > 127)
         if len(images) == limit:
             break
     ratios = [mass_ratio(e, heart) for e, heart in zip(explain(model, images), hearts)]

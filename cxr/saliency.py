@@ -114,7 +114,8 @@ class Saliency:
         if not isinstance(pool, keras.layers.GlobalAveragePooling2D):
             raise NotExplainable(f"{backbone.name} must end in global average pooling for "
                                  f"Grad-CAM, ends in {type(pool).__name__}")
-        self.scaling = [l for l in model.layers[:index] if not isinstance(l, keras.layers.InputLayer)]
+        self.scaling = [layer for layer in model.layers[:index]
+                        if not isinstance(layer, keras.layers.InputLayer)]
         self.head = model.layers[index + 1:]
         for layer in self.head:
             if not isinstance(layer, (keras.layers.Dense, keras.layers.Dropout)):

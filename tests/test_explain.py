@@ -37,7 +37,8 @@ def radiograph(seed: int, index: int):
 
 
 def model_input(image: np.ndarray) -> np.ndarray:
-    return imaging.resize_for_model(tf.constant(image / 65535.0, tf.float32)[..., None], SIZE).numpy()
+    scaled = tf.constant(image / 65535.0, tf.float32)[..., None]
+    return imaging.resize_for_model(scaled, SIZE).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,13 @@ def test_mass_ratio_is_one_for_a_flat_map_and_follows_the_crop_box():
     assert explain.mass_ratio(e, region) == pytest.approx(4.0, rel=1e-3)
     e.gradcam = flat * 0
     assert np.isnan(explain.mass_ratio(e, region))
+
+
+def test_a_classifier_of_another_shape_is_refused_by_name():
+    inputs = keras.Input((16, 16, 3))
+    flat = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(inputs)), name="flat")
+    with pytest.raises(saliency.NotExplainable, match="flat: expected one nested backbone"):
+        saliency.Saliency(flat)
 
 
 def test_saliency_reproduces_the_model_and_guides_every_rectifier(trained):
