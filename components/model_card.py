@@ -61,8 +61,8 @@ class ModelCardArtifact(Artifact):
 
 
 def source_revision(repo_dir: str | None = None) -> str:
-    """The git commit the pipeline was built from: $CARDIO_GIT_COMMIT (set it in images built
-    without .git), else `git` ("-dirty" when tracked files have uncommitted changes), else
+    """The git commit of the running code: $CARDIO_GIT_COMMIT (set it in images built without
+    .git), else `git` ("-dirty" when tracked files have uncommitted changes), else
     .git/HEAD read directly (environments without a git binary), else "unknown"."""
     if os.environ.get("CARDIO_GIT_COMMIT"):
         return os.environ["CARDIO_GIT_COMMIT"]
@@ -277,7 +277,7 @@ def ModelCard(model: InputArtifact[Model], model_run: InputArtifact[ModelRun],
               evaluation: InputArtifact[ModelEvaluation], blessing: InputArtifact[ModelBlessing],
               pushed_model: InputArtifact[PushedModel], examples: InputArtifact[Examples],
               card: OutputArtifact[ModelCardArtifact], grid_cell: Parameter[str],
-              gate: Parameter[str], git_commit: Parameter[str]):
+              gate: Parameter[str]):
     blessed = tf.io.gfile.exists(os.path.join(blessing.uri, "BLESSED"))
     pushed = _custom(pushed_model, "pushed") == 1
     baseline_uri = _custom(blessing, "baseline_model")
@@ -291,7 +291,9 @@ def ModelCard(model: InputArtifact[Model], model_run: InputArtifact[ModelRun],
                               "evaluation": evaluation.id, "blessing": blessing.id,
                               "pushed_model": pushed_model.id, "examples": examples.id},
                  "examples_span": _custom(examples, "span")},
-        git_commit=git_commit, image_digest=os.environ.get("CARDIO_IMAGE_DIGEST"))
+        # Resolved when the card is written, i.e. in the run that evaluated this model (a
+        # parameter would rerun the card on every commit and stamp old models with new commits).
+        git_commit=source_revision(), image_digest=os.environ.get("CARDIO_IMAGE_DIGEST"))
     write(card.uri, built)
     card.set_int_custom_property("blessed", int(blessed))
     card.set_int_custom_property("pushed", int(pushed))
@@ -304,5 +306,4 @@ def create(trainer, evaluator, pusher, examples, config, cell_name: str):
         model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
         evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
         pushed_model=pusher.outputs["pushed_model"], examples=examples, grid_cell=cell_name,
-        gate=json.dumps(dataclasses.asdict(config.gate)),
-        git_commit=source_revision()).with_id(f"ModelCard.{cell_name}")
+        gate=json.dumps(dataclasses.asdict(config.gate))).with_id(f"ModelCard.{cell_name}")

@@ -55,7 +55,9 @@ def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, se
         "seconds": summary["seconds"], "site_auc": summary.get("site_auc"),
         "crop_qc": summary.get("crop_qc"), "serving": summary.get("serving"),
         "comparison": summary.get("comparison"),
-        "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"]}
+        "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"],
+                       "gate_failures": v.get("gate_failures", []),
+                       "model_card": v.get("model_card")}
                    for k, v in summary["models"].items()}}))
 
 

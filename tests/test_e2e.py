@@ -111,8 +111,12 @@ def test_every_evaluated_model_has_a_model_card(e2e):
         assert sum(n for split in card["data"]["counts"].values() for site in split.values()
                    for n in site.values()) == 240
         assert card["evaluation"]["gate"]["name"] == "demo"
+        evaluation = outputs.latest_output(_store(e2e), PIPELINE, f"Evaluator.{cell.name}",
+                                           "evaluation")
+        slices = report.slice_metrics(evaluator.load(evaluation.uri))
         auc = card["evaluation"]["slices"]["site=site-b"]["auc"]
-        assert auc["value"] == pytest.approx(result["slices"]["site=site-b"]["auc"])
+        assert auc["value"] == pytest.approx(slices["site=site-b"]["auc"])
+        assert (result["gate_failures"] == []) == result["blessed"]
         assert auc["lower"] <= auc["value"] <= auc["upper"]
         markdown = open(result["model_card"]).read()
         assert markdown.index("non-commercial") < markdown.index("## Intended use")
