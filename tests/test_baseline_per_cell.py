@@ -179,3 +179,52 @@ def test_source_revision_without_a_git_binary(tmp_path, monkeypatch):
     assert model_card._read_git_head(str(git)) == "b" * 40
     monkeypatch.setenv("CARDIO_GIT_COMMIT", "c" * 40)
     assert model_card.source_revision(str(tmp_path)) == "c" * 40
+
+
+def test_lookup_filters_by_pipeline_cell_state_and_blessing(tmp_path):
+    """Blessings as TFX records them locally (ModelBlessing, int properties) and as KFP v2 does
+    (tfx.ModelBlessing, numbers as doubles): only this pipeline's cell's LIVE blessed ones count,
+    the newest wins, the candidate itself never does."""
+    from ml_metadata import metadata_store
+    from ml_metadata.proto import metadata_store_pb2 as mlmd
+
+    store = metadata_store.MetadataStore(mlmd.ConnectionConfig(fake_database=mlmd.FakeDatabaseConfig()))
+    types = {name: store.put_artifact_type(mlmd.ArtifactType(name=name))
+             for name in baseline.BLESSING_TYPES}
+    models = {}
+
+    def blessing(type_name, model, blessed=1, cell="alpha", pipeline="p", state=mlmd.Artifact.LIVE,
+                 as_double=False):
+        models[model] = tmp_path / model
+        models[model].mkdir(exist_ok=True)
+        artifact = mlmd.Artifact(type_id=types[type_name], uri=str(tmp_path / f"b-{model}"),
+                                 state=state)
+        props = artifact.custom_properties
+        props[baseline.CELL].string_value = cell
+        props[baseline.PIPELINE].string_value = pipeline
+        props["current_model"].string_value = str(models[model])
+        if as_double:
+            props["blessed"].double_value = float(blessed)
+            props["current_model_id"].double_value = 7.0
+        else:
+            props["blessed"].int_value = blessed
+            props["current_model_id"].int_value = 7
+        return store.put_artifacts([artifact])[0]
+
+    assert baseline.find_last_blessed(store, "p", "alpha", "/nowhere") is None
+    blessing("ModelBlessing", "m1")
+    blessing("ModelBlessing", "other-cell", cell="beta")
+    blessing("ModelBlessing", "other-pipeline", pipeline="q")
+    blessing("ModelBlessing", "rejected", blessed=0)
+    blessing("ModelBlessing", "deleted", state=mlmd.Artifact.DELETED)
+    assert baseline.find_last_blessed(store, "p", "alpha", "/nowhere")["model_uri"] == str(models["m1"])
+    newest = blessing("tfx.ModelBlessing", "m2", as_double=True)
+    found = baseline.find_last_blessed(store, "p", "alpha", "/nowhere")
+    assert found == {"model_uri": str(models["m2"]), "model_id": 7, "blessing_id": newest}
+    # The candidate is never its own baseline.
+    assert baseline.find_last_blessed(store, "p", "alpha", str(models["m2"]))["model_uri"] == \
+        str(models["m1"])
+    # A blessed model that has disappeared is an error, not a silent fallback.
+    models["m2"].rmdir()
+    with pytest.raises(FileNotFoundError, match="last blessed model of alpha"):
+        baseline.find_last_blessed(store, "p", "alpha", "/nowhere")
