@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 
 from serving import config as config_lib, releases
 from serving.signatures import SERVING_CLASSIFY
-from serving_helpers import SERVERS, export_version, jpeg, png, wait_for, write_batching_file
+from serving_helpers import SERVERS, export_version, jpeg, png, write_batching_file
 
 MODEL = "cardio-tiny"
 

@@ -3,7 +3,6 @@ with no failed request, labels moved by `cardio release` picked up by the config
 limits, and a broken version failing alone."""
 from __future__ import annotations
 
-import os
 import threading
 
 import grpc

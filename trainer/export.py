@@ -95,16 +95,21 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
     import json
     import os
 
+    from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
+
     module = CardioServingModule(model, image_size, threshold, unet, crop_size)
-    tf.saved_model.save(module, export_dir, signatures={
-        SERVING_DEFAULT: module.serve_images.get_concrete_function(),
-        SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
-        "explain": module.explain_signature(),
-        # TF Serving's Classify API and warm-up requests (serving/signatures.py).
-        serving_signatures.SERVING_CLASSIFY: serving_signatures.classify_function(module),
-    # explain computes its guided-backprop gradients inside the signature; saving them as
-    # reusable custom gradients too would triple the export time of EfficientNetB2.
-    }, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
+    # Servers and TFMA call the signatures only: skip tracing every Keras layer's call function
+    # for Keras's own reloading, which costs minutes on DenseNet121 and EfficientNetB2.
+    with keras_option_scope(save_traces=False):
+        tf.saved_model.save(module, export_dir, signatures={
+            SERVING_DEFAULT: module.serve_images.get_concrete_function(),
+            SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
+            "explain": module.explain_signature(),
+            # TF Serving's Classify API and warm-up requests (serving/signatures.py).
+            serving_signatures.SERVING_CLASSIFY: serving_signatures.classify_function(module),
+        # explain computes its guided-backprop gradients inside the signature; saving them as
+        # reusable custom gradients too would triple the export time of EfficientNetB2.
+        }, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
     serving_signatures.write_warmup_requests(export_dir)
     extra = os.path.join(export_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)
