@@ -305,11 +305,7 @@ class ModelManager:
             versions = self._versions.get(name, {})
             choice = model_spec.WhichOneof("version_choice")
             if choice == "version_label":
-                label = model_spec.version_label
-                if label not in self._labels.get(name, {}):
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"Unrecognized servable version label: {label}")
-                version = self._labels[name][label]
+                version = self._labelled_version(name, model_spec.version_label)
                 request = f"Specific({name}, {version})"
             elif choice == "version":
                 version = model_spec.version.value
@@ -324,6 +320,14 @@ class ModelManager:
                                    f"Servable not found for request: {request}")
             return status.servable
 
+    def _labelled_version(self, name: str, label: str) -> int:
+        """The version a label points at; TF Serving answers INVALID_ARGUMENT for an unknown one.
+        Called with the lock held."""
+        if label not in self._labels.get(name, {}):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Unrecognized servable version label: {label}")
+        return self._labels[name][label]
+
     def statuses(self, model_spec) -> list[tuple[int, VersionStatus]]:
         """(version, status) pairs for GetModelStatus."""
         name = model_spec.name
@@ -336,11 +340,7 @@ class ModelManager:
                                    f"Could not find any versions of model {name}")
             choice = model_spec.WhichOneof("version_choice")
             if choice == "version_label":
-                label = model_spec.version_label
-                if label not in self._labels.get(name, {}):
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"Unrecognized servable version label: {label}")
-                wanted = [self._labels[name][label]]
+                wanted = [self._labelled_version(name, model_spec.version_label)]
             elif choice == "version":
                 wanted = [model_spec.version.value]
                 if wanted[0] not in versions:
