@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from cxr.cli import main
 from pipeline import kubeflow_runner, scheduling
+from json_http import JsonHandler
 
 
 class StandInKfpApi(http.server.ThreadingHTTPServer):
@@ -31,17 +32,7 @@ class StandInKfpApi(http.server.ThreadingHTTPServer):
         return [body for m, p, body in self.requests if m == method and p.split("?")[0] == path]
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+class _Handler(JsonHandler):
 
     def do_GET(self):
         self.server.requests.append(("GET", self.path, None))

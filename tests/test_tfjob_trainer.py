@@ -20,6 +20,7 @@ from tfx.utils import json_utils
 from components import tfjob_trainer
 from components import trainer as trainer_component
 from cxr import convert
+from json_http import JsonHandler
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "cardio-pipelines"
@@ -137,17 +138,7 @@ class StandInTrainingOperator(http.server.ThreadingHTTPServer):
                                {"type": state, "status": "True"}]}
 
 
-class _OperatorHandler(http.server.BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status, payload):
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+class _OperatorHandler(JsonHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
