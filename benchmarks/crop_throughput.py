@@ -13,9 +13,11 @@ import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils, standard_artifacts
 
-from components import lung_crop
-from cxr import convert, crop, features as F, imaging, unet
-from pipeline.configs import FN_API_RUNNER
+from cardio.components import lung_crop
+from cardio.data import convert
+from cardio.imaging import crop, decode, unet
+from cardio import features as F
+from cardio.pipeline.configs import FN_API_RUNNER
 
 N = 96
 OUTPUT_SIZE = 512
@@ -48,7 +50,7 @@ def main():
         model = unet.load()   # the component loads it too, once per worker
         for i in range(0, len(records), 16):
             batch = [tf.train.Example.FromString(r) for r in records[i:i + 16]]
-            images = [imaging.decode_radiograph(e.features.feature[F.IMAGE].bytes_list.value[0])
+            images = [decode.decode_radiograph(e.features.feature[F.IMAGE].bytes_list.value[0])
                       for e in batch]
             for example, result in zip(batch, crop.crop_radiographs(model, images, OUTPUT_SIZE)):
                 lung_crop.crop_example(example, *result).SerializeToString()

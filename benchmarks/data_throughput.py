@@ -13,8 +13,9 @@ import os
 import tempfile
 import time
 
-from cxr import convert, synth
-from cxr.records import encode_png
+from cardio.data import convert, synth
+from cardio.imaging import files
+from cardio.imaging.files import encode_png
 
 N_SYNTH = 48
 N_CONVERT = 48
@@ -47,7 +48,7 @@ def main():
             writer.writerows(rows)
 
         paths = [os.path.join(images, row["path"]) for row in rows]
-        seconds_plain, _ = _time(lambda: [convert.normalised_png(p) for p in paths])
+        seconds_plain, _ = _time(lambda: [files.normalised_png(p) for p in paths])
 
         def run_converter(workers):
             selection, quarantine = convert.csv_selection(os.path.join(tmp, "export.csv"))

@@ -22,9 +22,12 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import model_pb2
 
-from cxr import features as F, records, synth, unet
-from serving import client as client_lib, config as config_lib, server as server_lib
-from trainer import export, model as model_lib
+from cardio import features as F
+from cardio.data import synth
+from cardio.imaging import files
+from cardio.imaging import unet
+from cardio.serving import client as client_lib, config as config_lib, server as server_lib
+from cardio.trainer import export, model as model_lib
 
 MODEL = "cardio-bench"
 LATENCY_REQUESTS = 60
@@ -36,7 +39,7 @@ LOAD_CONCURRENCY = 16
 
 def _images(n: int) -> list[bytes]:
     sites = ("site-a", "site-b")
-    return [records.encode_png(synth.sample(7, i, sites[i % 2], f"p{i}").image) for i in range(n)]
+    return [files.encode_png(synth.sample(7, i, sites[i % 2], f"p{i}").image) for i in range(n)]
 
 
 def _export(root: str) -> str:
@@ -63,7 +66,7 @@ def main():
         print("\nExporting the demo's model and drawing radiographs ...", flush=True)
         export_dir = _export(root)
         images = _images(16)
-        signature = tf.saved_model.load(export_dir).signatures[export.SERVING_DEFAULT]
+        signature = tf.saved_model.load(export_dir).signatures[F.SERVING_DEFAULT]
 
         def in_process(image):
             return signature(image_bytes=tf.constant([image]))[F.PROBABILITY].numpy()
@@ -151,8 +154,8 @@ def _fixed_overhead(requests: int = 200):
         tiny = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(backbone(inputs)))
         export_dir = os.path.join(root, MODEL, "1")
         export.export(tiny, export_dir, 16, 0.5)
-        image = records.encode_png(np.full((64, 64), 30000, np.uint16))
-        signature = tf.saved_model.load(export_dir).signatures[export.SERVING_DEFAULT]
+        image = files.encode_png(np.full((64, 64), 30000, np.uint16))
+        signature = tf.saved_model.load(export_dir).signatures[F.SERVING_DEFAULT]
         server = server_lib.Server(server_lib.ServerOptions(
             port=0, model_base_path=os.path.join(root, MODEL), model_name=MODEL), host="127.0.0.1")
         local, remote = [], []

@@ -20,9 +20,9 @@ import time
 import tensorflow as tf
 import tf_keras as keras
 
-from cxr import convert
-from pipeline.configs import STUDY_BACKBONES
-from trainer import data, model as model_lib
+from cardio.data import convert
+from cardio.pipeline.configs import STUDY_BACKBONES
+from cardio.trainer import data, model as model_lib
 
 CROP_SIZE = 512   # the study profile's stored crop size (components/lung_crop.py)
 REPEATS = 3

@@ -15,7 +15,8 @@ from tfx.dsl.component.experimental.decorators import component
 from tfx.types.artifact import Artifact
 from tfx.types.standard_artifacts import Examples
 
-from cxr import features as F, imaging
+from cardio import features as F
+from cardio.imaging import decode
 
 class DatasetReport(Artifact):
     """A report about a dataset (plots and figures), for people to look at."""
@@ -35,7 +36,7 @@ def thumbnails(examples_uri: str, splits, limit_per_split: int):
         dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").take(limit_per_split)
         for raw in dataset:
             example = tf.train.Example.FromString(raw.numpy())
-            image = imaging.decode_radiograph(example.features.feature[F.IMAGE].bytes_list.value[0])
+            image = decode.decode_radiograph(example.features.feature[F.IMAGE].bytes_list.value[0])
             small = tf.image.resize(image, [THUMBNAIL, THUMBNAIL], method="area").numpy().ravel()
             vectors.append((small - small.mean()) / (small.std() + 1e-6))
             sites.append(example.features.feature[F.SITE].bytes_list.value[0].decode())

@@ -34,10 +34,9 @@ from tfx.components.evaluator import executor as tfx_evaluator
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts, standard_component_specs as keys
 
-from components import baseline as baseline_lib
-from cxr import features as F
-from pipeline.configs import GateProfile, PipelineConfig
-from trainer.export import SERVING_EXAMPLES
+from cardio.components import baseline as baseline_lib
+from cardio import features as F
+from cardio.components.gate import GateProfile
 
 # Every slice starts with the site, so internal and external data are never mixed.
 SLICE_FEATURES = ([F.SITE], [F.SITE, F.SEX], [F.SITE, F.AGE_BAND])
@@ -76,7 +75,7 @@ def _floor(lower_bound: float, regression_tolerance: float | None = None) -> tfm
     return threshold
 
 
-def eval_config(config: PipelineConfig, confidence_intervals: bool = True) -> tfma.EvalConfig:
+def eval_config(config, confidence_intervals: bool = True) -> tfma.EvalConfig:
     """The EvalConfig of every grid cell. `confidence_intervals=False` only skips the bootstrap
     (several times the cost); the gate, which compares point estimates, decides the same."""
     gate = config.gate
@@ -108,7 +107,7 @@ def eval_config(config: PipelineConfig, confidence_intervals: bool = True) -> tf
     ]
     return tfma.EvalConfig(
         # One spec: TFX adds the baseline copy when the cell has a blessed model.
-        model_specs=[tfma.ModelSpec(signature_name=SERVING_EXAMPLES,
+        model_specs=[tfma.ModelSpec(signature_name=F.SERVING_EXAMPLES,
                                     label_keys={F.PROBABILITY: F.LABEL, F.PREDICTED_LABEL: F.LABEL})],
         slicing_specs=[tfma.SlicingSpec(feature_keys=keys_) for keys_ in SLICE_FEATURES],
         metrics_specs=[tfma.MetricsSpec(output_names=[F.PROBABILITY], metrics=probability_metrics),
@@ -146,7 +145,7 @@ class CellEvaluator(tfx.components.Evaluator):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
 
-def create(examples, model, baseline_model, config: PipelineConfig, cell_name: str,
+def create(examples, model, baseline_model, config, cell_name: str,
            confidence_intervals: bool = True):
     """An Evaluator over the `test` and `external` splits for one grid cell's model, compared
     with `baseline_model` (a BaselineLookup's output)."""

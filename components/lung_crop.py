@@ -2,7 +2,7 @@
 
 Between ExampleGen and the Trainer. For every split of the input Examples it runs the lung U-Net
 in batches (the model loaded once per worker, in DoFn.setup), computes the lung box and QC flags
-(cxr.crop, the same TensorFlow ops the serving signature runs), and writes Examples whose image
+(cardio.imaging.crop, the same TensorFlow ops the serving signature runs), and writes Examples whose image
 is the crop resized for the classifier (16-bit PNG), with every original feature kept and
 `crop_box` and `crop_qc` added. The U-Net weights are an input artifact, so MLMD lineage records
 which U-Net produced each cropped dataset. It runs on whatever Beam runner the pipeline's
@@ -20,11 +20,9 @@ from tfx.dsl.components.base import base_beam_component, base_beam_executor, exe
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from cxr import crop, features as F, imaging
+from cardio.imaging import UNET_WEIGHTS_FILE, crop, decode
+from cardio import features as F
 
-CROP_BOX = "crop_box"   # [y0, x0, y1, x1] as fractions of the original image
-CROP_QC = "crop_qc"     # names of the QC flags raised (empty when the mask is plausible)
-WEIGHTS_FILE = "unet_lungs.weights.h5"
 
 
 class CropDoFn(beam.DoFn):
@@ -36,12 +34,12 @@ class CropDoFn(beam.DoFn):
         self._cropped = beam.metrics.Metrics.counter("LungCrop", "cropped")
 
     def setup(self):
-        from cxr import unet
+        from cardio.imaging import unet
         self._unet = unet.load(self._weights_path)
 
     def process(self, batch):
         examples = [tf.train.Example.FromString(raw) for raw in batch]
-        images = [imaging.decode_radiograph(e.features.feature[F.IMAGE].bytes_list.value[0])
+        images = [decode.decode_radiograph(e.features.feature[F.IMAGE].bytes_list.value[0])
                   for e in examples]
         for example, (cropped, box, flags) in zip(
                 examples, crop.crop_radiographs(self._unet, images, self._output_size)):
@@ -57,9 +55,9 @@ def crop_example(example, cropped, box, flags):
     out.CopyFrom(example)
     feature = out.features.feature
     feature[F.IMAGE].bytes_list.value[:] = [tf.io.encode_png(cropped).numpy()]
-    feature[CROP_BOX].float_list.value[:] = box.numpy().tolist()
+    feature[F.CROP_BOX].float_list.value[:] = box.numpy().tolist()
     raised = [name.encode() for name, on in zip(crop.QC_FLAGS, flags.numpy()) if on]
-    feature[CROP_QC].bytes_list.value[:] = raised
+    feature[F.CROP_QC].bytes_list.value[:] = raised
     for mask in (F.LUNG_MASK, F.HEART_MASK):   # ground truth of the uncropped image
         if mask in feature:
             del feature[mask]
@@ -80,7 +78,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         output = artifact_utils.get_single_instance(output_dict["cropped_examples"])
         splits = artifact_utils.decode_split_names(examples.split_names)
         output.split_names = artifact_utils.encode_split_names(splits)
-        weights = os.path.join(segmenter.uri, WEIGHTS_FILE)
+        weights = os.path.join(segmenter.uri, UNET_WEIGHTS_FILE)
         with self._make_beam_pipeline() as pipeline:
             for split in splits:
                 pattern = os.path.join(artifact_utils.get_split_uri([examples], split), "*")

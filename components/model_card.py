@@ -26,12 +26,12 @@ from tfx.types.artifact import Artifact
 from tfx.types.standard_artifacts import (Examples, Model, ModelBlessing, ModelEvaluation, ModelRun,
                                           PushedModel)
 
-from cxr import features as F
+from cardio import features as F
 
 MARKDOWN = "model_card.md"
 JSON = "model_card.json"
 PROJECT_LICENCE = "Apache-2.0 (the project's code)"
-UNET_CARD = "cxr/assets/MODEL_CARD.md"
+UNET_CARD = "src/cardio/imaging/assets/MODEL_CARD.md"
 # Figures shown per slice, in this order; every one with its 95% bootstrap CI.
 CARD_METRICS = ("example_count", "auc", "sensitivity", "specificity", "precision", "f1",
                 "brier_score", "calibration", "tp", "fp", "tn", "fn")
@@ -134,7 +134,7 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
           baseline: dict | None = None, lineage: dict | None = None,
           git_commit: str = "unknown", image_digest: str | None = None) -> dict:
     """The card as a dict, from the locations of a model, its evaluation and its data."""
-    from components import evaluator
+    from cardio.components import evaluator
 
     serving_dir = os.path.join(model_uri, "Format-Serving")
     metadata = _read_json(os.path.join(serving_dir, "assets.extra", "cardio_metadata.json")) or {}

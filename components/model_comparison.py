@@ -2,15 +2,15 @@
 
 After the Evaluators (and Pushers): each grid cell's exported SavedModel scores the `validation`,
 `test` and `external` splits through its `serving_examples` signature, exactly as TFMA and
-serving see it. cxr.comparison turns the predictions into AUCs with DeLong CIs, DeLong's test
+serving see it. cardio.evaluation.comparison turns the predictions into AUCs with DeLong CIs, DeLong's test
 for every pair of models, metrics at each model's operating threshold and at the study's 0.5,
-PPV/NPV at the deployment prevalence, and the fairness review; cxr.comparison_report draws the
+PPV/NPV at the deployment prevalence, and the fairness review; cardio.evaluation.comparison_report draws the
 report. The champion is chosen on internal data only; the external site never chooses.
 
 Output artifact (`comparison`, type cardio.ModelComparison):
   comparison.json   {"champion": {"model_name", "reason", ...}, "models": {...}, "delong": [...]}
   report.md, report.html and their PNGs; predictions.csv (every model's probability per image);
-  overlays/<model>/ (Grad-CAM and guided backprop, when cxr.explain is available)
+  overlays/<model>/ (Grad-CAM and guided backprop, when cardio.evaluation.explain is available)
 
 TFX channels have one producer each, so the component's spec is built per grid: for every cell
 `<cell>` (hyphens as underscores) it takes `model_<cell>`, `model_run_<cell>`,
@@ -33,7 +33,8 @@ from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
-from cxr import comparison, comparison_report, features as F
+from cardio.evaluation import comparison, comparison_report
+from cardio import features as F
 
 NODE_ID = "ModelComparison"
 OUTPUT_KEY = "comparison"
@@ -100,9 +101,8 @@ def read_cases(examples_uri: str, splits=SCORED_SPLITS) -> dict:
 
 def score(model_dir: str, examples_uri: str, splits=SCORED_SPLITS) -> np.ndarray:
     """Probabilities from the export's serving_examples signature, in read_cases' order."""
-    from trainer.export import SERVING_EXAMPLES
 
-    signature = tf.saved_model.load(model_dir).signatures[SERVING_EXAMPLES]
+    signature = tf.saved_model.load(model_dir).signatures[F.SERVING_EXAMPLES]
     probabilities = []
     for split in splits:
         batch = []
@@ -126,10 +126,9 @@ def _read_json(path: str) -> dict | None:
 def model_info(cell_name: str, model, model_run, blessing, pushed) -> dict:
     """Threshold and cell from the export's metadata (what serving applies), the training target,
     blessing and push state."""
-    from trainer.export import METADATA_FILE
 
     model_dir = path_utils.serving_model_path(model.uri)
-    metadata_path = os.path.join(model_dir, "assets.extra", METADATA_FILE)
+    metadata_path = os.path.join(model_dir, F.ASSETS_EXTRA, F.METADATA_FILE)
     metadata = _read_json(metadata_path)
     if metadata is None or "operating_threshold" not in metadata:
         raise ValueError(f"model {cell_name}: {metadata_path} is missing or has no "
@@ -161,7 +160,7 @@ OVERLAY_IMAGES = 2     # cardiomegaly images per split; plus one normal image
 
 def overlay_images(examples_uri: str, splits=(F.TEST, F.EXTERNAL)) -> list:
     """A few images per split (the first cardiomegaly images and the first normal one, in file
-    order), as (name, encoded image bytes) for cxr.explain."""
+    order), as (name, encoded image bytes) for cardio.evaluation.explain."""
     chosen = []
     for split in splits:
         wanted = {1: OVERLAY_IMAGES, 0: 1}
@@ -181,10 +180,10 @@ def overlay_images(examples_uri: str, splits=(F.TEST, F.EXTERNAL)) -> list:
 def write_overlays(models: dict, images: list, out_dir: str) -> tuple[dict, str | None]:
     """{model: [paths relative to out_dir]} and a note for the report when there are none."""
     try:
-        from cxr import explain
+        from cardio.evaluation import explain
     except ImportError:
         return {}, ("Grad-CAM and guided-backprop overlays are not available in this build "
-                    "(the module cxr.explain is not installed yet); the report has none.")
+                    "(the module cardio.evaluation.explain is not installed yet); the report has none.")
     overlays, failures = {}, []
     for name, info in sorted(models.items()):
         target = os.path.join(out_dir, "overlays", name)

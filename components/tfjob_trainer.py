@@ -36,7 +36,7 @@ from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 from tfx.utils import json_utils, path_utils
 
-from components import trainer as trainer_component
+from cardio.components import trainer_component
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "tfjobs"
 NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -97,7 +97,7 @@ def build_tfjob(name: str, namespace: str, spec: TFJobSpec, invocation: dict,
                         # The training operator finds the TensorFlow container by this name.
                         "name": "tensorflow",
                         "image": spec.image,
-                        "command": ["python", "-m", "components.tfjob_trainer"],
+                        "command": ["python", "-m", "cardio.components.tfjob_trainer"],
                         "args": ["--invocation", json.dumps(invocation, sort_keys=True)],
                         # The image sets it too; the replicas must never load Keras 3.
                         "env": [{"name": "TF_USE_LEGACY_KERAS", "value": "1"},

@@ -7,36 +7,13 @@ of it that trains one small model for a few steps on the built-in synthetic data
 from __future__ import annotations
 
 import dataclasses
-import os
 
-from serving.config import BatchingConfig
+from cardio.components.gate import GATE_PROFILES, GateProfile  # noqa: F401  (part of the configuration's API)
+from cardio.imaging import SHIPPED_UNET_DIR, UNET_WEIGHTS_FILE
+from cardio.serving.config import BatchingConfig
 
 # Beam always runs on a named runner: DirectRunner would first try to download a Prism binary.
 FN_API_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
-
-
-@dataclasses.dataclass(frozen=True)
-class GateProfile:
-    """What a model must reach, per site slice, to be blessed and pushed.
-
-    The gate compares point estimates of the metrics on each slice (TFMA thresholds); the
-    bootstrap confidence intervals are reported beside them (components/evaluator.py).
-    """
-    name: str
-    external_auc_min: float    # AUC on the external site's slice
-    internal_auc_min: float    # AUC on the internal test slice(s)
-    sensitivity_min: float     # sensitivity at the operating threshold, every site slice
-    # No regression: per site, AUC >= the grid cell's last blessed model's AUC minus this.
-    auc_regression_tolerance: float = 0.01
-
-
-GATE_PROFILES = {
-    # The study's acceptance criterion: external-site AUC >= 0.85.
-    "study": GateProfile("study", external_auc_min=0.85, internal_auc_min=0.85, sensitivity_min=0.7),
-    # The demo trains for minutes on synthetic data; a random model still fails these.
-    "demo": GateProfile("demo", external_auc_min=0.6, internal_auc_min=0.6, sensitivity_min=0.5,
-                        auc_regression_tolerance=0.05),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +52,7 @@ class PipelineConfig:
     target_sensitivity: float = 0.9
     seed: int = 0
     deterministic: bool = False            # op determinism: same data + seed -> same model
-    # The lung U-Net (a directory holding unet_lungs.weights.h5): the crop stage runs when set.
+    # The lung U-Net (a directory holding UNET_WEIGHTS_FILE): the crop stage runs when set.
     segmenter_uri: str | None = None
     crop_size: int = 512
     # Model comparison: PPV and NPV are reported at this prevalence of cardiomegaly, since the test
@@ -100,12 +77,8 @@ class PipelineConfig:
                 "mixed_precision": self.mixed_precision, "steps_per_epoch": self.steps_per_epoch,
                 "target_sensitivity": self.target_sensitivity, "seed": self.seed,
                 "deterministic": self.deterministic, "crop_size": self.crop_size,
-                "segmenter_weights": (f"{self.segmenter_uri.rstrip('/')}/unet_lungs.weights.h5"
+                "segmenter_weights": (f"{self.segmenter_uri.rstrip('/')}/{UNET_WEIGHTS_FILE}"
                                       if self.segmenter_uri else None)}
-
-
-SHIPPED_SEGMENTER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "cxr", "assets")
 
 
 def demo_config(weights: str | None, **overrides) -> PipelineConfig:
@@ -114,6 +87,6 @@ def demo_config(weights: str | None, **overrides) -> PipelineConfig:
     demo = dict(pipeline_name="cardiomegaly-demo",
                 grid=(GridCell("mobilenet_025", "75-25"), GridCell("mobilenet_025", "50-50")),
                 gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8,
-                segmenter_uri=SHIPPED_SEGMENTER, crop_size=256)
+                segmenter_uri=SHIPPED_UNET_DIR, crop_size=256)
     demo.update(overrides)
     return dataclasses.replace(PipelineConfig(), **demo)

@@ -10,9 +10,9 @@ import os
 import time
 from typing import Callable
 
-from cxr import convert
-from pipeline import configs, local_runner, outputs, report
-from serving import demo as serving_demo
+from cardio.data import convert
+from cardio.pipeline import configs, local_runner, outputs, report
+from cardio.serving import demo as serving_demo
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -42,7 +42,7 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     pipeline_root = os.path.join(workdir, "pipeline")
     serving_root = os.path.join(workdir, "serving")
 
-    from components import evaluator
+    from cardio.components import evaluator
     echo(evaluator.describe_gate(config.gate))
     echo(f"ImageNet weights: {weights or 'none found: random initialisation'}")
     if not os.path.exists(os.path.join(data_root, "span-1", "summary.json")):

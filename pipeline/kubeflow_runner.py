@@ -24,16 +24,16 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-import cxr
-import schemas
-from components import tfjob_trainer
-from components import trainer as trainer_component
-from pipeline import configs
-from pipeline.configs import PipelineConfig
-from pipeline.pipeline import create_pipeline
+import cardio
+from cardio import schemas
+from cardio.components import tfjob_trainer
+from cardio.components import trainer_component
+from cardio.pipeline import configs
+from cardio.pipeline.configs import PipelineConfig
+from cardio.pipeline.pipeline import create_pipeline
 
 DEFAULT_REPOSITORY = "ghcr.io/cardio-pipeline/cardio"
-DEFAULT_TAG = cxr.__version__
+DEFAULT_TAG = cardio.__version__
 DEFAULT_IMAGE = f"{DEFAULT_REPOSITORY}:{DEFAULT_TAG}"
 # Where the image keeps ImageNet weights (Dockerfile: the optional `weights` build context).
 IMAGE_WEIGHTS_DIR = "/opt/cardio/weights"

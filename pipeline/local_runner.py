@@ -5,9 +5,9 @@ import os
 
 from tfx import v1 as tfx
 
-import schemas
-from pipeline.configs import PipelineConfig
-from pipeline.pipeline import create_pipeline
+from cardio import schemas
+from cardio.pipeline.configs import PipelineConfig
+from cardio.pipeline.pipeline import create_pipeline
 
 
 def metadata_path(pipeline_root: str) -> str:

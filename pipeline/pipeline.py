@@ -7,21 +7,21 @@ import os
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-from components import baseline as baseline_lib
-from components import evaluator as evaluator_lib
-from components import model_comparison
-from components import model_card as model_card_lib
-from components import trainer as trainer_lib
-from components.anomaly_gate import AnomalyGate
-from components.crop_report import CropReport
-from components.lung_crop import LungCrop
-from cxr import features as F
-from pipeline.configs import PipelineConfig
-from serving import pusher as serving_pusher
+from cardio.components import baseline as baseline_lib
+from cardio.components import evaluator as evaluator_lib
+from cardio.components import model_comparison
+from cardio.components import model_card as model_card_lib
+from cardio.components import trainer_component as trainer_lib
+from cardio.components.anomaly_gate import AnomalyGate
+from cardio.components.crop_report import CropReport
+from cardio.components.lung_crop import LungCrop
+from cardio import features as F
+from cardio.pipeline.configs import PipelineConfig
+from cardio.components import pusher as serving_pusher
 
 
 def example_gen_input_config():
-    """One split per directory of the newest `span-{SPAN}` (see cxr/convert.py)."""
+    """One split per directory of the newest `span-{SPAN}` (see cardio/data/convert.py)."""
     return tfx.proto.Input(splits=[
         tfx.proto.Input.Split(name=split, pattern=f"span-{{SPAN}}/{split}/*")
         for split in F.SPLITS])
@@ -74,7 +74,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         # One Trainer per (backbone x class weighting), each with its own artifacts and lineage.
         # (TFX's Trainer with epochs and learning rate as parameters; see components/trainer.py.)
         trainer = trainer_lib.Trainer(
-            run_fn="trainer.task.run_fn",
+            run_fn="cardio.trainer.task.run_fn",
             examples=examples,
             schema=schema_gen.outputs["schema"],
             train_args=tfx.proto.TrainArgs(splits=[F.TRAIN]),

@@ -6,9 +6,9 @@ import os
 
 import tensorflow as tf
 
-from components import evaluator
-from cxr import features as F
-from pipeline import outputs
+from cardio.components import evaluator
+from cardio import features as F
+from cardio.pipeline import outputs
 
 METRICS = ("example_count", "auc", "sensitivity", "specificity", "accuracy", "precision", "f1",
            "brier_score")
@@ -91,7 +91,7 @@ def crop_qc_counts(store, config) -> dict | None:
         files = tf.io.gfile.glob(os.path.join(artifact.uri, f"Split-{split}", "*"))
         tally = collections.Counter()
         for raw in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-            flags = tf.train.Example.FromString(raw.numpy()).features.feature["crop_qc"].bytes_list.value
+            flags = tf.train.Example.FromString(raw.numpy()).features.feature[F.CROP_QC].bytes_list.value
             tally["images"] += 1
             tally["flagged"] += bool(flags)
             tally.update(flag.decode() for flag in flags)
@@ -127,7 +127,7 @@ def format_cell(name: str, result: dict) -> str:
 
 def model_comparison(store, config) -> dict | None:
     """The ModelComparison's champion, AUCs, flagged slices and where its report is."""
-    from components import model_comparison as comparison_lib
+    from cardio.components import model_comparison as comparison_lib
 
     artifact = outputs.latest_output(store, config.pipeline_name, comparison_lib.NODE_ID,
                                      comparison_lib.OUTPUT_KEY)

@@ -3,6 +3,8 @@
 `schema.pbtxt` is the radiograph schema. Its `site` domain belongs to the deployment, not to the
 code: `render` writes a copy whose site domain is the configured sites, so another hospital's
 site names validate and an unknown site is an anomaly.
+
+May import: nothing of the project.
 """
 import os
 

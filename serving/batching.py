@@ -16,8 +16,8 @@ import time
 import grpc
 import numpy as np
 
-from serving.config import BatchingConfig
-from serving.errors import ServingError
+from cardio.serving.config import BatchingConfig
+from cardio.serving.errors import ServingError
 
 
 class _Task:

@@ -1,6 +1,6 @@
 """A small client for TF Serving's gRPC API (the official server or `cardio serve`).
 
-    from serving.client import Client, read_image
+    from cardio.serving.client import Client, read_image
     with Client("localhost:8500") as client:
         [result] = client.predict([read_image("chest.dcm")], model="cardio-mobilenet-75-25",
                                   label="stable")
@@ -9,7 +9,7 @@
 Every call has a deadline; UNAVAILABLE (server starting, restarting, overloaded) is retried
 with exponential back-off;
 message limits fit large 16-bit radiographs; TLS is optional. DICOM is converted to a
-MONOCHROME2 PNG on the client (cxr.dicom's modality/VOI LUT and inversion), since the model
+MONOCHROME2 PNG on the client (cardio.imaging.dicom's modality/VOI LUT and inversion), since the model
 takes PNG or JPEG.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from cxr.crop import QC_FLAGS
+from cardio import features as F
+from cardio.imaging.crop import QC_FLAGS
 
 MAX_MESSAGE_BYTES = 1 << 30      # a 4096 x 4096 16-bit PNG is ~32 MB; batches of them more
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -41,9 +42,9 @@ def read_image(path: str) -> bytes:
     with open(path, "rb") as f:
         head = f.read(132)
     if path.lower().endswith(DICOM_SUFFIXES) or head[128:132] == b"DICM":
-        from cxr import dicom, records
+        from cardio.imaging import dicom, files
         try:
-            return records.encode_png(dicom.read_dicom(path))
+            return files.encode_png(dicom.read_dicom(path))
         except dicom.DicomError as error:
             raise ImageError(str(error)) from None
     if not (head.startswith(b"\x89PNG\r\n\x1a\n") or head.startswith(b"\xff\xd8")):
@@ -127,7 +128,7 @@ class Client:
                 label: str | None = None) -> list[dict]:
         """Encoded radiographs -> one dict per image: probability, predicted_label, crop_box,
         crop_qc (the names of the raised QC flags), model and version that answered."""
-        response = self.predict_raw({"image_bytes": np.array(images, dtype=object)}, model,
+        response = self.predict_raw({F.IMAGE_BYTES: np.array(images, dtype=object)}, model,
                                     version, label)
         outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
         results = []
@@ -136,10 +137,10 @@ class Client:
                       "version": response.model_spec.version.value,
                       "probability": float(outputs["probability"][i]),
                       "predicted_label": int(outputs["predicted_label"][i])}
-            if "crop_box" in outputs:
-                result["crop_box"] = [round(float(v), 4) for v in outputs["crop_box"][i]]
-            if "crop_qc" in outputs:
-                result["crop_qc"] = [name for name, on in zip(QC_FLAGS, outputs["crop_qc"][i]) if on]
+            if F.CROP_BOX in outputs:
+                result["crop_box"] = [round(float(v), 4) for v in outputs[F.CROP_BOX][i]]
+            if F.CROP_QC in outputs:
+                result["crop_qc"] = [name for name, on in zip(QC_FLAGS, outputs[F.CROP_QC][i]) if on]
             results.append(result)
         return results
 

@@ -8,8 +8,8 @@ import os
 
 import tensorflow as tf
 
-from cxr import features as F
-from serving import client as client_lib, config as config_lib, server as server_lib
+from cardio import features as F
+from cardio.serving import client as client_lib, config as config_lib, server as server_lib
 
 
 def sample_images(data_root: str, per_site: int, span: int = 1) -> list[dict]:

@@ -20,13 +20,13 @@ from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import config as config_lib
-from serving.batching import Batcher
-from serving.errors import ServingError, from_tensorflow
+from cardio import features as F
+from cardio.serving import config as config_lib
+from cardio.serving.batching import Batcher
+from cardio.serving.errors import ServingError, from_tensorflow
 
 log = logging.getLogger("cardio.serve")
 State = get_model_status_pb2.ModelVersionStatus.State
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 MAX_WARMUP_RECORDS = 1000   # TF Serving reads at most this many
 
 
@@ -136,9 +136,9 @@ class Servable:
 
     def warm_up(self, iterations: int):
         """Replays assets.extra/tf_serving_warmup_requests (Predict and Classify logs)."""
-        from serving import service   # the request handling the gRPC services use
+        from cardio.serving import service   # the request handling the gRPC services use
 
-        path = os.path.join(self.path, WARMUP_FILE)
+        path = os.path.join(self.path, F.ASSETS_EXTRA, F.WARMUP_FILE)
         if not tf.io.gfile.exists(path):
             return 0
         count = 0

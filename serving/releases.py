@@ -19,7 +19,7 @@ import os
 
 import tensorflow as tf
 
-from serving import config as config_lib
+from cardio.serving import config as config_lib
 
 HISTORY = "release_history.jsonl"
 

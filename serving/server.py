@@ -18,8 +18,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import config as config_lib, service
-from serving.models import ModelManager
+from cardio.serving import config as config_lib, service
+from cardio.serving.models import ModelManager
 
 log = logging.getLogger("cardio.serve")
 

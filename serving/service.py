@@ -17,7 +17,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2_grpc)
 
-from serving.errors import ServingError
+from cardio.serving.errors import ServingError
 
 log = logging.getLogger("cardio.serve")
 CLASSIFY_METHOD = "tensorflow/serving/classify"

@@ -55,7 +55,7 @@ LOOPBACK_UP = ("import fcntl, socket, struct; fcntl.ioctl(socket.socket(), 0x891
 
 
 def run_demo(workdir: Path, cut_network: bool) -> tuple[subprocess.CompletedProcess, list]:
-    command = [sys.executable, "-m", "cxr", "demo", "--workdir", str(workdir), *E2E_ARGS]
+    command = [sys.executable, "-m", "cardio", "demo", "--workdir", str(workdir), *E2E_ARGS]
     if not (SHARED / "weights").exists():
         command.append("--random-init")
     if cut_network:

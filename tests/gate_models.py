@@ -19,8 +19,10 @@ from tfx.dsl.component.experimental.annotations import OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.standard_artifacts import Model, ModelRun
 
-from cxr import features as F, records
-from trainer import export
+from cardio import features as F
+from cardio.data import records
+from cardio.imaging import files
+from cardio.trainer import export
 
 SIZE = 12
 BAND = SIZE // 3
@@ -44,7 +46,7 @@ def image(scores) -> bytes:
     pixels = np.zeros((SIZE, SIZE), np.uint8)
     for band, score in enumerate(scores):
         pixels[:, band * BAND:(band + 1) * BAND] = round(float(score) * 255)
-    return records.encode_png(pixels)
+    return files.encode_png(pixels)
 
 
 def write_examples(uri: str, n: int = 40, seed: int = 0) -> dict:
@@ -86,8 +88,8 @@ def build(weights, gain: float = 8.0) -> keras.Model:
 
 
 def probabilities(model, images) -> np.ndarray:
-    from cxr import imaging
-    batch = tf.stack([imaging.preprocess(tf.constant(png), SIZE) for png in images])
+    from cardio.imaging import decode
+    batch = tf.stack([decode.preprocess(tf.constant(png), SIZE) for png in images])
     return model(batch, training=False).numpy().reshape(-1)
 
 

@@ -16,8 +16,9 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from serving import client as client_lib, config as config_lib, pusher, server as server_lib
-from trainer import export
+from cardio.serving import client as client_lib, config as config_lib, server as server_lib
+from cardio.components import pusher
+from cardio.trainer import export
 
 IMAGE_SIZE = 16
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

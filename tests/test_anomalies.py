@@ -5,14 +5,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import schemas
-from cxr import features as F, records
-from pipeline import configs, local_runner, outputs
+from cardio import schemas
+from cardio import features as F
+from cardio.data import records
+from cardio.imaging import files
+from cardio.pipeline import configs, local_runner, outputs
 
 
 def _write_span(root, bad_site=False, bad_label=False, span=1):
     options = tf.io.TFRecordOptions(compression_type="GZIP")
-    png = records.encode_png((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
+    png = files.encode_png((np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8))
     for split in F.SPLITS:
         os.makedirs(root / f"span-{span}" / split)
         with tf.io.TFRecordWriter(str(root / f"span-{span}" / split / "data.tfrecord.gz"),
@@ -55,7 +57,7 @@ def test_site_domain_comes_from_configuration(tmp_path):
 
 
 def test_span_range_config():
-    from pipeline.pipeline import span_range_config
+    from cardio.pipeline.pipeline import span_range_config
 
     assert span_range_config(None) is None
     static = span_range_config((3, 5)).static_range

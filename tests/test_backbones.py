@@ -8,9 +8,12 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from cxr import imaging, records, synth
-from pipeline.configs import STUDY_BACKBONES
-from trainer import export, model as model_lib
+from cardio.imaging import decode
+from cardio.data import synth
+from cardio.imaging import files
+from cardio.pipeline.configs import STUDY_BACKBONES
+from cardio import features as F
+from cardio.trainer import export, model as model_lib
 
 SIZE = 75
 
@@ -21,7 +24,7 @@ def radiographs():
     encoded, labels = [], []
     for index, site, patient in synth.cohort(seed=11, n=4):
         radiograph = synth.sample(11, index, site, patient, size=160)
-        encoded.append(records.encode_png(radiograph.image))
+        encoded.append(files.encode_png(radiograph.image))
         labels.append(float(radiograph.label))
     labels[0] = 1.0 - labels[1]   # both classes in the batch, whatever the draw
     return encoded, np.array(labels, np.float32)
@@ -30,7 +33,7 @@ def radiographs():
 @pytest.mark.parametrize("backbone", STUDY_BACKBONES)
 def test_backbone_trains_and_its_export_serves_the_same_probability(backbone, radiographs, tmp_path):
     encoded, labels = radiographs
-    images = tf.stack([imaging.preprocess(tf.constant(e), SIZE) for e in encoded])
+    images = tf.stack([decode.preprocess(tf.constant(e), SIZE) for e in encoded])
     keras.utils.set_random_seed(0)
     model = model_lib.build_model(backbone, SIZE, "random")
     model.compile(optimizer=keras.optimizers.RMSprop(1e-3), loss="binary_crossentropy")
@@ -40,7 +43,7 @@ def test_backbone_trains_and_its_export_serves_the_same_probability(backbone, ra
     assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
 
     export.export(model, str(tmp_path / "export"), SIZE, threshold=0.5)
-    served = tf.saved_model.load(str(tmp_path / "export")).signatures[export.SERVING_DEFAULT]
+    served = tf.saved_model.load(str(tmp_path / "export")).signatures[F.SERVING_DEFAULT]
     result = served(image_bytes=tf.constant(encoded))
     expected = model(images, training=False).numpy().reshape(-1)
     np.testing.assert_allclose(result["probability"].numpy(), expected, rtol=1e-4, atol=1e-5)

@@ -17,8 +17,8 @@ from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
 import gate_models
-from components import baseline, evaluator, model_card
-from pipeline import configs, outputs
+from cardio.components import baseline, evaluator, model_card
+from cardio.pipeline import configs, outputs
 
 GATE = configs.GateProfile("test", external_auc_min=0.8, internal_auc_min=0.8, sensitivity_min=0.5,
                            auc_regression_tolerance=0.01)

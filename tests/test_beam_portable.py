@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from test_lung_crop_component import _examples, _run, span_and_weights  # noqa: F401
 
-from cxr import features as F
-from pipeline import configs
+from cardio import features as F
+from cardio.pipeline import configs
 
 REPO = Path(__file__).resolve().parents[1]
 

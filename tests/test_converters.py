@@ -9,7 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cxr import convert, dicom, features as F, records
+from cardio.data import convert, records
+from cardio.imaging import dicom
+from cardio import features as F
 
 GRADIENT = np.tile(np.linspace(0, 1, 64), (48, 1))  # dark left, bright right
 
@@ -158,7 +160,7 @@ def test_synthetic_examples_carry_their_ground_truth(tmp_path):
 
 
 def test_contact_sheet_is_written(tmp_path):
-    from cxr import preview
+    from cardio.data import preview
 
     path = preview.contact_sheet(str(tmp_path / "sheet.png"), n=2)
     with Image.open(path) as image:
@@ -167,7 +169,7 @@ def test_contact_sheet_is_written(tmp_path):
 
 def test_synthetic_files_round_trip_through_the_csv_converter(tmp_path):
     """Site-b's MONOCHROME1 DICOM files come back as the same MONOCHROME2 radiograph."""
-    from cxr import synth
+    from cardio.data import synth
 
     synth.export_files(str(tmp_path / "files"), 6, seed=1, size=96)
     assert {p.suffix for p in (tmp_path / "files" / "images").iterdir()} == {".png", ".dcm"}

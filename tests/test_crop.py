@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr import crop
+from cardio.imaging import crop
 
 
 def _lungs(size=256, left=(60, 40, 200, 110), right=(60, 150, 200, 220)):

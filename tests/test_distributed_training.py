@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr import convert
-from trainer import export, model as model_lib
+from cardio.data import convert
+from cardio import features as F
+from cardio.trainer import export, model as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,7 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from tfx.components.trainer.fn_args_utils import FnArgs
-from trainer import task
+from cardio.trainer import task
 task.run_fn(FnArgs(**json.loads(sys.argv[1])))
 """
 
@@ -33,7 +34,7 @@ WORKER_RUN = """
 import json, sys
 import numpy as np
 from tfx.components.trainer.fn_args_utils import FnArgs
-from trainer import task
+from cardio.trainer import task
 model = task.train_and_export(FnArgs(**json.loads(sys.argv[1])))
 np.savez(sys.argv[2], *model.get_weights())
 """
@@ -87,7 +88,7 @@ def test_mirrored_strategy_over_two_logical_cpus(span, tmp_path):
     summary = json.loads((Path(args["model_run_dir"]) / "training_summary.json").read_text())
     assert (summary["strategy"], summary["replicas"]) == ("MirroredStrategy", 2)
     assert summary["epochs_run"] == [0, 1]
-    served = tf.saved_model.load(args["serving_model_dir"]).signatures[export.SERVING_DEFAULT]
+    served = tf.saved_model.load(args["serving_model_dir"]).signatures[F.SERVING_DEFAULT]
     probability = served(image_bytes=tf.constant([_first_image(span)]))["probability"].numpy()
     assert probability.shape == (1,) and 0.0 <= probability[0] <= 1.0
 
@@ -123,8 +124,8 @@ def test_two_worker_multi_worker_mirrored_strategy(span, tmp_path):
     model = model_lib.build_model(CONFIG["backbone"], CONFIG["image_size"], "random")
     model.set_weights([chief_weights[f"arr_{i}"] for i in range(len(chief_weights.files))])
     image = _first_image(span)
-    from cxr import imaging
-    expected = model(imaging.preprocess(tf.constant(image), CONFIG["image_size"])[tf.newaxis])
-    served = tf.saved_model.load(args["serving_model_dir"]).signatures[export.SERVING_DEFAULT]
+    from cardio.imaging import decode
+    expected = model(decode.preprocess(tf.constant(image), CONFIG["image_size"])[tf.newaxis])
+    served = tf.saved_model.load(args["serving_model_dir"]).signatures[F.SERVING_DEFAULT]
     probability = served(image_bytes=tf.constant([image]))["probability"]
     np.testing.assert_allclose(probability.numpy(), np.reshape(expected, [-1]), atol=1e-5)

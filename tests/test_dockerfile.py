@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import kubeflow_runner
+from cardio.pipeline import kubeflow_runner
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import evaluator, model_card
-from cxr import crop, features as F, imaging
-from pipeline import configs, local_runner, outputs, report
-from trainer import export, task
+from cardio.components import evaluator, model_card
+from cardio import imaging
+from cardio.imaging import crop, decode
+from cardio import features as F
+from cardio.pipeline import configs, local_runner, outputs, report
+from cardio.trainer import export, task
 
 CELL = configs.demo_config(None).grid[0]
 PIPELINE = configs.demo_config(None).pipeline_name
@@ -128,30 +130,30 @@ def test_serving_crop_matches_the_batch_crop_stage(e2e):
     probability the model gives the stored crop."""
     served = tf.saved_model.load(_pushed_version_dir(e2e))
     raw, cropped = _raw_and_cropped(e2e)
-    by_raw = served.signatures[export.SERVING_DEFAULT](
-        **{export.IMAGE_BYTES: tf.constant([_image(e) for e in raw])})
-    by_crop = served.signatures[export.SERVING_EXAMPLES](
+    by_raw = served.signatures[F.SERVING_DEFAULT](
+        **{F.IMAGE_BYTES: tf.constant([_image(e) for e in raw])})
+    by_crop = served.signatures[F.SERVING_EXAMPLES](
         examples=tf.constant([e.SerializeToString() for e in cropped]))
     stored_boxes = np.array([e.features.feature["crop_box"].float_list.value for e in cropped])
-    np.testing.assert_allclose(by_raw[export.CROP_BOX].numpy(), stored_boxes, atol=1e-6)
+    np.testing.assert_allclose(by_raw[F.CROP_BOX].numpy(), stored_boxes, atol=1e-6)
     np.testing.assert_allclose(by_raw[F.PROBABILITY], by_crop[F.PROBABILITY], atol=1e-5)
     stored_flags = [set(e.features.feature["crop_qc"].bytes_list.value) for e in cropped]
     served_flags = [{name.encode() for name, on in zip(crop.QC_FLAGS, row) if on}
-                    for row in by_raw[export.CROP_QC].numpy()]
+                    for row in by_raw[F.CROP_QC].numpy()]
     assert served_flags == stored_flags
 
 
 def test_pushed_model_matches_the_trained_keras_model(e2e):
     served = tf.saved_model.load(_pushed_version_dir(e2e))
     _, cropped = _raw_and_cropped(e2e)
-    outputs_ = served.signatures[export.SERVING_EXAMPLES](
+    outputs_ = served.signatures[F.SERVING_EXAMPLES](
         examples=tf.constant([e.SerializeToString() for e in cropped]))
     probabilities = outputs_[F.PROBABILITY].numpy()
 
     model_run = outputs.latest_output(_store(e2e), PIPELINE, f"Trainer.{CELL.name}", "model_run")
     keras_model = tf.keras.models.load_model(os.path.join(model_run.uri, task.KERAS_MODEL_DIR))
     size = keras_model.input_shape[1]
-    batch = tf.stack([imaging.preprocess(tf.constant(_image(e)), size) for e in cropped])
+    batch = tf.stack([decode.preprocess(tf.constant(_image(e)), size) for e in cropped])
     expected = keras_model(batch, training=False).numpy().reshape(-1)
 
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
@@ -176,14 +178,14 @@ def test_pushed_model_carries_the_segmenter_licence_and_lineage(e2e):
     import json
 
     metadata = json.loads(open(os.path.join(_pushed_version_dir(e2e), "assets.extra",
-                                            export.METADATA_FILE)).read())
+                                            F.METADATA_FILE)).read())
     assert "non-commercial" in metadata["segmenter"]["licence"]
     assert len(metadata["segmenter"]["weights_sha256"]) == 64
-    card = open(os.path.join(_pushed_version_dir(e2e), "assets.extra", export.MODEL_CARD_FILE)).read()
+    card = open(os.path.join(_pushed_version_dir(e2e), "assets.extra", F.MODEL_CARD_FILE)).read()
     assert "non-commercial" in card and metadata["segmenter"]["weights_sha256"][:12] in card
     store = _store(e2e)
     segmenter = outputs.latest_output(store, PIPELINE, "LungSegmenter", "result")
-    assert segmenter.uri.rstrip("/") == configs.SHIPPED_SEGMENTER.rstrip("/")
+    assert segmenter.uri.rstrip("/") == imaging.SHIPPED_UNET_DIR.rstrip("/")
     execution = outputs.node_executions(store, PIPELINE, "LungCrop")[-1]
     inputs = {e.artifact_id for e in store.get_events_by_execution_ids([execution.id])
               if e.type == e.INPUT}
@@ -212,7 +214,7 @@ def test_crop_qc_is_counted_never_hidden(e2e):
 def test_demo_ends_serving_the_pushed_models_over_grpc(e2e):
     """The demo's gRPC predictions (cardio serve, `stable` label) for raw radiographs of each
     site equal the pushed SavedModel's serving_default on the same images."""
-    from serving import demo as serving_demo
+    from cardio.serving import demo as serving_demo
 
     serving = e2e.summary["serving"]
     if not serving["served"]:
@@ -223,8 +225,8 @@ def test_demo_ends_serving_the_pushed_models_over_grpc(e2e):
         assert result["predictions"] == {"site-a": 3, "site-b": 3}
         version_dir = e2e.workdir / "serving" / model / str(result["version"])
         served = tf.saved_model.load(str(version_dir))
-        expected = served.signatures[export.SERVING_DEFAULT](
-            **{export.IMAGE_BYTES: tf.constant([i["image"] for i in images])})[F.PROBABILITY]
+        expected = served.signatures[F.SERVING_DEFAULT](
+            **{F.IMAGE_BYTES: tf.constant([i["image"] for i in images])})[F.PROBABILITY]
         np.testing.assert_allclose(result["probabilities"], expected.numpy(), atol=1e-5)
 
 

@@ -4,7 +4,7 @@ import sys
 
 from packaging.version import Version
 
-from cxr import stack
+from cardio import stack
 
 
 def test_stack_versions_are_the_pinned_ones():

@@ -1,6 +1,6 @@
 """The EvalConfig: per-site slices only, and the gate profile's thresholds on the site slices."""
-from components import evaluator
-from pipeline import configs
+from cardio.components import evaluator
+from cardio.pipeline import configs
 
 
 def _thresholds(eval_config, metric):
@@ -90,8 +90,8 @@ def test_per_cell_baseline_and_model_card_compile_for_kubeflow(tmp_path):
     import dataclasses
     import json as json_lib
 
-    from components import baseline
-    from pipeline import kubeflow_runner
+    from cardio.components import baseline
+    from cardio.pipeline import kubeflow_runner
 
     config = dataclasses.replace(configs.PipelineConfig(), segmenter_uri="gs://bucket/unet")
     path = kubeflow_runner.compile_pipeline(

@@ -18,9 +18,12 @@ from PIL import Image
 from scipy import stats
 
 from conftest import shared_path
-from cxr import convert, explain, imaging, records, saliency, synth, unet
-from cxr.cli import main
-from trainer import export, model as model_lib
+from cardio.data import convert, synth
+from cardio.imaging import files
+from cardio.evaluation import explain
+from cardio.imaging import decode, saliency, unet
+from cardio.cli import main
+from cardio.trainer import export, model as model_lib
 
 SIZE = 128
 SITE = synth.SITES["site-a"]
@@ -38,7 +41,7 @@ def radiograph(seed: int, index: int):
 
 def model_input(image: np.ndarray) -> np.ndarray:
     scaled = tf.constant(image / 65535.0, tf.float32)[..., None]
-    return imaging.resize_for_model(scaled, SIZE).numpy()
+    return decode.resize_for_model(scaled, SIZE).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +126,7 @@ def test_saliency_reproduces_the_model_and_guides_every_rectifier(trained):
 
 def test_gradcam_mass_falls_on_the_heart(trained):
     _, model_dir, held_out = trained
-    results = explain.explain(str(model_dir), [(f"synthetic-{i}", records.encode_png(image))
+    results = explain.explain(str(model_dir), [(f"synthetic-{i}", files.encode_png(image))
                                                for i, (image, _, _) in enumerate(held_out)])
     labels = np.array([label for _, _, label in held_out])
     probabilities = np.array([e.probability for e in results])
@@ -264,7 +267,7 @@ def test_cli_rejects_a_directory_that_is_not_a_cardio_export(tmp_path):
     (older / "assets.extra").mkdir()
     (older / "assets.extra" / "cardio_metadata.json").write_text('{"image_size": 224}')
     image = tmp_path / "x.png"
-    image.write_bytes(records.encode_png(np.zeros((8, 8), np.uint8)))
+    image.write_bytes(files.encode_png(np.zeros((8, 8), np.uint8)))
     for directory, reason in [(tmp_path, "not a SavedModel"), (plain, "not a cardio export"),
                               (older, "exported without the 'explain' signature")]:
         result = CliRunner().invoke(main, ["explain", "--model", str(directory), str(image)])

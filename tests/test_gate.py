@@ -12,9 +12,9 @@ from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
 import gate_models
-from components import baseline, evaluator
-from cxr import features as F
-from pipeline import configs
+from cardio.components import baseline, evaluator
+from cardio import features as F
+from cardio.pipeline import configs
 
 STUDY = configs.PipelineConfig()          # the study's gate profile, sites site-a / site-b
 BEAM = list(STUDY.beam_pipeline_args)
@@ -109,8 +109,8 @@ def test_a_regression_against_the_cells_baseline_is_neither_blessed_nor_pushed(t
 
 def test_a_random_init_model_fails_the_demo_profile(tmp_path, data):
     """The demo's MobileNet, untrained, on synthetic radiographs of both sites."""
-    from cxr import convert
-    from trainer import export, model as model_lib
+    from cardio.data import convert
+    from cardio.trainer import export, model as model_lib
 
     raw = tmp_path / "raw"
     convert.write_synthetic(str(raw), 80, seed=3, size=128, span=1, external_sites=("site-b",),

@@ -14,10 +14,10 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from components import tfjob_trainer
-from components import trainer as trainer_component
-from pipeline import kubeflow_runner
-from pipeline.pipeline import create_pipeline
+from cardio.components import tfjob_trainer
+from cardio.components import trainer_component as trainer_component
+from cardio.pipeline import kubeflow_runner
+from cardio.pipeline.pipeline import create_pipeline
 
 REPO, TAG = "registry.example/cardio", "1.2.3"
 CPU, GPU = f"{REPO}:{TAG}", f"{REPO}:{TAG}-gpu"
@@ -121,7 +121,7 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
         assert custom["image_size"] == config.image_size
         assert custom["weights"] == kubeflow_runner.IMAGE_WEIGHTS_DIR
         assert custom["segmenter_weights"] == "gs://bucket/unet/unet_lungs.weights.h5"
-        assert _param(trainer, "run_fn") == ("constant", "trainer.task.run_fn")
+        assert _param(trainer, "run_fn") == ("constant", "cardio.trainer.task.run_fn")
         assert _param(trainer, "epochs") == ("input", "epochs")
         assert _param(trainer, "learning_rate") == ("input", "learning_rate")
 
@@ -149,14 +149,14 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
         if training == "in-pod":
             # The GPU image, GPUs and memory for training in the Trainer's pod.
             assert container["image"] == GPU
-            assert _executor_class(container) == "components.trainer.Executor"
+            assert _executor_class(container) == "cardio.components.trainer_component.Executor"
             assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
             assert container["resources"]["accelerator"]["resourceCount"] == "2"
             assert "tfjob" not in trainer["inputs"]["parameters"]
         else:
             # A small launcher pod; the TFJob's replicas get the GPU image and the GPUs.
             assert container["image"] == CPU
-            assert _executor_class(container) == "components.tfjob_trainer.Executor"
+            assert _executor_class(container) == "cardio.components.tfjob_trainer.Executor"
             assert "accelerator" not in container["resources"]
             tfjob = tfjob_trainer.TFJobSpec(**json.loads(_param(trainer, "tfjob")[1]))
             assert (tfjob.image, tfjob.workers, tfjob.gpus_per_worker) == (GPU, 3, 2)
@@ -204,7 +204,7 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
 def test_runtime_overrides_reach_the_run_fn_config():
     merged = trainer_component.merged_exec_properties(
         {"custom_config": json.dumps({"backbone": "xception", "epochs": 30}), "epochs": 2,
-         "learning_rate": 0.01, "tfjob": "{}", "run_fn": "trainer.task.run_fn"})
+         "learning_rate": 0.01, "tfjob": "{}", "run_fn": "cardio.trainer.task.run_fn"})
     assert json.loads(merged["custom_config"]) == {"backbone": "xception", "epochs": 2,
                                                    "learning_rate": 0.01}
     assert set(merged) == {"custom_config", "run_fn"}
@@ -235,7 +235,7 @@ def test_compile_refuses_what_cannot_run():
 
 
 def test_the_cli_offers_exactly_the_library_choices():
-    from cxr.cli import main
+    from cardio.cli import main
     params = {p.name: p for p in main.commands["pipeline"].commands["compile"].params}
     assert tuple(params["profile"].type.choices) == kubeflow_runner.PROFILES
     assert tuple(params["beam_runner"].type.choices) == kubeflow_runner.BEAM_RUNNERS

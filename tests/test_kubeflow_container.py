@@ -11,9 +11,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-import schemas
-from cxr import convert
-from pipeline import configs, kubeflow_runner
+from cardio import schemas
+from cardio.data import convert
+from cardio.pipeline import configs, kubeflow_runner
 
 REPO = Path(__file__).resolve().parents[1]
 CELL = configs.GridCell("mobilenet_025", "75-25")

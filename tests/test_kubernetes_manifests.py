@@ -12,7 +12,7 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from components import tfjob_trainer
+from cardio.components import tfjob_trainer
 
 KUBERNETES = Path(__file__).resolve().parents[1] / "kubernetes"
 KUBERNETES_VERSION = "1.33.0"   # the oldest release the manifests target (CronJob timeZone: 1.27+)

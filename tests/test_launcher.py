@@ -32,7 +32,7 @@ def test_relative_output_path_is_relative_to_the_callers_directory(tmp_path):
 def test_every_command_has_help():
     from click.testing import CliRunner
 
-    from cxr.cli import main
+    from cardio.cli import main
 
     def walk(command, path):
         yield path

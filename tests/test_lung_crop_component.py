@@ -8,9 +8,12 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from components import lung_crop
-from cxr import convert, crop, features as F, imaging, unet
-from pipeline import configs, outputs
+from cardio.components import lung_crop
+from cardio.data import convert
+from cardio import imaging
+from cardio.imaging import crop, decode, unet
+from cardio import features as F
+from cardio.pipeline import configs, outputs
 
 FN_API = configs.FN_API_RUNNER
 
@@ -22,7 +25,7 @@ def span_and_weights(tmp_path_factory):
                             external_sites=("site-b",), workers=1)
     os.makedirs(root / "unet")
     model = unet.build()
-    model.save_weights(str(root / "unet" / lung_crop.WEIGHTS_FILE))
+    model.save_weights(str(root / "unet" / imaging.UNET_WEIGHTS_FILE))
     return root
 
 
@@ -59,7 +62,7 @@ def test_crop_component_in_process_and_multi_process_agree(span_and_weights):
     multi, _ = _run(root, "multi", [f"--runner={FN_API}", "--direct_running_mode=multi_processing",
                                     "--direct_num_workers=2"])
     summary = convert.json.loads((root / "data" / "span-1" / "summary.json").read_text())
-    model = unet.load(str(root / "unet" / lung_crop.WEIGHTS_FILE))
+    model = unet.load(str(root / "unet" / imaging.UNET_WEIGHTS_FILE))
     for split in F.SPLITS:
         a = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e for e in _examples(single, split)}
         b = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e for e in _examples(multi, split)}
@@ -69,7 +72,7 @@ def test_crop_component_in_process_and_multi_process_agree(span_and_weights):
             assert example.SerializeToString(deterministic=True) == \
                 b[key].SerializeToString(deterministic=True)
             f = example.features.feature
-            assert len(f[lung_crop.CROP_BOX].float_list.value) == 4 and lung_crop.CROP_QC in f
+            assert len(f[F.CROP_BOX].float_list.value) == 4 and F.CROP_QC in f
             for kept in (F.LABEL, F.SITE, F.PATIENT_ID, F.SEX, F.AGE_BAND):
                 assert kept in f
             assert F.LUNG_MASK not in f
@@ -83,7 +86,7 @@ def test_crop_component_in_process_and_multi_process_agree(span_and_weights):
     test_examples = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e
                      for e in _examples(single, F.TEST)}
     for key, source in original.items():
-        image = imaging.decode_radiograph(source.features.feature[F.IMAGE].bytes_list.value[0])
+        image = decode.decode_radiograph(source.features.feature[F.IMAGE].bytes_list.value[0])
         (_, box, _), = crop.crop_radiographs(model, [image], 128)
         np.testing.assert_allclose(
             test_examples[key].features.feature["crop_box"].float_list.value, box.numpy(),

@@ -15,9 +15,11 @@ import tensorflow as tf
 from sklearn import metrics as skm
 from tfx.types import standard_artifacts
 
-from components import model_comparison as MC
-from cxr import convert, features as F, imaging
-from pipeline import configs
+from cardio.components import model_comparison as MC
+from cardio.data import convert
+from cardio import features as F
+from cardio.imaging import decode
+from cardio.pipeline import configs
 
 CELLS = ("cardio-tiny-75-25", "cardio-tiny-50-50")
 SIZE = 16
@@ -31,7 +33,7 @@ class TinyModel(tf.Module):
         self.w = tf.constant(rng.normal(0, 0.02, SIZE * SIZE * 3), tf.float32)
 
     def probability(self, encoded):
-        images = tf.map_fn(lambda e: imaging.preprocess(e, SIZE), encoded,
+        images = tf.map_fn(lambda e: decode.preprocess(e, SIZE), encoded,
                            fn_output_signature=tf.TensorSpec([SIZE, SIZE, 3], tf.float32))
         x = tf.reshape(images, [-1, SIZE * SIZE * 3]) / 255.0 - 0.5
         return tf.sigmoid(tf.linalg.matvec(x, self.w) * 20.0)
@@ -112,9 +114,9 @@ def _predictions(out):
 
 def test_scores_come_from_each_model_and_figures_from_the_scores(inputs, monkeypatch):
     root, trained, models = inputs
-    import cxr
-    monkeypatch.delattr(cxr, "explain", raising=False)
-    monkeypatch.setitem(sys.modules, "cxr.explain", None)    # as if the module were absent
+    import cardio.evaluation
+    monkeypatch.delattr(cardio.evaluation, "explain", raising=False)
+    monkeypatch.setitem(sys.modules, "cardio.evaluation.explain", None)    # as if the module were absent
     out = _run(root, trained, "without_explain")
     result = json.loads((out / MC.COMPARISON_JSON).read_text())
     rows = _predictions(out)
@@ -148,7 +150,7 @@ def test_scores_come_from_each_model_and_figures_from_the_scores(inputs, monkeyp
                                                     "version": "17"}
     assert len(result["delong"]) == 3 and {r["kind"] for r in result["delong"]} == {"weighting"}
     text = (out / "report.md").read_text()
-    assert "cxr.explain is not installed yet" in text
+    assert "cardio.evaluation.explain is not installed yet" in text
     assert os.path.getsize(out / "roc_curves.png") > 10_000
     assert "Pushed as version 17" in text
 
@@ -170,12 +172,12 @@ def test_explain_hook_gets_raw_images_and_each_models_export(inputs, monkeypatch
         tf.io.write_file(path, tf.io.encode_png(tf.zeros([4, 4, 1], tf.uint8)))
         return path
 
-    fake = types.ModuleType("cxr.explain")
+    fake = types.ModuleType("cardio.evaluation.explain")
     fake.write_overlays = write_overlays
     fake.comparison_figure = comparison_figure
-    import cxr
-    monkeypatch.setitem(sys.modules, "cxr.explain", fake)
-    monkeypatch.setattr(cxr, "explain", fake, raising=False)
+    import cardio.evaluation
+    monkeypatch.setitem(sys.modules, "cardio.evaluation.explain", fake)
+    monkeypatch.setattr(cardio.evaluation, "explain", fake, raising=False)
     out = _run(root, trained, "with_explain")
     assert [os.path.normpath(d).split(os.sep)[-3] for d, _ in calls[:2]] == sorted(CELLS)
     names = calls[0][1]
@@ -207,7 +209,7 @@ def test_compiles_for_kubeflow_with_every_cells_model_blessing_and_push(tmp_path
 
     from tfx import v1 as tfx
 
-    from pipeline.pipeline import create_pipeline
+    from cardio.pipeline.pipeline import create_pipeline
 
     config = dataclasses.replace(configs.PipelineConfig(), segmenter_uri="gs://bucket/unet")
     pipeline = create_pipeline(config, data_root="gs://b/data", pipeline_root="gs://b/root",
@@ -231,4 +233,4 @@ def test_compiles_for_kubeflow_with_every_cells_model_blessing_and_push(tmp_path
                           ["constantValue"]["stringValue"])
     assert settings["deployment_prevalence"] == config.deployment_prevalence
     executor = spec["deploymentSpec"]["executors"][f"{MC.NODE_ID}_executor"]["container"]
-    assert "components.model_comparison.Executor" in executor["args"]
+    assert "cardio.components.model_comparison.Executor" in executor["args"]

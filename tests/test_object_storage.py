@@ -4,15 +4,16 @@ from a remote URI, and the crop report draws its figure there. TensorFlow's in-m
 import numpy as np
 import tensorflow as tf
 
-from components import crop_report, lung_crop
-from cxr import unet
+from cardio.components import crop_report, lung_crop
+from cardio import imaging
+from cardio.imaging import unet
 
 
 def test_unet_weights_load_from_a_remote_uri(tmp_path):
     model = unet.build()
-    local = tmp_path / lung_crop.WEIGHTS_FILE
+    local = tmp_path / imaging.UNET_WEIGHTS_FILE
     model.save_weights(str(local))
-    remote = f"ram://bucket/unet/{lung_crop.WEIGHTS_FILE}"
+    remote = f"ram://bucket/unet/{imaging.UNET_WEIGHTS_FILE}"
     tf.io.gfile.makedirs("ram://bucket/unet")
     tf.io.gfile.copy(str(local), remote, overwrite=True)
     assert not tf.io.gfile.exists(remote.replace("ram://", "/"))

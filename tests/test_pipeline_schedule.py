@@ -11,8 +11,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from cxr.cli import main
-from pipeline import kubeflow_runner, scheduling
+from cardio.cli import main
+from cardio.pipeline import kubeflow_runner, scheduling
 from json_http import JsonHandler
 
 

@@ -3,13 +3,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
-import schemas
-from components import lung_crop
-from cxr import crop, records
+from cardio import schemas
+from cardio.components import lung_crop
+from cardio.imaging import crop
+from cardio.data import records
+from cardio.imaging import files
 
 
 def _examples(cropped: bool, bad_box: bool = False):
-    png = records.encode_png((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8))
+    png = files.encode_png((np.random.default_rng(0).random((32, 32)) * 255).astype(np.uint8))
     out = []
     for i in range(6):
         example = records.to_example(records.Record(png, i % 2, f"i{i}", f"p{i}", "site-a", "F", 40))

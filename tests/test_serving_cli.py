@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cxr import cli, dicom
-from serving import client as client_lib, config as config_lib, releases
+from cardio import cli
+from cardio.imaging import dicom
+from cardio.serving import client as client_lib, config as config_lib, releases
 from serving_helpers import REPO, export_version, free_port, jpeg, png, start_cardio
 
 MODEL = "cardio-tiny"
@@ -64,7 +65,7 @@ def test_predict_json_lines_match_the_python_client(served, images):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.output.strip().splitlines()]
     assert [os.path.basename(r["file"]) for r in rows] == ["d.dcm", "c.jpg"]
-    # DICOM goes through cxr.dicom's normalisation on the client, then PNG.
+    # DICOM goes through cardio.imaging.dicom's normalisation on the client, then PNG.
     with client_lib.Client(running.target) as client:
         expected = client.predict([client_lib.read_image(str(images / "d.dcm")),
                                    (images / "c.jpg").read_bytes()], MODEL, version=2)
@@ -110,7 +111,7 @@ def test_client_retries_until_the_server_is_up(served, tmp_path):
 
 
 def start_cardio_on(port, root):
-    from serving import server as server_lib
+    from cardio.serving import server as server_lib
     server = server_lib.Server(server_lib.parse_flags(
         [f"--port={port}", f"--model_config_file={root}/models.config"]), host="127.0.0.1")
     server.start()
@@ -146,12 +147,12 @@ def test_release_cli_promotes_the_champion_and_rolls_back(tmp_path):
 
 def test_cardio_serve_runs_like_tensorflow_model_server(served):
     root, _ = served
-    refused = subprocess.run([sys.executable, "-m", "cxr", "serve", "--rest_api_port=8501",
+    refused = subprocess.run([sys.executable, "-m", "cardio", "serve", "--rest_api_port=8501",
                               f"--model_config_file={root}/models.config"],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
     assert refused.returncode == 2 and "--rest_api_port is a tensorflow_model_server flag" in \
         refused.stderr
-    process = subprocess.Popen([sys.executable, "-m", "cxr", "serve", "--port=0",
+    process = subprocess.Popen([sys.executable, "-m", "cardio", "serve", "--port=0",
                                 f"--model_config_file={root}/models.config", "--enable_batching"],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                                cwd=REPO)
@@ -200,7 +201,7 @@ def test_predict_over_tls_checks_the_server_certificate(served, images, tmp_path
     import grpc
     from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-    from serving import service
+    from cardio.serving import service
 
     _, running = served
     cert, key = _self_signed("localhost")

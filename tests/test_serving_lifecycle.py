@@ -9,7 +9,7 @@ import grpc
 import pytest
 from tensorflow_serving.apis import model_pb2
 
-from serving import config as config_lib, releases
+from cardio.serving import config as config_lib, releases
 from serving_helpers import SERVERS, export_version, png, start_cardio, wait_for
 
 MODEL = "cardio-tiny"

@@ -6,8 +6,8 @@ import tarfile
 import pandas as pd
 
 from conftest import shared_path
-from cxr import convert
-from cxr.sources import openi, padchest
+from cardio.data import convert
+from cardio.data.sources import openi, padchest
 
 PADCHEST_HEADER = ("ImageID,ImageDir,PatientID,PatientSex_DICOM,PatientBirth,StudyDate_DICOM,"
                    "Projection,MethodLabel,Labels")
@@ -121,7 +121,7 @@ def test_padchest_and_openi_convert_images_through_the_cli(tmp_path, monkeypatch
     from click.testing import CliRunner
     from PIL import Image
 
-    from cxr.cli import main
+    from cardio.cli import main
 
     monkeypatch.setenv("CARDIO_PATIENT_SALT", "test-salt")
     pixels = (np.tile(np.linspace(0, 1, 32), (32, 1)) * 65535).astype(np.uint16)
@@ -164,7 +164,7 @@ def test_padchest_and_openi_convert_images_through_the_cli(tmp_path, monkeypatch
 def test_converters_require_a_salt(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from cxr.cli import main
+    from cardio.cli import main
 
     monkeypatch.delenv("CARDIO_PATIENT_SALT", raising=False)
     labels = tmp_path / "labels.csv"

@@ -5,23 +5,24 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cxr import features as F, records, splits
+from cardio import features as F
+from cardio.data import records, splits
+from cardio.imaging import files
 
 
-def test_no_patient_in_two_splits_and_assignment_is_deterministic():
-    assignments = collections.defaultdict(set)
-    for i in range(3000):
-        patient = f"p{i % 1000}"
-        assignments[patient].add(splits.assign_split(patient, "site-a", ("site-b",), seed=7))
-    assert all(len(s) == 1 for s in assignments.values())
-    counts = collections.Counter(next(iter(s)) for s in assignments.values())
-    assert 0.15 < counts[F.TEST] / 1000 < 0.25
-    assert 0.10 < counts[F.VALIDATION] / 1000 < 0.22
-    assert F.EXTERNAL not in counts
-
-
-def test_external_site_is_always_external():
-    assert all(splits.assign_split(f"p{i}", "site-b", ("site-b",)) == F.EXTERNAL for i in range(50))
+def test_splits_are_deterministic_class_balanced_and_keep_the_external_site_out():
+    rng = np.random.default_rng(7)
+    patients = {f"p{i}": ("site-b" if i % 5 == 0 else "site-a", int(rng.random() < 0.2))
+                for i in range(1000)}
+    split = splits.assign_splits(patients, ("site-b",), seed=7)
+    assert split == splits.assign_splits(dict(reversed(patients.items())), ("site-b",), seed=7)
+    assert {p for p, s in split.items() if s == F.EXTERNAL} == {
+        p for p, (site, _) in patients.items() if site == "site-b"}
+    test = collections.Counter(patients[p][1] for p, s in split.items() if s == F.TEST)
+    assert test[0] == test[1] > 0                       # the test set is class-balanced
+    internal = [p for p in split if split[p] in (F.TRAIN, F.VALIDATION)]
+    validation = sum(split[p] == F.VALIDATION for p in internal) / len(internal)
+    assert 0.12 < validation < 0.28
 
 
 def test_patient_ids_are_salted_hashes():
@@ -35,7 +36,7 @@ def test_patient_ids_are_salted_hashes():
 
 def test_example_round_trip():
     pixels = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 13)
-    record = records.Record(image_png=records.encode_png(pixels), label=1, image_id="x",
+    record = records.Record(image_png=files.encode_png(pixels), label=1, image_id="x",
                             patient_id="abc", site="site-a", sex="F", age=71)
     example = records.to_example(record)
     parsed = tf.io.parse_single_example(example.SerializeToString(), {

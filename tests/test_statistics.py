@@ -1,11 +1,11 @@
-"""cxr.statistics against scikit-learn, MLstatkit, statsmodels and a bootstrap, on fixed data."""
+"""cardio.evaluation.statistics against scikit-learn, MLstatkit, statsmodels and a bootstrap, on fixed data."""
 import math
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cxr import statistics as S
+from cardio.evaluation import statistics as S
 
 
 def _scores(seed=0, n_pos=60, n_neg=90, shift=1.0, ties=False):

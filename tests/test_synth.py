@@ -1,7 +1,7 @@
 """Synthetic radiographs: deterministic, realistic label definition and prevalence, two sites."""
 import numpy as np
 
-from cxr import synth
+from cardio.data import synth
 
 
 def test_same_seed_same_image_and_masks():

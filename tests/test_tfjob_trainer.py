@@ -17,9 +17,9 @@ import yaml
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import json_utils
 
-from components import tfjob_trainer
-from components import trainer as trainer_component
-from cxr import convert
+from cardio.components import tfjob_trainer
+from cardio.components import trainer_component as trainer_component
+from cardio.data import convert
 from json_http import JsonHandler
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def _invocation_artifacts(root: Path, span: Path | None = None):
     model, model_run = standard_artifacts.Model(), standard_artifacts.ModelRun()
     model.uri, model_run.uri = str(root / "model"), str(root / "model_run")
     exec_properties = {
-        "run_fn": "trainer.task.run_fn", "custom_config": json.dumps(CONFIG),
+        "run_fn": "cardio.trainer.task.run_fn", "custom_config": json.dumps(CONFIG),
         "train_args": json.dumps({"splits": ["train"]}),
         "eval_args": json.dumps({"splits": ["validation"]}),
         trainer_component.EPOCHS: 1, trainer_component.LEARNING_RATE: 0.002}
@@ -69,7 +69,7 @@ def test_tfjob_manifest():
         (container,) = pod["containers"]
         assert container["name"] == "tensorflow"    # the name the training operator looks for
         assert container["image"] == "registry.example/cardio:1.2.3-gpu"
-        assert container["command"] == ["python", "-m", "components.tfjob_trainer"]
+        assert container["command"] == ["python", "-m", "cardio.components.tfjob_trainer"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
         assert {"name": "TF_USE_LEGACY_KERAS", "value": "1"} in container["env"]
         # Every replica gets the same invocation: the same run_fn, inputs and output URIs, with

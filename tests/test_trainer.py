@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import shared_path
-from cxr import convert
-from trainer import data, model as model_lib, operating_point, task
+from cardio.data import convert
+from cardio.trainer import data, model as model_lib, operating_point, task
 
 
 def test_missing_weights_is_a_clear_error(tmp_path):
@@ -79,7 +79,7 @@ def test_input_pipeline_augments_only_positives_and_is_deterministic(tiny_span):
 
 def test_every_pipeline_setting_reaches_the_trainer():
     """The pipeline's config and the trainer's agree on every option, the study's recipe first."""
-    from pipeline import configs
+    from cardio.pipeline import configs
     config = configs.PipelineConfig()
     for cell in config.grid:
         training = task.TrainingConfig.from_custom_config(config.trainer_custom_config(cell))

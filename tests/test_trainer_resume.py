@@ -6,12 +6,12 @@ import subprocess
 import sys
 import time
 
-from cxr import convert
+from cardio.data import convert
 
 RUN = """
 import json, sys
 from tfx.components.trainer.fn_args_utils import FnArgs
-from trainer import task
+from cardio.trainer import task
 args = json.loads(sys.argv[1])
 task.run_fn(FnArgs(**args))
 """

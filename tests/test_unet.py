@@ -5,7 +5,8 @@ import shutil
 
 
 from conftest import shared_path
-from cxr import synth, unet
+from cardio.data import synth
+from cardio.imaging import unet
 
 
 def test_shipped_weights_exist_within_size_and_with_a_card():

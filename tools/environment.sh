@@ -141,10 +141,10 @@ run_in_env() {
   ensure_env
   local dest; dest=$(env_path)
   if [ "$(env_mode)" = native ]; then
-    CARDIO_IN_ENV=1 PATH="$dest/bin:$PATH" PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" VIRTUAL_ENV="$dest" "$@"
+    CARDIO_IN_ENV=1 PATH="$dest/bin:$PATH" PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" VIRTUAL_ENV="$dest" "$@"
   else
     in_root "$dest" env CARDIO_IN_ENV=1 PATH="$VENV_IN_ROOT/bin:/usr/local/bin:/usr/bin:/bin" VIRTUAL_ENV="$VENV_IN_ROOT" \
-      PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$@"
+      PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" "$@"
   fi
 }
 

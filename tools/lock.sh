@@ -9,7 +9,7 @@ run_in_env bash -c "
   set -e; rm -rf $scratch; python3.13 -m venv $scratch
   $scratch/bin/pip install --quiet --upgrade pip
   $scratch/bin/pip install --quiet '$REPO[dev]'
-  $scratch/bin/pip freeze --exclude cardio-pipeline > $scratch.txt"
+  $scratch/bin/pip freeze --exclude cardio > $scratch.txt"
 { sed -n '1,/^$/p' "$LOCK" | grep '^#'; cat "$scratch.txt"; } > "$LOCK.new"
 mv "$LOCK.new" "$LOCK"
 rm -rf "$scratch" "$scratch.txt"

@@ -9,8 +9,8 @@ import math
 
 import tensorflow as tf
 
-from cxr import features as F
-from cxr import imaging
+from cardio import features as F
+from cardio.imaging import decode
 
 FEATURE_SPEC = {
     F.IMAGE: tf.io.FixedLenFeature([], tf.string),
@@ -67,7 +67,7 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
 
     def decode(serialized):
         parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
-        return imaging.preprocess(parsed[F.IMAGE], image_size), tf.cast(parsed[F.LABEL], tf.float32)
+        return decode.preprocess(parsed[F.IMAGE], image_size), tf.cast(parsed[F.LABEL], tf.float32)
 
     ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not training)
     if training and augment_positives:

@@ -3,28 +3,24 @@
 Signatures:
   serving_default   raw encoded radiographs (PNG 8/16-bit, JPEG; any size) -> probability, the
                     label at the operating threshold, and, when the pipeline crops, the crop
-                    box and QC flags. It runs the lung U-Net and the crop (cxr.crop), the same
+                    box and QC flags. It runs the lung U-Net and the crop (cardio.imaging.crop), the same
                     TensorFlow ops the LungCrop stage ran on the training data.
   serving_examples  serialized tf.Examples as the pipeline stores them (already cropped), for
                     TFMA and infra validation -> probability and label.
   classify          TF Serving's Classify API (serving/signatures.py), with warm-up requests
                     in assets.extra/tf_serving_warmup_requests.
   explain           serving_default's input and outputs plus Grad-CAM and guided-backprop maps
-                    and the crop the classifier saw (cxr.saliency; `cardio explain` reads it).
+                    and the crop the classifier saw (cardio.imaging.saliency; `cardio explain` reads it).
 The operating threshold chosen on validation is baked in, so the blessed model is the served one.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
-from cxr import crop, features as F, imaging
-from serving import signatures as serving_signatures
+from cardio.imaging import crop, decode
+from cardio import features as F
+from cardio.trainer import signatures
 
-SERVING_DEFAULT = "serving_default"
-SERVING_EXAMPLES = "serving_examples"
-IMAGE_BYTES = "image_bytes"
-CROP_BOX = "crop_box"
-CROP_QC = "crop_qc"
 
 
 class CardioServingModule(tf.Module):
@@ -44,21 +40,21 @@ class CardioServingModule(tf.Module):
 
     def _stored_image(self, encoded):
         """An image as the pipeline stores it (cropped when the pipeline crops) -> model input."""
-        return imaging.preprocess(encoded, self.image_size)
+        return decode.preprocess(encoded, self.image_size)
 
     def _raw_image(self, encoded):
         """A raw radiograph -> (model input, crop box, QC flags), via the same crop as training."""
-        image = imaging.decode_radiograph(encoded)
+        image = decode.decode_radiograph(encoded)
         if self.unet is None:
-            return (imaging.resize_for_model(image, self.image_size),
+            return (decode.resize_for_model(image, self.image_size),
                     tf.constant([0.0, 0.0, 1.0, 1.0]), tf.zeros([len(crop.QC_FLAGS)], tf.bool))
         probability = self.unet(crop.unet_input(image)[tf.newaxis], training=False)[0, :, :, 0]
         cropped, box, flags = crop.crop_from_probability(image, probability, self.crop_size)
         # The crop as the batch stage stores it (uint16), then the training preprocessing.
         stored = tf.cast(cropped, tf.float32) / 65535.0
-        return imaging.resize_for_model(stored, self.image_size), box, flags
+        return decode.resize_for_model(stored, self.image_size), box, flags
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=IMAGE_BYTES)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGE_BYTES)])
     def serve_images(self, image_bytes):
         size = self.image_size
         images, boxes, flags = tf.map_fn(
@@ -67,8 +63,8 @@ class CardioServingModule(tf.Module):
                                  tf.TensorSpec([4], tf.float32),
                                  tf.TensorSpec([len(crop.QC_FLAGS)], tf.bool)))
         result = self._classify(images)
-        result[CROP_BOX] = boxes
-        result[CROP_QC] = tf.cast(flags, tf.int64)   # one column per name in cxr.crop.QC_FLAGS
+        result[F.CROP_BOX] = boxes
+        result[F.CROP_QC] = tf.cast(flags, tf.int64)   # one column per name in cardio.imaging.crop.QC_FLAGS
         return result
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
@@ -80,12 +76,11 @@ class CardioServingModule(tf.Module):
         return self._classify(images)
 
     def explain_signature(self):
-        """The `explain` signature (cxr.saliency): the maps explain exactly what is served."""
-        from cxr import saliency
-        return saliency.signature(self, CROP_BOX, CROP_QC)
+        """The `explain` signature (cardio.imaging.saliency): the maps explain exactly what is served."""
+        from cardio.imaging import saliency
+        return saliency.signature(self, F.CROP_BOX, F.CROP_QC)
 
 
-METADATA_FILE = "cardio_metadata.json"   # in assets.extra, beside TF Serving's warm-up file
 
 
 def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
@@ -102,26 +97,25 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
     # for Keras's own reloading, which costs minutes on DenseNet121 and EfficientNetB2.
     with keras_option_scope(save_traces=False):
         tf.saved_model.save(module, export_dir, signatures={
-            SERVING_DEFAULT: module.serve_images.get_concrete_function(),
-            SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
+            F.SERVING_DEFAULT: module.serve_images.get_concrete_function(),
+            F.SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
             "explain": module.explain_signature(),
             # TF Serving's Classify API and warm-up requests (serving/signatures.py).
-            serving_signatures.SERVING_CLASSIFY: serving_signatures.classify_function(module),
+            F.SERVING_CLASSIFY: signatures.classify_function(module),
         # explain computes its guided-backprop gradients inside the signature; saving them as
         # reusable custom gradients too would triple the export time of EfficientNetB2.
         }, options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-    serving_signatures.write_warmup_requests(export_dir)
-    extra = os.path.join(export_dir, "assets.extra")
+    signatures.write_warmup_requests(export_dir)
+    extra = os.path.join(export_dir, F.ASSETS_EXTRA)
     tf.io.gfile.makedirs(extra)
     metadata = {"image_size": image_size, "operating_threshold": threshold,
                 "crop_size": crop_size if unet is not None else None, **(metadata or {})}
-    with tf.io.gfile.GFile(os.path.join(extra, METADATA_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(extra, F.METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
-    with tf.io.gfile.GFile(os.path.join(extra, MODEL_CARD_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(extra, F.MODEL_CARD_FILE), "w") as f:
         f.write(model_card(metadata))
 
 
-MODEL_CARD_FILE = "MODEL_CARD.md"
 
 
 def model_card(metadata: dict) -> str:

@@ -76,7 +76,7 @@ def build_model(backbone: str, image_size: int = 224, weights: str | None = None
                 dropout: float = 0.3, head_units=(256, 128), bn_momentum: float = 0.9) -> keras.Model:
     """Backbone (global-average pooled) -> Dense-ReLU -> Dropout -> Dense-ReLU -> Dropout -> sigmoid.
 
-    The model takes float images [N, size, size, 3] with values 0-255 (see cxr.imaging).
+    The model takes float images [N, size, size, 3] with values 0-255 (see cardio.imaging.decode).
     """
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")

@@ -1,4 +1,4 @@
-"""run_fn: the TFX Trainer entry point (`run_fn="trainer.task.run_fn"`).
+"""run_fn: the TFX Trainer entry point (`run_fn="cardio.trainer.task.run_fn"`).
 
 Trains one grid cell (backbone x class weighting) with the study's recipe, chooses the
 operating threshold on validation and exports the serving SavedModel.
@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from trainer import data, distribution, export, model as model_lib, operating_point
+from cardio.trainer import data, distribution, export, model as model_lib, operating_point
 
 # Class weights of the study's two strategies: {label: weight}.
 CLASS_WEIGHTINGS = {"75-25": {0: 0.25, 1: 0.75}, "50-50": {0: 0.5, 1: 0.5}}
@@ -137,7 +137,7 @@ def train_and_export(fn_args):
 
     unet, metadata = None, {"backbone": config.backbone, "weighting": config.weighting}
     if config.segmenter_weights:
-        from cxr import unet as unet_lib
+        from cardio.imaging import unet as unet_lib
         unet = unet_lib.load(config.segmenter_weights)
         # The segmenter's licence (non-commercial for the shipped U-Net) binds this model too.
         metadata["segmenter"] = unet_lib.card_metadata(config.segmenter_weights)

@@ -44,3 +44,18 @@ SPLITS = (TRAIN, VALIDATION, TEST, EXTERNAL)
 # Serving and evaluation outputs.
 PROBABILITY = "probability"
 PREDICTED_LABEL = "predicted_label"
+
+# Written by the LungCrop stage beside the cropped image, and returned by the serving signature.
+CROP_BOX = "crop_box"      # [y0, x0, y1, x1] as fractions of the original image
+CROP_QC = "crop_qc"        # the QC flags raised (cardio.imaging.crop.QC_FLAGS); empty when plausible
+
+# The exported SavedModel's interface: its signatures, their inputs, and the files beside them.
+SERVING_DEFAULT = "serving_default"     # raw encoded radiographs -> probability, label, crop
+SERVING_EXAMPLES = "serving_examples"   # stored tf.Examples (already cropped), for TFMA
+SERVING_CLASSIFY = "classify"           # TF Serving's Classify API
+IMAGE_BYTES = "image_bytes"             # serving_default's input
+CLASS_NAMES = ("normal", "cardiomegaly")
+ASSETS_EXTRA = "assets.extra"           # TF Serving's directory for files beside the SavedModel
+WARMUP_FILE = "tf_serving_warmup_requests"
+METADATA_FILE = "cardio_metadata.json"  # threshold, sizes, lineage: what the export was made with
+MODEL_CARD_FILE = "MODEL_CARD.md"

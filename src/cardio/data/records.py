@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import os
 
-import numpy as np
-from PIL import Image
 
-from cxr import features as F
+from cardio import features as F
 
 
 @dataclasses.dataclass
@@ -39,15 +36,6 @@ def hash_patient_id(raw_id: str, salt: str) -> str:
 def patient_salt() -> str:
     """The deployment's salt, from the environment; a fixed public default only for demos."""
     return os.environ.get("CARDIO_PATIENT_SALT", "")
-
-
-def encode_png(pixels: np.ndarray) -> bytes:
-    """Encodes a 2-D uint8 or uint16 array as a grayscale PNG of the same bit depth."""
-    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"expected a 2-D uint8/uint16 image, got {pixels.dtype} {pixels.shape}")
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def to_example(record: Record):

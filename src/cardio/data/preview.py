@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from cxr import synth
+from cardio.data import synth
 
 
 def contact_sheet(path: str, n: int = 8, seed: int = 0, columns: int = 4):

@@ -20,7 +20,7 @@ def _progress(total: int, label: str):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name=None, version=__import__("cxr").__version__, prog_name="cardio")
+@click.version_option(package_name=None, version=__import__("cardio").__version__, prog_name="cardio")
 def main():
     """Cardiomegaly detection on chest radiographs: a TFX / Kubeflow pipeline."""
 
@@ -41,7 +41,7 @@ def main():
               help="Directory holding unet_lungs.weights.h5 (default: the shipped U-Net).")
 def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, segmenter):
     """Run the main job end to end on the built-in synthetic data."""
-    from pipeline import demo as demo_lib
+    from cardio.pipeline import demo as demo_lib
 
     weights = "random" if random_init else (weights or demo_lib.default_weights() or "random")
     overrides = {"deterministic": deterministic}
@@ -69,7 +69,7 @@ def data():
 def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, seed,
                         quarantine=None, quarantine_limit=None, salt=None):
     """Shared tail of the converters: a dry run prints the selection; otherwise convert."""
-    from cxr import convert, records
+    from cardio.data import convert, records
 
     salt = salt or records.patient_salt()
     if not salt:
@@ -112,7 +112,7 @@ _limit = click.option("--quarantine-limit", default=0.05, show_default=True,
                    "an export.csv for `cardio data csv`, instead of TFRecords.")
 def synth(out, n, seed, size, span, external_site, files):
     """Synthetic PA chest radiographs as TFRecords (the built-in default dataset)."""
-    from cxr import convert, synth as synth_lib
+    from cardio.data import convert, synth as synth_lib
 
     if files:
         with _progress(n, "writing synthetic radiograph files") as bar:
@@ -130,7 +130,7 @@ def synth(out, n, seed, size, span, external_site, files):
 @click.option("--seed", default=0, show_default=True)
 def preview(out, n, seed):
     """A contact sheet of synthetic radiographs with their lung and heart outlines."""
-    from cxr import preview as preview_lib
+    from cardio.data import preview as preview_lib
 
     click.echo(json.dumps({"out": os.path.abspath(preview_lib.contact_sheet(out, n, seed))}))
 
@@ -149,8 +149,8 @@ def padchest(labels, images, out, span, dry_run, seed, quarantine_limit):
     """PadChest -> the study's cohort (PA, physician-labelled, no external objects)."""
     import functools
 
-    from cxr import convert
-    from cxr.sources import padchest as source
+    from cardio.data import convert
+    from cardio.data.sources import padchest as source
 
     if not dry_run and not (images and out):
         raise click.UsageError("--images and --out are required unless --dry-run")
@@ -175,8 +175,8 @@ def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_
     """OpenI / Indiana -> the external site (PA; MeSH normal vs cardiomegaly)."""
     import functools
 
-    from cxr import convert
-    from cxr.sources import openi as source
+    from cardio.data import convert
+    from cardio.data.sources import openi as source
 
     if not dry_run and not (images and out):
         raise click.UsageError("--images and --out are required unless --dry-run")
@@ -201,7 +201,7 @@ def csv_(csv_path, images, external_sites, out, span, dry_run, seed, quarantine_
     """Any other hospital's export, described by a CSV."""
     import functools
 
-    from cxr import convert
+    from cardio.data import convert
 
     if not dry_run and not out:
         raise click.UsageError("--out is required unless --dry-run")
@@ -226,7 +226,7 @@ def unet():
               help="Where epochs are checkpointed for resuming (default: <out>.checkpoints).")
 def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir):
     """Train on (image, mask) pairs; a rerun resumes from the last completed epoch."""
-    from cxr import unet as unet_lib
+    from cardio.imaging import unet as unet_lib
 
     result = unet_lib.train(images, masks, out, epochs, batch_size, checkpoint_dir,
                             log=lambda m: click.echo(m, err=True))
@@ -241,7 +241,7 @@ def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir):
 @click.option("--held-out-only", is_flag=True, help="Only the images training held out.")
 def unet_evaluate(images, masks, weights, held_out_only):
     """Mean lung Dice against the masks (overall and per subset), as JSON."""
-    from cxr import unet as unet_lib
+    from cardio.imaging import unet as unet_lib
 
     click.echo(json.dumps(unet_lib.evaluate(images, masks, weights, held_out_only)))
 
@@ -258,7 +258,7 @@ def crop_(images, out, weights, size, overlays):
     """Crop radiographs to the chest cavity: PNGs, a CSV of boxes and QC flags, overlays."""
     import glob
 
-    from cxr import crop_folder
+    from cardio.imaging import crop_folder
 
     total = len(glob.glob(os.path.join(images, "*")))
     with _progress(total, "cropping") as bar:
@@ -275,7 +275,7 @@ def crop_(images, out, weights, size, overlays):
               help="Folder for the figures (one PNG per image).")
 def explain_(model_dir, images, out):
     """Where the model looks: Grad-CAM and guided backprop for radiographs (PNG, JPEG, DICOM)."""
-    from cxr import explain as explain_lib
+    from cardio.evaluation import explain as explain_lib
 
     try:
         model = explain_lib.load(model_dir)
@@ -307,7 +307,7 @@ def pipeline():
               help="Default of the data_root runtime parameter.")
 @click.option("--serving-root", default="gs://YOUR_BUCKET/cardio/serving", show_default=True)
 @click.option("--segmenter-uri", default="gs://YOUR_BUCKET/cardio/unet", show_default=True,
-              help="Directory holding unet_lungs.weights.h5 (upload cxr/assets/ there).")
+              help="Directory holding unet_lungs.weights.h5 (upload src/cardio/imaging/assets/ there).")
 @click.option("--weights", default="/opt/cardio/weights", show_default=True,
               help="ImageNet weights directory inside the image, or 'random'.")
 @click.option("--beam-runner", type=click.Choice(["in-pod", "portable", "dataflow"]),
@@ -326,7 +326,7 @@ def compile_(output, profile, image_repository, image_tag, pipeline_root, data_r
              segmenter_uri, weights, beam_runner, beam_job_endpoint, beam_extra, training,
              trainer_gpus, tfjob_workers, gpu_type):
     """Compile the pipeline for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
-    from pipeline import kubeflow_runner
+    from cardio.pipeline import kubeflow_runner
 
     try:
         summary = kubeflow_runner.compile_profile(
@@ -359,7 +359,7 @@ _kfp_namespace = click.option("--namespace", default=None, help="Kubeflow profil
 @click.option("--run-name", default=None)
 def submit(host, package, experiment, namespace, run_name):
     """Start one run of a compiled pipeline on Kubeflow Pipelines."""
-    from pipeline import scheduling
+    from cardio.pipeline import scheduling
 
     try:
         click.echo(json.dumps(scheduling.submit(host, package, experiment, namespace, run_name)))
@@ -377,7 +377,7 @@ def submit(host, package, experiment, namespace, run_name):
 @click.option("--job-name", default="cardio-retraining", show_default=True)
 def schedule(host, package, experiment, namespace, cron, job_name):
     """Create a recurring run: scheduled retraining on the newest data span."""
-    from pipeline import scheduling
+    from cardio.pipeline import scheduling
 
     try:
         summary = scheduling.schedule(host, package, cron, job_name, experiment, namespace)
@@ -398,7 +398,7 @@ def serve(flags):
     --enable_model_warmup, --num_request_iterations_for_warmup,
     --enable_signature_method_name_check. Its other flags are refused by name.
     """
-    from serving import server
+    from cardio.serving import server
 
     try:
         sys.exit(server.main(list(flags), echo=lambda line: click.echo(line)))
@@ -422,7 +422,7 @@ def serve(flags):
 def predict(images, target, model, version, label, as_json, timeout, retries, batch_size, tls,
             tls_ca):
     """Send radiographs (PNG, JPEG, DICOM files or folders) to a TF Serving gRPC endpoint."""
-    from serving import client as client_lib
+    from cardio.serving import client as client_lib
 
     if version is not None and label is not None:
         raise click.UsageError("--version and --label are exclusive")
@@ -469,7 +469,7 @@ _reason = click.option("--reason", default="", help="Recorded in release_history
 @_reason
 def release_promote(serving_root, model, comparison, version, label, reason):
     """Point a label at a version; the server picks it up at its next config poll."""
-    from serving import releases
+    from cardio.serving import releases
 
     if bool(model) == bool(comparison):
         raise click.UsageError("name exactly one of --model and --comparison")
@@ -490,7 +490,7 @@ def release_promote(serving_root, model, comparison, version, label, reason):
 @_reason
 def release_rollback(serving_root, model, label, reason):
     """Point a label back at the version it held before its last promotion."""
-    from serving import releases
+    from cardio.serving import releases
 
     try:
         click.echo(json.dumps(releases.rollback(serving_root, model, label, reason)))
@@ -501,7 +501,7 @@ def release_rollback(serving_root, model, label, reason):
 @main.command()
 def versions():
     """Print the versions of the stack this environment runs."""
-    from cxr import stack
+    from cardio import stack
 
     click.echo(json.dumps(stack.versions()))
 

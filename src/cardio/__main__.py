@@ -1,4 +1,4 @@
-from cxr.cli import main
+from cardio.cli import main
 
 if __name__ == "__main__":
     main(prog_name="cardio")

@@ -26,7 +26,7 @@ from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 
-from serving import config as config_lib, releases
+from cardio.serving import config as config_lib, releases
 
 
 def push_version(model_path: str, serving_root: str, model_name: str, version: int) -> str:

@@ -1,5 +1,5 @@
 """Where a served model looks: Grad-CAM and guided backprop for any radiograph, from the pushed
-SavedModel's `explain` signature (see cxr.saliency), as figures for review.
+SavedModel's `explain` signature (see cardio.imaging.saliency), as figures for review.
 
 One figure per image: the original with the lung crop box (and any crop QC flag), the crop as
 the classifier saw it, the Grad-CAM heat map over the crop, and the guided-backprop map.
@@ -17,7 +17,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from cxr import crop, imaging, saliency
+from cardio.imaging import crop, decode, saliency
 
 BATCH = 8
 
@@ -98,7 +98,7 @@ def load(model_dir: str) -> ExplainModel:
 def decode(name: str, encoded: bytes) -> np.ndarray:
     """Encoded PNG/JPEG -> float [H, W] in [0, 1], exactly as serving decodes it."""
     try:
-        return imaging.decode_radiograph(tf.constant(encoded)).numpy()[..., 0]
+        return decode.decode_radiograph(tf.constant(encoded)).numpy()[..., 0]
     except (tf.errors.InvalidArgumentError, ValueError) as error:
         message = getattr(error, "message", str(error)).strip().splitlines()[0]
         raise ExplainError(f"{name}: not a decodable PNG or JPEG image ({message})") from None
@@ -120,8 +120,8 @@ def explain(model, images, batch_size: int = BATCH) -> list[Explanation]:
             results.append(Explanation(
                 name=name, image=originals[start + i], model_input=out[saliency.MODEL_INPUT][i],
                 probability=float(out["probability"][i]), label=int(out["predicted_label"][i]),
-                logit=float(out[saliency.LOGIT][i]), box=out["crop_box"][i],
-                qc_flags=[f for f, on in zip(crop.QC_FLAGS, out["crop_qc"][i]) if on],
+                logit=float(out[saliency.LOGIT][i]), box=out[F.CROP_BOX][i],
+                qc_flags=[f for f, on in zip(crop.QC_FLAGS, out[F.CROP_QC][i]) if on],
                 gradcam=out[saliency.GRADCAM][i], guided_backprop=out[saliency.GUIDED_BACKPROP][i]))
     return results
 
@@ -144,7 +144,7 @@ def heart_mass_ratios(model, file_pattern: str, limit: int = 32) -> dict:
     the heart mask, as `cardio data synth` writes): `mass_ratio` on the heart for up to `limit`
     cardiomegaly images, through the model's own crop. A model that found the evidence has a
     mean well above 1."""
-    from cxr import features as F
+    from cardio import features as F
 
     model = load(model) if isinstance(model, str) else model
     files = sorted(tf.io.gfile.glob(file_pattern))
@@ -312,7 +312,7 @@ def read_file(path: str) -> bytes:
     DICOM is normalised (modality LUT, VOI LUT or window, MONOCHROME1 inversion) to a 16-bit
     PNG, the representation every converter stores."""
     if path.lower().endswith((".dcm", ".dicom")):
-        from cxr.convert import normalised_png
+        from cardio.imaging.files import normalised_png
         return normalised_png(path)   # DicomError names the file and the reason
     with open(path, "rb") as f:
         encoded = f.read()

@@ -2,7 +2,7 @@
 
 Plain functions: the ModelComparison component (components/model_comparison.py) scores every
 model and hands the arrays here; `analyse` returns what `comparison.json` holds and the report
-(cxr/comparison_report.py) draws.
+(cardio/evaluation/comparison_report.py) draws.
 
 Groups of images, never mixing sites across the internal/external line:
   validation            internal sites (chooses the operating threshold and the champion)
@@ -16,7 +16,8 @@ import itertools
 
 import numpy as np
 
-from cxr import features as F, statistics as S
+from cardio import features as F
+from cardio.evaluation import statistics as S
 
 VALIDATION, TEST, EXTERNAL = F.VALIDATION, F.TEST, F.EXTERNAL
 STUDY_THRESHOLD = 0.5    # the study reported its metrics at 0.5

@@ -17,8 +17,8 @@ import re
 
 import pandas as pd
 
-from cxr import features as F
-from cxr.sources import Candidate, Selection
+from cardio import features as F
+from cardio.data.sources import Candidate, Selection
 
 SITE = "padchest"
 

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from cxr import comparison as C
+from cardio.evaluation import comparison as C
 
 ROC_PNG = "roc_curves.png"
 FOREST_PNG = "auc_forest.png"

@@ -15,11 +15,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cxr import features as F
+from cardio import features as F
 
-SERVING_CLASSIFY = "classify"
-CLASS_NAMES = ("normal", "cardiomegaly")
-WARMUP_FILE = "tf_serving_warmup_requests"
 
 
 def classify_function(module):
@@ -30,7 +27,7 @@ def classify_function(module):
         parsed = tf.io.parse_example(inputs, {F.IMAGE: tf.io.FixedLenFeature([], tf.string)})
         probability = module.serve_images(parsed[F.IMAGE])[F.PROBABILITY]
         scores = tf.stack([1.0 - probability, probability], axis=1)
-        classes = tf.tile(tf.constant([CLASS_NAMES]), [tf.shape(probability)[0], 1])
+        classes = tf.tile(tf.constant([F.CLASS_NAMES]), [tf.shape(probability)[0], 1])
         return {"classes": classes, "scores": scores}
 
     return classify.get_concrete_function()
@@ -49,10 +46,10 @@ def warmup_requests() -> list:
 
     image = warmup_image()
     predict = predict_pb2.PredictRequest()
-    predict.model_spec.signature_name = "serving_default"
-    predict.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([image]))
+    predict.model_spec.signature_name = F.SERVING_DEFAULT
+    predict.inputs[F.IMAGE_BYTES].CopyFrom(tf.make_tensor_proto([image]))
     classify = classification_pb2.ClassificationRequest()
-    classify.model_spec.signature_name = SERVING_CLASSIFY
+    classify.model_spec.signature_name = F.SERVING_CLASSIFY
     classify.input.example_list.examples.add().features.feature[F.IMAGE].bytes_list.value.append(
         image)
     return [prediction_log_pb2.PredictionLog(
@@ -62,8 +59,8 @@ def warmup_requests() -> list:
 
 
 def write_warmup_requests(export_dir: str):
-    extra = os.path.join(export_dir, "assets.extra")
+    extra = os.path.join(export_dir, F.ASSETS_EXTRA)
     tf.io.gfile.makedirs(extra)
-    with tf.io.TFRecordWriter(os.path.join(extra, WARMUP_FILE)) as writer:
+    with tf.io.TFRecordWriter(os.path.join(extra, F.WARMUP_FILE)) as writer:
         for log in warmup_requests():
             writer.write(log.SerializeToString())

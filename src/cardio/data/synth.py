@@ -230,7 +230,7 @@ def export_files(out_dir: str, n: int, seed: int, size: int | None = None, progr
 
     from PIL import Image
 
-    from cxr.dicom import write_dicom
+    from cardio.imaging.dicom import write_dicom
 
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
     os.makedirs(os.path.join(out_dir, "masks"), exist_ok=True)

@@ -21,13 +21,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-INPUT_SIZE = 256
+from cardio.imaging import SHIPPED_UNET_DIR, UNET_INPUT_SIZE, UNET_WEIGHTS_FILE
+
 FILTERS = (16, 32, 64, 128)
-DEFAULT_WEIGHTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets",
-                               "unet_lungs.weights.h5")
+DEFAULT_WEIGHTS = os.path.join(SHIPPED_UNET_DIR, UNET_WEIGHTS_FILE)
 
 
-def build(input_size: int = INPUT_SIZE, filters=FILTERS) -> keras.Model:
+def build(input_size: int = UNET_INPUT_SIZE, filters=FILTERS) -> keras.Model:
     def block(x, n):
         for _ in range(2):
             x = keras.layers.Conv2D(n, 3, padding="same", use_bias=False)(x)
@@ -57,7 +57,7 @@ def write_card(weights: str, held_out: dict, synthetic: dict | None = None) -> s
     """Writes unet_lungs.json and MODEL_CARD.md beside the weights."""
     directory = os.path.dirname(os.path.abspath(weights))
     card = {
-        "name": "unet_lungs", "input": f"{INPUT_SIZE}x{INPUT_SIZE} grayscale in [0, 1]",
+        "name": "unet_lungs", "input": f"{UNET_INPUT_SIZE}x{UNET_INPUT_SIZE} grayscale in [0, 1]",
         "training_data": "604 PA radiographs with lung masks (118 Montgomery County, 486 Shenzhen; "
                          "NLM; Jaeger et al. 2014), 512x512; 15% held out by file-name hash",
         "licence": LICENCE, "held_out": held_out, "synthetic": synthetic,
@@ -73,8 +73,8 @@ def write_card(weights: str, held_out: dict, synthetic: dict | None = None) -> s
     with open(os.path.join(directory, "MODEL_CARD.md"), "w") as f:
         f.write(f"""# Model card: lung-segmentation U-Net (`unet_lungs.weights.h5`)
 
-- **Architecture**: U-Net, 4 levels (16-128 filters), batch norm, {INPUT_SIZE}x{INPUT_SIZE} input
-  (`cxr/unet.py`). Weights sha256 `{card_metadata(weights)['weights_sha256']}`.
+- **Architecture**: U-Net, 4 levels (16-128 filters), batch norm, {UNET_INPUT_SIZE}x{UNET_INPUT_SIZE} input
+  (`src/cardio/imaging/unet.py`). Weights sha256 `{card_metadata(weights)['weights_sha256']}`.
 - **Training data**: {card['training_data']}. Augmented for other hospitals' acquisition:
   contrast, gamma, brightness, noise, rotation, scale and shift.
 - **Licence**: {LICENCE}. The project's code is Apache-2.0; these weights are not.
@@ -156,7 +156,7 @@ def pairs(images_dir: str, masks_dir: str) -> list[tuple[str, str]]:
 
 def read_image(path: str) -> np.ndarray:
     """Any supported radiograph file -> float32 [H, W] in [0, 1], MONOCHROME2."""
-    from cxr.convert import normalised_pixels
+    from cardio.imaging.files import normalised_pixels
     pixels = normalised_pixels(path)
     return pixels.astype(np.float32) / np.iinfo(pixels.dtype).max
 
@@ -177,21 +177,21 @@ def augment(image, mask, seed):
     image = image ** (0.6 + 0.8 * s[2])
     image += tf.random.stateless_normal(tf.shape(image), seed=seed + 1) * 0.03 * s[3]
     angle, scale = (s[4] - 0.5) * 0.35, 0.85 + 0.3 * s[5]
-    tx, ty = (s[6] - 0.5) * 0.16 * INPUT_SIZE, (s[7] - 0.5) * 0.16 * INPUT_SIZE
-    c = INPUT_SIZE / 2
+    tx, ty = (s[6] - 0.5) * 0.16 * UNET_INPUT_SIZE, (s[7] - 0.5) * 0.16 * UNET_INPUT_SIZE
+    c = UNET_INPUT_SIZE / 2
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
     transform = tf.stack([cos, -sin, c - cos * c + sin * c + tx,
                           sin, cos, c - sin * c - cos * c + ty, 0.0, 0.0])[tf.newaxis]
     stacked = tf.concat([image, mask], axis=-1)[tf.newaxis]
     moved = tf.raw_ops.ImageProjectiveTransformV3(
-        images=stacked, transforms=transform, output_shape=[INPUT_SIZE, INPUT_SIZE],
+        images=stacked, transforms=transform, output_shape=[UNET_INPUT_SIZE, UNET_INPUT_SIZE],
         fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")[0]
     return tf.clip_by_value(moved[..., :1], 0, 1), tf.cast(moved[..., 1:] > 0.5, tf.float32)
 
 
 def arrays(pair_list) -> tuple[np.ndarray, np.ndarray]:
-    images = np.stack([_resize(read_image(i), INPUT_SIZE) for i, _ in pair_list])[..., None]
-    masks = np.stack([_resize(read_mask(m).astype(np.float32), INPUT_SIZE) > 0.5
+    images = np.stack([_resize(read_image(i), UNET_INPUT_SIZE) for i, _ in pair_list])[..., None]
+    masks = np.stack([_resize(read_mask(m).astype(np.float32), UNET_INPUT_SIZE) > 0.5
                       for _, m in pair_list])[..., None].astype(np.float32)
     return images, masks
 
@@ -242,7 +242,7 @@ def predict_masks(model, images: list[np.ndarray], batch_size: int = 16) -> list
     result = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        batch = np.stack([_resize(i, INPUT_SIZE) for i in chunk])[..., None]
+        batch = np.stack([_resize(i, UNET_INPUT_SIZE) for i in chunk])[..., None]
         probabilities = model(batch, training=False).numpy()[..., 0]
         for image, p in zip(chunk, probabilities):
             result.append(tf.image.resize(p[..., None], image.shape, method="bilinear").numpy()[..., 0])

@@ -1,7 +1,7 @@
 """Sources -> Records -> TFRecords laid out for ExampleGen.
 
 Every source (synthetic, PadChest, OpenI, a generic CSV) first selects `Candidate`s from its
-metadata alone; then patients get their splits (cxr.splits), images are read and normalised in a
+metadata alone; then patients get their splits (cardio.data.splits), images are read and normalised in a
 process pool (PNG 8/16-bit, JPEG, DICOM -> MONOCHROME2 PNG), and examples are written to
 `<out>/span-<N>/<split>/data-*.tfrecord.gz`, which ImportExampleGen reads with a `{SPAN}`
 pattern. Patient ids are replaced by salted hashes before anything is written.
@@ -25,10 +25,11 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from cxr import features as F
-from cxr import splits, synth
-from cxr.records import Record, encode_png, hash_patient_id, to_example
-from cxr.sources import Candidate, Selection
+from cardio import features as F
+from cardio.data import splits, synth
+from cardio.data.records import Record, hash_patient_id, to_example
+from cardio.imaging.files import encode_png, normalised_png
+from cardio.data.sources import Candidate, Selection
 
 DEMO_SALT = "public-demo-salt"  # synthetic patients only; real data takes CARDIO_PATIENT_SALT
 DEFAULT_QUARANTINE_LIMIT = 0.05
@@ -64,29 +65,6 @@ class Quarantine:
 
 
 # --- reading images --------------------------------------------------------------------------
-
-def normalised_pixels(path: str) -> np.ndarray:
-    """Any supported file (PNG 8/16-bit, JPEG, DICOM) -> MONOCHROME2 uint8 or uint16 pixels."""
-    if path.lower().endswith((".dcm", ".dicom")):
-        from cxr.dicom import read_dicom
-        return read_dicom(path)
-    with open(path, "rb") as f:
-        data = f.read()
-    image = Image.open(io.BytesIO(data))
-    image.load()  # raises on truncated or corrupt files
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        pixels = np.asarray(image)
-        if pixels.dtype != np.uint16:
-            pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
-    else:
-        pixels = np.asarray(image.convert("L"))
-    return pixels
-
-
-def normalised_png(path: str) -> bytes:
-    """Any supported file -> MONOCHROME2 PNG bytes, the form every example stores."""
-    return encode_png(normalised_pixels(path))
-
 
 def file_loader(image_root: str, candidate: Candidate) -> bytes:
     path = os.path.join(image_root, candidate.path)

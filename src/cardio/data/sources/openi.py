@@ -22,7 +22,7 @@ import tarfile
 import xml.etree.ElementTree as ElementTree
 from typing import Iterator
 
-from cxr.sources import Candidate, Selection
+from cardio.data.sources import Candidate, Selection
 
 SITE = "openi"
 

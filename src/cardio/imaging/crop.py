@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from cardio.imaging import UNET_INPUT_SIZE
+
 GRID = 64
 MIN_COMPONENT = 0.005          # of the grid: smaller components are noise
 AREA_RANGE = (0.08, 0.65)      # lung fraction of the image
@@ -100,12 +102,9 @@ def crop_and_resize(image: tf.Tensor, box: tf.Tensor, size: int) -> tf.Tensor:
     return tf.image.resize(cropped, [size, size], method="area", antialias=True)
 
 
-UNET_SIZE = 256
-
-
 def unet_input(image: tf.Tensor) -> tf.Tensor:
     """[H, W, 1] in [0, 1] -> the U-Net's [256, 256, 1] input."""
-    return tf.image.resize(image, [UNET_SIZE, UNET_SIZE], method="area", antialias=True)
+    return tf.image.resize(image, [UNET_INPUT_SIZE, UNET_INPUT_SIZE], method="area", antialias=True)
 
 
 def crop_from_probability(image: tf.Tensor, probability: tf.Tensor, output_size: int):

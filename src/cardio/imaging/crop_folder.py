@@ -12,7 +12,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from cxr import crop, unet
+from cardio.imaging import crop, unet
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
