@@ -1,7 +1,7 @@
 """Runs every benchmark (or those named: `python -m benchmarks data`) and prints their tables."""
 import sys
 
-from benchmarks import crop_throughput, data_throughput, training_throughput, serving_grpc
+from benchmarks import crop_throughput, data_throughput, serving_grpc, training_throughput
 
 BENCHMARKS = {"data": data_throughput.main, "crop": crop_throughput.main,
               "training": training_throughput.main, "serving": serving_grpc.main}

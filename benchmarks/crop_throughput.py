@@ -13,10 +13,10 @@ import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils, standard_artifacts
 
+from cardio import features as F
 from cardio.components import lung_crop
 from cardio.data import convert
 from cardio.imaging import crop, decode, unet
-from cardio import features as F
 from cardio.pipeline.configs import FN_API_RUNNER
 
 N = 96

@@ -24,8 +24,7 @@ from tensorflow_serving.apis import model_pb2
 
 from cardio import features as F
 from cardio.data import synth
-from cardio.imaging import files
-from cardio.imaging import unet
+from cardio.imaging import files, unet
 from cardio.serving import client as client_lib, config as config_lib, server as server_lib
 from cardio.trainer import export, model as model_lib
 

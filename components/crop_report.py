@@ -18,6 +18,7 @@ from tfx.types.standard_artifacts import Examples
 from cardio import features as F
 from cardio.imaging import decode
 
+
 class DatasetReport(Artifact):
     """A report about a dataset (plots and figures), for people to look at."""
     TYPE_NAME = "cardio.DatasetReport"  # namespaced, as KFP v2 schema titles must be

@@ -34,9 +34,10 @@ from tfx.components.evaluator import executor as tfx_evaluator
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts, standard_component_specs as keys
 
-from cardio.components import baseline as baseline_lib
 from cardio import features as F
+from cardio.components import baseline as baseline_lib
 from cardio.components.gate import GateProfile
+from cardio.evaluation import statistics as S
 
 # Every slice starts with the site, so internal and external data are never mixed.
 SLICE_FEATURES = ([F.SITE], [F.SITE, F.SEX], [F.SITE, F.AGE_BAND])
@@ -50,7 +51,7 @@ def describe_gate(gate: GateProfile) -> str:
     return (f"Gate profile '{gate.name}': external-site AUC >= {gate.external_auc_min}, "
             f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} at "
             f"the operating threshold, AUC no more than {gate.auc_regression_tolerance} below the "
-            f"cell's last blessed model (point estimates per site slice; 95% bootstrap CIs "
+            f"cell's last blessed model (point estimates per site slice; {S.BOOTSTRAP_CI}, "
             f"reported)")
 
 

@@ -20,9 +20,8 @@ from tfx.dsl.components.base import base_beam_component, base_beam_executor, exe
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from cardio.imaging import UNET_WEIGHTS_FILE, crop, decode
 from cardio import features as F
-
+from cardio.imaging import UNET_WEIGHTS_FILE, crop, decode
 
 
 class CropDoFn(beam.DoFn):

@@ -23,10 +23,17 @@ import tensorflow as tf
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
 from tfx.types.artifact import Artifact
-from tfx.types.standard_artifacts import (Examples, Model, ModelBlessing, ModelEvaluation, ModelRun,
-                                          PushedModel)
+from tfx.types.standard_artifacts import (
+    Examples,
+    Model,
+    ModelBlessing,
+    ModelEvaluation,
+    ModelRun,
+    PushedModel,
+)
 
 from cardio import features as F
+from cardio.evaluation import statistics as S
 
 MARKDOWN = "model_card.md"
 JSON = "model_card.json"
@@ -168,9 +175,9 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
             "target_sensitivity": (training or {}).get("config", {}).get("target_sensitivity"),
             "per_site": {name: {m: row[m] for m in ("sensitivity", "specificity") if m in row}
                          for name, row in metrics.items() if name.count("=") == 1}},
-        "evaluation": {"gate": gate, "compares": "point estimates per site slice; 95% CIs from "
-                       "TFMA's Poisson bootstrap (20 replicates, t interval clipped to the "
-                       "metric's range) are reported, not gated on",
+        "evaluation": {"gate": gate, "compares": "point estimates per site slice; "
+                       f"{S.BOOTSTRAP_CI} (20 replicates, t interval clipped to the metric's "
+                       "range), reported, not gated on",
                        "failures": evaluator.validation_failures(evaluation_uri),
                        "baseline": baseline, "slices": metrics},
         "lineage": {"git_commit": git_commit, "container_image_digest": image_digest,
@@ -244,7 +251,7 @@ def render_markdown(card: dict) -> str:
                  else "Baseline: none (the cell's first blessed candidate).")
     lines += [""] + ([f"- FAILED: {f}" for f in evaluation["failures"]] or ["All criteria passed."])
     lines += ["", "Every slice is keyed by site: no figure mixes internal and external data. "
-              "Values are point estimates [95% bootstrap CI].", "",
+              f"Values are point estimates [{S.BOOTSTRAP_CI}].", "",
               "| slice | " + " | ".join(CARD_METRICS) + " |",
               "|---" * (len(CARD_METRICS) + 1) + "|"]
     for name, row in sorted(evaluation["slices"].items()):

@@ -33,8 +33,8 @@ from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
-from cardio.evaluation import comparison, comparison_report
 from cardio import features as F
+from cardio.evaluation import comparison, comparison_report
 
 NODE_ID = "ModelComparison"
 OUTPUT_KEY = "comparison"

@@ -172,8 +172,7 @@ class Executor(base_executor.BaseExecutor):
     poll_seconds = 30
 
     def Do(self, input_dict, output_dict, exec_properties):
-        from kubernetes import client
-        from kubernetes import config as kube_config
+        from kubernetes import client, config as kube_config
 
         spec = TFJobSpec(**json.loads(exec_properties[trainer_component.TFJOB]))
         model = artifact_utils.get_single_instance(output_dict["model"])

@@ -26,8 +26,7 @@ from tfx.dsl.components.base import executor_spec
 
 import cardio
 from cardio import schemas
-from cardio.components import tfjob_trainer
-from cardio.components import trainer_component
+from cardio.components import tfjob_trainer, trainer_component
 from cardio.pipeline import configs
 from cardio.pipeline.configs import PipelineConfig
 from cardio.pipeline.pipeline import create_pipeline

@@ -7,17 +7,19 @@ import os
 from tfx import v1 as tfx
 from tfx.dsl.components.base import executor_spec
 
-from cardio.components import baseline as baseline_lib
-from cardio.components import evaluator as evaluator_lib
-from cardio.components import model_comparison
-from cardio.components import model_card as model_card_lib
-from cardio.components import trainer_component as trainer_lib
+from cardio import features as F
+from cardio.components import (
+    baseline as baseline_lib,
+    evaluator as evaluator_lib,
+    model_card as model_card_lib,
+    model_comparison,
+    pusher as pusher_lib,
+    trainer_component,
+)
 from cardio.components.anomaly_gate import AnomalyGate
 from cardio.components.crop_report import CropReport
 from cardio.components.lung_crop import LungCrop
-from cardio import features as F
 from cardio.pipeline.configs import PipelineConfig
-from cardio.components import pusher as serving_pusher
 
 
 def example_gen_input_config():
@@ -72,8 +74,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     trained = {}   # every cell's model, training run, blessing and push, for the comparison
     for cell in config.grid:
         # One Trainer per (backbone x class weighting), each with its own artifacts and lineage.
-        # (TFX's Trainer with epochs and learning rate as parameters; see components/trainer.py.)
-        trainer = trainer_lib.Trainer(
+        # (TFX's Trainer with epochs and learning rate as parameters; see components/trainer_component.py.)
+        trainer = trainer_component.Trainer(
             run_fn="cardio.trainer.task.run_fn",
             examples=examples,
             schema=schema_gen.outputs["schema"],
@@ -89,14 +91,14 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         evaluator = evaluator_lib.create(examples, trainer.outputs["model"],
                                          baseline.outputs["baseline"], config, cell.name)
         # Blessed models land in <serving_root>/<model name>/<version>/, as TF Serving reads it,
-        # copied atomically; models.config and the batching file follow (serving/pusher.py).
+        # copied atomically; models.config and the batching file follow (components/pusher.py).
         pusher = tfx.components.Pusher(
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
             push_destination=tfx.proto.PushDestination(
                 filesystem=tfx.proto.PushDestination.Filesystem(
                     base_directory=os.path.join(serving_root, cell.name))),
             custom_config={"batching": dataclasses.asdict(config.batching)},
-            custom_executor_spec=executor_spec.ExecutorClassSpec(serving_pusher.Executor)).with_id(
+            custom_executor_spec=executor_spec.ExecutorClassSpec(pusher_lib.Executor)).with_id(
                 f"Pusher.{cell.name}")
         # Model card: data, lineage, metrics per slice with CIs, operating point, licences.
         card = model_card_lib.create(trainer, evaluator, pusher, examples, config, cell.name)

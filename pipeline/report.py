@@ -6,13 +6,14 @@ import os
 
 import tensorflow as tf
 
-from cardio.components import evaluator
 from cardio import features as F
+from cardio.components import evaluator
+from cardio.evaluation import statistics as S
 from cardio.pipeline import outputs
 
 METRICS = ("example_count", "auc", "sensitivity", "specificity", "accuracy", "precision", "f1",
            "brier_score")
-CI_METRICS = ("auc", "sensitivity", "specificity")   # printed with their 95% bootstrap CI
+CI_METRICS = ("auc", "sensitivity", "specificity")   # printed with their bootstrap CI
 
 
 def read_counts(data_root: str, span: int = 1) -> dict:
@@ -111,7 +112,7 @@ def format_cell(name: str, result: dict) -> str:
 
     header = f"{'slice':<34}" + "".join(f"{m:>{22 if m in CI_METRICS else 13}}" for m in METRICS)
     lines = [f"\nModel {name}: evaluation per slice (test + external splits), "
-             f"point estimate [95% bootstrap CI]", header]
+             f"point estimate [{S.BOOTSTRAP_CI}]", header]
     for slice_, values in sorted(result["slices"].items()):
         intervals = result.get("intervals", {}).get(slice_, {})
         lines.append(f"{slice_:<34}" + "".join(cell(values, intervals, m) for m in METRICS))
@@ -148,8 +149,8 @@ def model_comparison(store, config) -> dict | None:
 
 
 def format_comparison(comparison: dict) -> str:
-    lines = ["\nModel comparison (AUC; the champion is chosen on validation, then internal test; "
-             "the external site never chooses)"]
+    lines = ["\nModel comparison (exact AUC; DeLong CIs and tests in the report; the champion is "
+             "chosen on validation, then internal test; the external site never chooses)"]
     for name, aucs in sorted(comparison["auc"].items()):
         figures = ", ".join(f"{group} {'-' if auc is None else f'{auc:.3f}'}"
                             for group, auc in aucs.items())

@@ -136,7 +136,7 @@ class Servable:
 
     def warm_up(self, iterations: int):
         """Replays assets.extra/tf_serving_warmup_requests (Predict and Classify logs)."""
-        from cardio.serving import service   # the request handling the gRPC services use
+        from cardio.serving import service  # the request handling the gRPC services use
 
         path = os.path.join(self.path, F.ASSETS_EXTRA, F.WARMUP_FILE)
         if not tf.io.gfile.exists(path):

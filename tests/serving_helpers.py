@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from cardio.serving import client as client_lib, config as config_lib, server as server_lib
 from cardio.components import pusher
+from cardio.serving import client as client_lib, config as config_lib, server as server_lib
 from cardio.trainer import export
 
 IMAGE_SIZE = 16

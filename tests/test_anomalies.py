@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cardio import schemas
-from cardio import features as F
+from cardio import features as F, schemas
 from cardio.data import records
 from cardio.imaging import files
 from cardio.pipeline import configs, local_runner, outputs

@@ -8,11 +8,10 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from cardio.imaging import decode
-from cardio.data import synth
-from cardio.imaging import files
-from cardio.pipeline.configs import STUDY_BACKBONES
 from cardio import features as F
+from cardio.data import synth
+from cardio.imaging import decode, files
+from cardio.pipeline.configs import STUDY_BACKBONES
 from cardio.trainer import export, model as model_lib
 
 SIZE = 75

@@ -12,11 +12,11 @@ import glob
 import json
 import os
 
+import gate_models
 import pytest
 from tfx import v1 as tfx
 from tfx.types import standard_artifacts
 
-import gate_models
 from cardio.components import baseline, evaluator, model_card
 from cardio.pipeline import configs, outputs
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from cardio.evaluation import comparison as C, comparison_report as R
 from cardio import features as F
+from cardio.evaluation import comparison as C, comparison_report as R
 
 INTERNAL, EXTERNAL_SITE = ("site-a",), "site-b"
 

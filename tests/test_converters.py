@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from cardio import features as F
 from cardio.data import convert, records
 from cardio.imaging import dicom
-from cardio import features as F
 
 GRADIENT = np.tile(np.linspace(0, 1, 64), (48, 1))  # dark left, bright right
 

@@ -4,9 +4,9 @@ import json
 
 from click.testing import CliRunner
 
+from cardio.cli import main
 from cardio.data import synth
 from cardio.imaging import unet
-from cardio.cli import main
 
 
 def test_crop_folder(tmp_path):

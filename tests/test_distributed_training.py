@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cardio.data import convert
 from cardio import features as F
+from cardio.data import convert
 from cardio.trainer import export, model as model_lib
 
 REPO = Path(__file__).resolve().parents[1]

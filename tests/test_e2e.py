@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cardio import features as F, imaging
 from cardio.components import evaluator, model_card
-from cardio import imaging
+from cardio.evaluation import statistics as S
 from cardio.imaging import crop, decode
-from cardio import features as F
 from cardio.pipeline import configs, local_runner, outputs, report
 from cardio.trainer import export, task
 
@@ -258,3 +258,17 @@ def test_model_comparison_report_has_roc_curves_delong_table_and_a_champion(e2e)
     assert "external site was not used" in result["champion"]["reason"]
     assert f"Champion: {champion or 'none'}." in e2e.stdout
 
+
+def test_every_interval_names_its_method(e2e):
+    """TFMA's bootstrap CIs (gate, card, demo table) and DeLong's/Wilson's (comparison) are
+    different methods on the same AUC: each printed interval says which it is."""
+    texts = {"demo output": e2e.stdout,
+             "comparison report": open(e2e.summary["comparison"]["markdown"]).read()}
+    for name, result in e2e.summary["models"].items():
+        texts[f"model card of {name}"] = open(result["model_card"]).read()
+    methods = (S.BOOTSTRAP_CI, S.DELONG_CI, S.WILSON_CI)
+    for where, text in texts.items():
+        assert any(m in text for m in methods), where
+        # Every "95% CI" is one of the named methods; none stands alone.
+        assert text.count("95% CI") == sum(text.count(m) for m in methods), where
+    assert S.BOOTSTRAP_CI in e2e.stdout and S.DELONG_CI in texts["comparison report"]

@@ -14,15 +14,14 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 from click.testing import CliRunner
+from conftest import shared_path
 from PIL import Image
 from scipy import stats
 
-from conftest import shared_path
-from cardio.data import convert, synth
-from cardio.imaging import files
-from cardio.evaluation import explain
-from cardio.imaging import decode, saliency, unet
 from cardio.cli import main
+from cardio.data import convert, synth
+from cardio.evaluation import explain
+from cardio.imaging import decode, files, saliency, unet
 from cardio.trainer import export, model as model_lib
 
 SIZE = 128

@@ -5,15 +5,15 @@ import dataclasses
 import json
 import os
 
+import gate_models
 import pytest
 from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-import gate_models
-from cardio.components import baseline, evaluator
 from cardio import features as F
+from cardio.components import baseline, evaluator
 from cardio.pipeline import configs
 
 STUDY = configs.PipelineConfig()          # the study's gate profile, sites site-a / site-b

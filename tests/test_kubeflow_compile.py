@@ -14,8 +14,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cardio.components import tfjob_trainer
-from cardio.components import trainer_component as trainer_component
+from cardio.components import tfjob_trainer, trainer_component as trainer_component
 from cardio.pipeline import kubeflow_runner
 from cardio.pipeline.pipeline import create_pipeline
 

@@ -8,11 +8,10 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
+from cardio import features as F, imaging
 from cardio.components import lung_crop
 from cardio.data import convert
-from cardio import imaging
 from cardio.imaging import crop, decode, unet
-from cardio import features as F
 from cardio.pipeline import configs, outputs
 
 FN_API = configs.FN_API_RUNNER

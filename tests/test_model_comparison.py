@@ -15,9 +15,9 @@ import tensorflow as tf
 from sklearn import metrics as skm
 from tfx.types import standard_artifacts
 
+from cardio import features as F
 from cardio.components import model_comparison as MC
 from cardio.data import convert
-from cardio import features as F
 from cardio.imaging import decode
 from cardio.pipeline import configs
 

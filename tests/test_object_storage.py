@@ -4,8 +4,8 @@ from a remote URI, and the crop report draws its figure there. TensorFlow's in-m
 import numpy as np
 import tensorflow as tf
 
-from cardio.components import crop_report, lung_crop
 from cardio import imaging
+from cardio.components import crop_report, lung_crop
 from cardio.imaging import unet
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from json_http import JsonHandler
 
 from cardio.cli import main
 from cardio.pipeline import kubeflow_runner, scheduling
-from json_http import JsonHandler
 
 
 class StandInKfpApi(http.server.ThreadingHTTPServer):

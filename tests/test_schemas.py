@@ -5,9 +5,8 @@ import tensorflow_data_validation as tfdv
 
 from cardio import schemas
 from cardio.components import lung_crop
-from cardio.imaging import crop
 from cardio.data import records
-from cardio.imaging import files
+from cardio.imaging import crop, files
 
 
 def _examples(cropped: bool, bad_box: bool = False):

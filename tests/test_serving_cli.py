@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from serving_helpers import REPO, export_version, free_port, jpeg, png, start_cardio
 
 from cardio import cli
 from cardio.imaging import dicom
 from cardio.serving import client as client_lib, config as config_lib, releases
-from serving_helpers import REPO, export_version, free_port, jpeg, png, start_cardio
 
 MODEL = "cardio-tiny"
 
@@ -227,8 +227,8 @@ def test_predict_over_tls_checks_the_server_certificate(served, images, tmp_path
 
 
 def test_reload_config_request_swaps_the_served_models(served):
-    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
     import grpc
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
 
     root, running = served
     config = config_lib.read_models_config(os.path.join(root, config_lib.MODELS_CONFIG))

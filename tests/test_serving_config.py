@@ -11,8 +11,8 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 from tfx.types import standard_artifacts
 
-from cardio.serving import config as config_lib, releases, server as server_lib
 from cardio.components import pusher
+from cardio.serving import config as config_lib, releases, server as server_lib
 
 MODEL = "cardio-mobilenet-75-25"
 

@@ -9,12 +9,16 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, predict_pb2)
+from serving_helpers import SERVERS, export_version, jpeg, png, write_batching_file
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
 
 from cardio.serving import config as config_lib, releases
 from cardio.trainer.signatures import SERVING_CLASSIFY
-from serving_helpers import SERVERS, export_version, jpeg, png, write_batching_file
 
 MODEL = "cardio-tiny"
 

@@ -7,10 +7,10 @@ import threading
 
 import grpc
 import pytest
+from serving_helpers import SERVERS, export_version, png, start_cardio, wait_for
 from tensorflow_serving.apis import model_pb2
 
 from cardio.serving import config as config_lib, releases
-from serving_helpers import SERVERS, export_version, png, start_cardio, wait_for
 
 MODEL = "cardio-tiny"
 

@@ -4,8 +4,8 @@ import io
 import tarfile
 
 import pandas as pd
-
 from conftest import shared_path
+
 from cardio.data import convert
 from cardio.data.sources import openi, padchest
 

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 import yaml
+from json_http import JsonHandler
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.utils import json_utils
 
-from cardio.components import tfjob_trainer
-from cardio.components import trainer_component as trainer_component
+from cardio.components import tfjob_trainer, trainer_component as trainer_component
 from cardio.data import convert
-from json_http import JsonHandler
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE = "cardio-pipelines"

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import shared_path
+
 from cardio.data import convert
 from cardio.trainer import data, model as model_lib, operating_point, task
 

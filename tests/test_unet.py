@@ -3,8 +3,8 @@ radiographs it never saw."""
 import os
 import shutil
 
-
 from conftest import shared_path
+
 from cardio.data import synth
 from cardio.imaging import unet
 

@@ -7,7 +7,7 @@ Signatures:
                     TensorFlow ops the LungCrop stage ran on the training data.
   serving_examples  serialized tf.Examples as the pipeline stores them (already cropped), for
                     TFMA and infra validation -> probability and label.
-  classify          TF Serving's Classify API (serving/signatures.py), with warm-up requests
+  classify          TF Serving's Classify API (trainer/signatures.py), with warm-up requests
                     in assets.extra/tf_serving_warmup_requests.
   explain           serving_default's input and outputs plus Grad-CAM and guided-backprop maps
                     and the crop the classifier saw (cardio.imaging.saliency; `cardio explain` reads it).
@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cardio.imaging import crop, decode
 from cardio import features as F
+from cardio.imaging import crop, decode
 from cardio.trainer import signatures
-
 
 
 class CardioServingModule(tf.Module):
@@ -100,7 +99,7 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
             F.SERVING_DEFAULT: module.serve_images.get_concrete_function(),
             F.SERVING_EXAMPLES: module.serve_examples.get_concrete_function(),
             "explain": module.explain_signature(),
-            # TF Serving's Classify API and warm-up requests (serving/signatures.py).
+            # TF Serving's Classify API and warm-up requests (trainer/signatures.py).
             F.SERVING_CLASSIFY: signatures.classify_function(module),
         # explain computes its guided-backprop gradients inside the signature; saving them as
         # reusable custom gradients too would triple the export time of EfficientNetB2.

@@ -18,7 +18,6 @@ import tensorflow as tf
 from cardio import features as F
 
 
-
 def classify_function(module):
     """The `classify` signature of a CardioServingModule (runs its serving_default)."""
 
@@ -42,7 +41,7 @@ def warmup_image() -> bytes:
 
 def warmup_requests() -> list:
     """One Predict (serving_default) and one Classify request, as PredictionLogs."""
-    from tensorflow_serving.apis import (classification_pb2, predict_pb2, prediction_log_pb2)
+    from tensorflow_serving.apis import classification_pb2, predict_pb2, prediction_log_pb2
 
     image = warmup_image()
     predict = predict_pb2.PredictRequest()

@@ -28,8 +28,8 @@ from PIL import Image
 from cardio import features as F
 from cardio.data import splits, synth
 from cardio.data.records import Record, hash_patient_id, to_example
-from cardio.imaging.files import encode_png, normalised_png
 from cardio.data.sources import Candidate, Selection
+from cardio.imaging.files import encode_png, normalised_png
 
 DEMO_SALT = "public-demo-salt"  # synthetic patients only; real data takes CARDIO_PATIENT_SALT
 DEFAULT_QUARANTINE_LIMIT = 0.05

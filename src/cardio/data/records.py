@@ -9,7 +9,6 @@ import dataclasses
 import hashlib
 import os
 
-
 from cardio import features as F
 
 

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from cardio.evaluation import comparison as C
+from cardio.evaluation import comparison as C, statistics as S
 
 ROC_PNG = "roc_curves.png"
 FOREST_PNG = "auc_forest.png"
@@ -102,7 +102,7 @@ def plot_forest(comparison: dict, path: str):
             y -= 1
         y -= 0.5
     ax.set_yticks(ticks, labels, fontsize=8)
-    ax.set_xlabel("AUC with 95% CI (DeLong)")
+    ax.set_xlabel(f"AUC ({S.DELONG_CI})")
     ax.set_title("AUC per model and group")
     ax.grid(axis="x", alpha=0.3)
     figure.tight_layout()
@@ -137,7 +137,7 @@ def plot_operating_point(comparison: dict, name: str, path: str):
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(loc="lower left", fontsize=8)
-    figure.suptitle(f"{name}: operating point chosen on validation vs the study's 0.5 (95% CIs)")
+    figure.suptitle(f"{name}: operating point chosen on validation vs the study's 0.5 ({S.WILSON_CI})")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)
@@ -169,7 +169,7 @@ def plot_fairness(rows: list, name: str, path: str):
                   [f"{r['slice']} (n={r['n']}, {r['positives']}+)" for r in rows], fontsize=8)
     ax.axvline(0.5, color="grey", lw=0.8, ls=":")
     ax.set_xlim(0, 1.0)
-    ax.set_xlabel("AUC with 95% CI (dashed: the site's AUC; dotted: chance)")
+    ax.set_xlabel(f"AUC ({S.DELONG_CI}; dashed: the site's AUC; dotted: chance)")
     ax.set_title(f"{name}: AUC per slice (test and external splits)")
     figure.legend(handles=[Patch(color=c, label=s) for s, c in STATUS_COLOURS.items()],
                   loc="lower center", ncol=4, fontsize=7)
@@ -180,7 +180,7 @@ def plot_fairness(rows: list, name: str, path: str):
 
 def _models_table(comparison: dict, group: str) -> list:
     champion = comparison["champion"]["model_name"]
-    lines = ["| model | AUC (95% CI) | sensitivity | specificity | accuracy | precision | F1 | "
+    lines = [f"| model | AUC ({S.DELONG_CI}) | sensitivity | specificity | accuracy | precision | F1 | "
              "blessed |", "|---|---|---|---|---|---|---|---|"]
     for name, model in sorted(comparison["models"].items()):
         s = model["groups"].get(group)
@@ -215,7 +215,7 @@ def _delong_table(comparison: dict) -> list:
 
 def _operating_table(comparison: dict, model: dict) -> list:
     prevalence = comparison["settings"]["deployment_prevalence"]
-    lines = [f"| group | threshold | sensitivity (95% CI) | specificity (95% CI) | "
+    lines = [f"| group | threshold | sensitivity ({S.WILSON_CI}) | specificity ({S.WILSON_CI}) | "
              f"PPV at {prevalence:.0%} | NPV at {prevalence:.0%} | precision here |",
              "|---|---|---|---|---|---|---|"]
     for group, s in model["groups"].items():
@@ -230,8 +230,8 @@ def _operating_table(comparison: dict, model: dict) -> list:
 
 
 def _fairness_table(rows: list) -> list:
-    lines = ["| slice | n (cardiomegaly) | AUC (95% CI) | sensitivity (95% CI) | "
-             "specificity (95% CI) | complement AUC | p | p (Holm) | status |",
+    lines = [f"| slice | n (cardiomegaly) | AUC ({S.DELONG_CI}) | sensitivity ({S.WILSON_CI}) | "
+             f"specificity ({S.WILSON_CI}) | complement AUC | p | p (Holm) | status |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         status = {"flagged": "**FLAGGED**: AUC below the rest of the site",
@@ -274,7 +274,7 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
         lines += [f"**No champion.** {champion['reason']}", ""]
 
     lines += ["## ROC curves", "", f"![ROC curves per group]({figures['roc']})", "",
-              f"![AUC with 95% CIs]({figures['forest']})", "",
+              f"![AUC ({S.DELONG_CI})]({figures['forest']})", "",
               "## Metrics per model and group", "",
               "At each model's operating threshold (chosen on validation). AUC CIs are DeLong's; "
               f"`*` marks DeLong p < {C.ALPHA} against the champion on that group, `†` that it "
@@ -366,7 +366,7 @@ def write(comparison: dict, out_dir: str, overlays: dict | None = None,
 
 
 def to_html(text: str) -> str:
-    import markdown as md   # Python-Markdown (a TensorBoard dependency)
+    import markdown as md  # Python-Markdown (a TensorBoard dependency)
 
     body = md.markdown(text, extensions=["tables"])
     style = ("body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"

@@ -191,8 +191,8 @@ def signature(module, box_key: str, qc_key: str):
 
     It runs the module's own decode-segment-crop function, so the maps explain exactly what
     serving_default scores."""
-    from cardio.imaging import crop
     from cardio import features as F
+    from cardio.imaging import crop
 
     image_size = module.image_size
     explainer = Saliency(module.model)
