@@ -44,11 +44,20 @@ def test_an_uphill_import_breaks_the_contract(tmp_path):
 
 
 def test_pip_install_exposes_only_the_cardio_namespace(tmp_path):
-    # Build the wheel offline with the environment's setuptools, then install it into a fresh
-    # venv exactly as `pip install .` would (dependencies aside: the environment has them).
+    # Build the wheel offline with the environment's setuptools from a copy of what the build
+    # reads (the checkout stays clean), then install it into a fresh venv exactly as
+    # `pip install .` would, dependencies aside: the environment has them.
+    source = tmp_path / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    for name in ("src", "pipeline", "components", "trainer", "serving", "schemas"):
+        shutil.copytree(REPO / name, source / name, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    clean = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}   # no PYTHONPATH to the checkout
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                            "--no-index", "-q", "-w", str(tmp_path / "dist"), str(REPO)],
-                           capture_output=True, text=True, timeout=300)
+                            "--no-index", "-q", "-w", str(tmp_path / "dist"), str(source)],
+                           capture_output=True, text=True, timeout=300, env=clean)
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "dist").glob("cardio-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
@@ -59,23 +68,24 @@ def test_pip_install_exposes_only_the_cardio_namespace(tmp_path):
         assert expected in names
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    python = venv / "bin" / "python"
-    install = subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-                              str(wheel)], capture_output=True, text=True, timeout=300)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=clean)
+    python = str(venv / "bin" / "python")
+    before = set(os.listdir(_purelib(python, clean)))
+    install = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+                              str(wheel)], capture_output=True, text=True, timeout=300, env=clean)
     assert install.returncode == 0, install.stderr
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    fresh = set(os.listdir(purelib)) - {"__pycache__"}
-    installed = {n for n in fresh if not n.startswith(("pip", "_distutils_hack", "setuptools",
-                                                       "distutils-precedence"))}
-    assert {n for n in installed if not n.endswith(".dist-info")} == {"cardio"}, installed
-    # The command points at the package's CLI, and the package imports from its new home.
-    script = (venv / "bin" / "cardio").read_text()
-    assert "from cardio.cli import main" in script
-    where = subprocess.run([str(python), "-c", "import cardio, cardio.features as F; "
+    added = set(os.listdir(_purelib(python, clean))) - before
+    assert {n for n in added if not n.endswith(".dist-info")} == {"cardio"}, added
+    # The command points at the package's CLI, and the package imports from site-packages.
+    assert "from cardio.cli import main" in (venv / "bin" / "cardio").read_text()
+    where = subprocess.run([python, "-c", "import cardio, cardio.features as F; "
                             "print(cardio.__file__, F.SERVING_DEFAULT)"],
-                           capture_output=True, text=True, cwd=tmp_path,
-                           env={"PATH": os.environ["PATH"]})
+                           capture_output=True, text=True, cwd=tmp_path, env=clean)
     assert where.returncode == 0, where.stderr
-    assert where.stdout.startswith(purelib) and where.stdout.split()[1] == "serving_default"
+    assert where.stdout.startswith(_purelib(python, clean))
+    assert where.stdout.split()[1] == "serving_default"
+
+
+def _purelib(python: str, env: dict) -> str:
+    return subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True, env=env).stdout.strip()

@@ -2,6 +2,7 @@
 Debian 13, the lock installed as is, Keras 2 set in the image, a numeric non-root user, a GPU
 target with the locked TensorFlow's CUDA extra, and the names the compiled pipeline and the
 manifests use."""
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -77,9 +78,13 @@ def test_dockerignore_admits_exactly_the_installed_packages():
               if line and not line.startswith("#")]
     assert ignore[0] == "*"
     admitted = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
-        "packages"]["find"]["include"]
-    assert {p.rstrip("*") for p in packages} <= admitted
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"]["find"]
+    # The package's source root, and every top-level folder it links in as a subpackage.
+    linked = {os.path.normpath(os.path.join("src/cardio", os.readlink(p)))
+              for p in (ROOT / "src" / "cardio").iterdir() if p.is_symlink()}
+    assert linked == {"pipeline", "components", "trainer", "serving", "schemas"}
+    assert set(find["where"]) | linked <= admitted
     assert {"requirements.lock", "pyproject.toml", "README.md", "LICENSE"} <= admitted
     assert not admitted & {"tests", "cardio-demo", ".git", "data"}
 
