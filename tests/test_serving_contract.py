@@ -17,8 +17,8 @@ from tensorflow_serving.apis import (
     predict_pb2,
 )
 
+from cardio import features as F
 from cardio.serving import config as config_lib, releases
-from cardio.trainer.signatures import SERVING_CLASSIFY
 
 MODEL = "cardio-tiny"
 
@@ -94,7 +94,7 @@ def test_classify_serves_the_classify_signature(client):
 def test_model_metadata_lists_the_signatures(client):
     version, signatures = client.metadata(MODEL, label="canary")
     assert version == 2
-    assert {"serving_default", "serving_examples", SERVING_CLASSIFY} <= set(signatures.signature_def)
+    assert {"serving_default", "serving_examples", F.SERVING_CLASSIFY} <= set(signatures.signature_def)
     default = signatures.signature_def["serving_default"]
     assert default.inputs["image_bytes"].dtype == tf.string.as_datatype_enum
     assert {"probability", "predicted_label", "crop_box", "crop_qc"} <= set(default.outputs)
@@ -144,7 +144,7 @@ BAD_REQUESTS = {
         model_spec=_predict(None).model_spec, inputs={"pixels": _strings([png(0)])}),
         grpc.StatusCode.INVALID_ARGUMENT, "pixels"),
     "empty classify": ("Classify", lambda: classification_pb2.ClassificationRequest(
-        model_spec={"name": MODEL, "signature_name": SERVING_CLASSIFY}),
+        model_spec={"name": MODEL, "signature_name": F.SERVING_CLASSIFY}),
         grpc.StatusCode.INVALID_ARGUMENT, "empty"),
     "classify on a predict signature": ("Classify", lambda: _classify_request("serving_default"),
                                         grpc.StatusCode.INVALID_ARGUMENT, ""),
