@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Runs inside a fresh mount namespace (see environment.sh): mounts the kernel file systems and the
 # shared directories into the Debian 13 root at the same paths, then chroots and runs the command.
-# Args: ROOT "DIR DIR ..." COMMAND...
+# Args: ROOT DIR... -- COMMAND...   (each DIR absolute, so none is "--"; any characters but NUL)
+# Every step execs: this script becomes chroot, which becomes sh, which becomes the command.
 set -euo pipefail
-root=$1; dirs=$2; shift 2
+root=$1; shift
+dirs=()
+while [ $# -gt 0 ] && [ "$1" != -- ]; do dirs+=("$1"); shift; done
+[ $# -gt 0 ] || { echo "usage: enter-root.sh ROOT DIR... -- COMMAND..." >&2; exit 2; }
+shift
 
 mount -t proc proc "$root/proc" 2>/dev/null || mount --rbind /proc "$root/proc"
 mount --rbind /sys "$root/sys"
@@ -18,7 +23,7 @@ is_system_path() {
   case "$1" in /|/bin|/bin/*|/boot*|/dev|/dev/*|/etc|/etc/*|/lib*|/opt/cardio-venv*|/proc*|/sbin*|/sys*|/usr|/usr/*|/var|/var/lib*|/var/cache*) return 0 ;; esac
   return 1
 }
-for d in $dirs; do
+for d in "${dirs[@]}"; do
   [ -d "$d" ] || continue
   if is_system_path "$d"; then continue; fi
   mkdir -p "$root$d"
@@ -30,10 +35,10 @@ done
 if ls /dev/nvidia* >/dev/null 2>&1; then
   mkdir -p "$root/run/host-nvidia"
   mount -t tmpfs tmpfs "$root/run/host-nvidia"
-  for lib in $(ldconfig -p 2>/dev/null | awk '/libcuda\.so|libnvidia-/ {print $NF}' | sort -u); do
+  while IFS= read -r lib; do
     touch "$root/run/host-nvidia/$(basename "$lib")"
     mount --bind "$lib" "$root/run/host-nvidia/$(basename "$lib")"
-  done
+  done < <(ldconfig -p 2>/dev/null | awk '/libcuda\.so|libnvidia-/ {print $NF}' | sort -u)
   for bin in nvidia-smi; do
     p=$(command -v "$bin" || true)
     [ -n "$p" ] && touch "$root/run/host-nvidia/$bin" && mount --bind "$p" "$root/run/host-nvidia/$bin"

@@ -3,12 +3,16 @@
 #
 # ml-metadata and tensorflow-data-validation ship only manylinux_2_39 wheels, so:
 #   * hosts with glibc >= 2.39 and python3.13 get a plain venv;
-#   * older hosts (Debian 12: glibc 2.36) get a Debian 13 root made by debootstrap, entered with
-#     `unshare --mount` + `chroot`, with the repository, ../shared, the caller's directory, /tmp
-#     and the paths named on the command line bound in at the same paths.
+#   * older hosts (Debian 12: glibc 2.36) get a Debian 13 root, made by debootstrap as root or by
+#     `mmdebstrap --mode=unshare` without root, entered with `unshare --mount` + `chroot` (plus
+#     `--user --map-root-user` without root), with the repository, ../shared, the caller's
+#     directory, /tmp and the paths named on the command line bound in at the same paths.
 # Both are cached outside the clone under $CARDIO_CACHE (default ~/.cache/cardio), keyed on the
-# lock file: a second run reuses them, a lock change builds a new one. Each is built under a
-# `.partial` name and renamed only when complete, so an interrupted build is never reused.
+# lock file: a second run reuses them, a lock change builds a new one. An interrupted build is
+# never reused: the root is built under a `.partial` name and renamed when complete; the venv is
+# built at its final path (its console scripts embed that path) and marked complete last.
+# Every step from ./cardio to the command execs, so the caller's PID becomes the command's and
+# signals reach it (docs/environment.md).
 #
 # Sourced by ./cardio; `environment.sh ensure` only builds, `environment.sh path` prints it.
 set -euo pipefail
@@ -25,6 +29,9 @@ export TF_USE_LEGACY_KERAS=1
 
 log() { printf '[cardio-env] %s\n' "$*" >&2; }
 die() { printf '[cardio-env] error: %s\n' "$*" >&2; exit 2; }
+
+# Written last into a native venv: a venv without it is an interrupted build.
+NATIVE_COMPLETE=.cardio-complete
 
 # Bump when the way an environment is built changes, so every cached one is rebuilt.
 RECIPE_VERSION=1
@@ -70,42 +77,79 @@ pip_install_locked() {  # $1: python of the venv
 }
 
 build_native() {
-  local dest=$1 tmp="$1.partial"
-  rm -rf "$tmp"
+  # pip writes the venv's own path into every console script (#!DEST/bin/python), so the venv is
+  # built at its final path, under the builders' lock (ensure_env), and the completion marker is
+  # written last: a venv without it is an interrupted build and is built again from scratch.
+  local dest=$1
+  rm -rf "$dest" "$dest.partial"
   log "creating venv $dest"
-  python3.13 -m venv "$tmp"
-  # venv scripts embed their path: build at the final name's sibling, then fix by recreating
-  # the scripts after the move (pip's console scripts use the interpreter path given here).
-  pip_install_locked "$tmp/bin/python"
-  mv "$tmp" "$dest"
-  python3.13 -m venv --upgrade "$dest" >/dev/null
+  python3.13 -m venv "$dest"
+  pip_install_locked "$dest/bin/python"
+  : > "$dest/$NATIVE_COMPLETE"
 }
 
-# Runs a command inside the root, with the bind mounts described above. Args: root, then command.
-in_root() {
+env_complete() {  # $1: an environment path of the current mode
+  if [ "$(env_mode)" = native ]; then [ -e "$1/$NATIVE_COMPLETE" ]; else [ -e "$1" ]; fi
+}
+
+# The command that runs a command inside the root, with the bind mounts described above, into the
+# array ROOT_ARGV. Args: root, then command. CARDIO_EXTRA_BINDS: more directories, one per line.
+root_argv() {
   local root=$1; shift
   local -a binds=("$REPO" /tmp)
   [ -d "$REPO/../shared" ] && binds+=("$(cd "$REPO/../shared" && pwd -P)")
   binds+=("$(pwd -P)")
-  binds+=(${CARDIO_EXTRA_BINDS:-})
+  local line
+  while IFS= read -r line; do [ -n "$line" ] && binds+=("$line"); done <<< "${CARDIO_EXTRA_BINDS:-}"
   local -a ns=(unshare --mount --propagation private)
-  # Without root, a user namespace maps us to root inside (README: needs user namespaces).
+  # Without root, a user namespace maps us to root inside (docs/environment.md).
   [ "$(id -u)" = 0 ] || ns=(unshare --user --map-root-user --mount --propagation private)
-  "${ns[@]}" -- bash "$REPO/tools/enter-root.sh" "$root" "${binds[*]}" "$@"
+  # unshare without --fork execs its command, enter-root.sh execs chroot, and so on down.
+  ROOT_ARGV=("${ns[@]}" -- bash "$REPO/tools/enter-root.sh" "$root" "${binds[@]}" -- "$@")
+}
+in_root() { root_argv "$@"; "${ROOT_ARGV[@]}"; }
+exec_in_root() { root_argv "$@"; exec "${ROOT_ARGV[@]}"; }
+
+# Without root, the root is made by mmdebstrap in a user namespace: check for everything that
+# needs, and say exactly what is missing.
+require_unprivileged_build() {
+  local user; user=$(id -un)
+  unshare --user --map-root-user true 2>/dev/null || die "building the Debian 13 root without \
+root needs user namespaces, and \`unshare --user --map-root-user true\` fails here: enable them \
+(sysctl user.max_user_namespaces=15000; on Ubuntu 24.04+ also \
+kernel.apparmor_restrict_unprivileged_userns=0), or run ./cardio once as root"
+  command -v mmdebstrap >/dev/null && command -v newuidmap >/dev/null && command -v newgidmap >/dev/null \
+    || die "building the Debian 13 root without root needs mmdebstrap and newuidmap/newgidmap: \
+ask an administrator for \`apt-get install mmdebstrap uidmap\` (or run ./cardio once as root)"
+  grep -qE "^($user|$(id -u)):" /etc/subuid 2>/dev/null && grep -qE "^($user|$(id -g)):" /etc/subgid 2>/dev/null \
+    || die "building the Debian 13 root without root needs subordinate ids for $user in /etc/subuid \
+and /etc/subgid: ask an administrator for \`usermod --add-subuids 100000-165535 --add-subgids \
+100000-165535 $user\` (any free range of 65536)"
 }
 
 build_root() {
   local dest=$1 tmp="$1.partial"
-  command -v debootstrap >/dev/null || {
-    [ "$(id -u)" = 0 ] || die "debootstrap is missing: install it (apt-get install debootstrap) and rerun"
-    log "installing debootstrap"
-    apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null
-  }
+  if [ "$(id -u)" = 0 ]; then
+    command -v debootstrap >/dev/null || {
+      log "installing debootstrap"
+      apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null
+    }
+  else
+    require_unprivileged_build
+  fi
   rm -rf "$tmp"; mkdir -p "$tmp"
-  log "building a Debian 13 root in $tmp (debootstrap, about a minute)"
-  debootstrap --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR" \
-    | while read -r line; do case "$line" in I:\ Retriev*|I:\ Valid*) ;; *) log "debootstrap: $line" ;; esac; done
-  [ -x "$tmp/usr/bin/python3.13" ] || die "debootstrap did not produce python3.13 in $tmp"
+  if [ "$(id -u)" = 0 ]; then
+    log "building a Debian 13 root in $tmp (debootstrap, about a minute)"
+    debootstrap --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR" \
+      | while read -r line; do case "$line" in I:\ Retriev*|I:\ Valid*) ;; *) log "debootstrap: $line" ;; esac; done
+  else
+    # mmdebstrap runs dpkg in a user namespace with the subordinate ids; its tarball, unpacked by
+    # us, leaves every file ours, which `unshare --map-root-user` shows as root's when entering.
+    log "building a Debian 13 root in $tmp without root (mmdebstrap --mode=unshare, about a minute)"
+    mmdebstrap --mode=unshare --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" - \
+      "$DEBIAN_MIRROR" | tar -x -C "$tmp" --exclude='./dev/*'
+  fi
+  [ -x "$tmp/usr/bin/python3.13" ] || die "the Debian 13 root in $tmp has no python3.13"
   # The environment's TLS variables point at the host's bundle path: make that path exist inside.
   local bundle
   for bundle in "${SSL_CERT_FILE:-}" "${PIP_CERT:-}" /etc/ssl/certs/ca-certificates.crt; do
@@ -114,20 +158,21 @@ build_root() {
   cp -L /etc/resolv.conf "$tmp/etc/resolv.conf" 2>/dev/null || true
   log "creating the venv inside the root"
   in_root "$tmp" python3.13 -m venv "$VENV_IN_ROOT"
-  in_root "$tmp" bash -c "set -euo pipefail; $(declare -f log pip_install_locked); LOCK='$LOCK'; pip_install_locked $VENV_IN_ROOT/bin/python"
+  in_root "$tmp" bash -c "set -euo pipefail; $(declare -f log pip_install_locked); LOCK=$(printf %q "$LOCK"); pip_install_locked $VENV_IN_ROOT/bin/python"
   mv "$tmp" "$dest"
 }
 
 ensure_env() {
   [ -f "$LOCK" ] || die "lock file $LOCK is missing"
   local dest; dest=$(env_path)
-  [ -e "$dest" ] && return 0
+  env_complete "$dest" && return 0
   mkdir -p "$CACHE"
   local start=$SECONDS
-  # One builder at a time; a second caller waits and then reuses the result.
+  # One builder at a time; a second caller waits and then reuses the result. The lock's file
+  # descriptor is closed again before anything is exec'd.
   exec 9>"$CACHE/.lock"
   flock 9
-  if [ ! -e "$dest" ]; then
+  if ! env_complete "$dest"; then
     # Set-up talks on stderr only: stdout belongs to the command being run.
     if [ "$(env_mode)" = native ]; then build_native "$dest" >&2; else build_root "$dest" >&2; fi
     log "environment ready in $((SECONDS - start)) s: $dest"
@@ -135,25 +180,31 @@ ensure_env() {
   exec 9>&-
 }
 
-# Runs a command (argv) in the environment, cwd preserved, exit status passed through.
-run_in_env() {
-  if [ "${CARDIO_IN_ENV:-}" = 1 ]; then "$@"; return; fi  # already inside: run as is
+# Replaces this shell with a command (argv) in the environment, cwd preserved: the command gets
+# this process's PID, so its exit status and every signal sent to this PID are its own.
+exec_in_env() {
+  if [ "${CARDIO_IN_ENV:-}" = 1 ]; then exec "$@"; fi  # already inside: run as is
   ensure_env
   local dest; dest=$(env_path)
   if [ "$(env_mode)" = native ]; then
-    CARDIO_IN_ENV=1 PATH="$dest/bin:$PATH" PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" VIRTUAL_ENV="$dest" "$@"
+    export CARDIO_IN_ENV=1 PATH="$dest/bin:$PATH" PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" \
+      VIRTUAL_ENV="$dest"
+    exec "$@"
   else
-    in_root "$dest" env CARDIO_IN_ENV=1 PATH="$VENV_IN_ROOT/bin:/usr/local/bin:/usr/bin:/bin" VIRTUAL_ENV="$VENV_IN_ROOT" \
-      PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" "$@"
+    exec_in_root "$dest" env CARDIO_IN_ENV=1 PATH="$VENV_IN_ROOT/bin:/usr/local/bin:/usr/bin:/bin" \
+      VIRTUAL_ENV="$VENV_IN_ROOT" PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" "$@"
   fi
 }
+
+# Runs a command (argv) in the environment as a child and returns its exit status.
+run_in_env() { ( exec_in_env "$@" ); }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   case "${1:-}" in
     ensure) ensure_env ;;
     path) env_path ;;
     mode) env_mode ;;
-    run) shift; run_in_env "$@" ;;
+    run) shift; exec_in_env "$@" ;;
     *) echo "usage: tools/environment.sh ensure|path|mode|run CMD..." >&2; exit 2 ;;
   esac
 fi

@@ -5,11 +5,11 @@
 set -euo pipefail
 source "$(dirname "$0")/environment.sh"
 scratch=/tmp/cardio-lock-venv
-run_in_env bash -c "
-  set -e; rm -rf $scratch; python3.13 -m venv $scratch
-  $scratch/bin/pip install --quiet --upgrade pip
-  $scratch/bin/pip install --quiet '$REPO[dev]'
-  $scratch/bin/pip freeze --exclude cardio > $scratch.txt"
+run_in_env bash -c '
+  set -e; rm -rf "$1"; python3.13 -m venv "$1"
+  "$1/bin/pip" install --quiet --upgrade pip
+  "$1/bin/pip" install --quiet "$2[dev]"
+  "$1/bin/pip" freeze --exclude cardio > "$1.txt"' sh "$scratch" "$REPO"
 { sed -n '1,/^$/p' "$LOCK" | grep '^#'; cat "$scratch.txt"; } > "$LOCK.new"
 mv "$LOCK.new" "$LOCK"
 rm -rf "$scratch" "$scratch.txt"
