@@ -127,6 +127,9 @@ def test_sigterm_to_the_launcher_pid_stops_the_server_gracefully(host, serve_fla
         assert answer.get("result", {}).get("version") == 1, answer
         assert answer["seconds"] >= BATCH_WAIT_S * 0.9     # it was in flight across the signal
         assert process.wait(timeout=60) == 0
+        stderr.seek(0)
+        logged = stderr.read()
+        assert "Running gRPC ModelServer" in logged and "shutting down" in logged, logged
         _assert_nothing_serves(process.pid, ready["port"], serve_flags)
     finally:
         _kill(([process.pid] if process.poll() is None else []) + _serving_processes(serve_flags))

@@ -3,15 +3,108 @@ long work shows progress on stderr; machine-readable summaries are one JSON obje
 line of stdout."""
 from __future__ import annotations
 
+import contextlib
+import glob
+import importlib.abc
+import importlib.util
 import json
 import os
+import re
 import sys
+import tempfile
 
 # Keras 2 for TFX/TFT/TFMA, set before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# Log levels the caller set in the environment win over both the quiet default and --verbose.
+_CALLER_LOG_LEVELS = {name: os.environ.get(name) for name in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY")}
+# Quiet by default (`cardio --verbose` shows them): TensorFlow's C++ INFO and WARNING lines (the
+# oneDNN notice, CPU features, ...) and gRPC's below ERROR. Environment variables, set before
+# TensorFlow is imported, so that Beam and TFX subprocesses inherit them.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import click  # noqa: E402
+
+# What TensorFlow's shared libraries print while they load, before TF_CPP_MIN_LOG_LEVEL applies:
+# absl's pre-initialisation notice, INFO/WARNING lines of static initialisers (the CUDA stub's
+# "Could not find cuda drivers", TF-TRT), and the registration/CUDA-probe errors a CPU-only host
+# always gets. Only these lines, and only while `import tensorflow` runs, are dropped.
+_TF_LOAD_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|[IW]\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "
+    r"|\d{4}-\d\d-\d\d [\d:.]+: [IW] \S+:\d+\] "
+    r"|(E\d{4} [\d:.]+ +\d+ |\d{4}-\d\d-\d\d [\d:.]+: E )[\w./]+:\d+\] (Unable to register "
+    r"cu(DNN|FFT|BLAS) factory|.*computation placer already registered|failed call to cuInit)"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler")
+
+
+@contextlib.contextmanager
+def _load_noise_filtered():
+    """File descriptor 2 goes to a temporary file for the duration; then every line but
+    _TF_LOAD_NOISE's is written to the real stderr, in order."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):       # no usable stderr: nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = b"".join(line for line in capture.read().splitlines(keepends=True)
+                            if not _TF_LOAD_NOISE.match(line.decode(errors="replace")))
+            while kept:
+                kept = kept[os.write(2, kept):]
+
+
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Runs the first `import tensorflow` under _load_noise_filtered. On hosts without an NVIDIA
+    device it also lists the devices there: TensorFlow's CUDA probe (an error line on CPU-only
+    hosts) runs then rather than at the first op."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def quiet_exec_module(module):
+            with _load_noise_filtered():
+                exec_module(module)
+                if not glob.glob("/dev/nvidia[0-9]*"):
+                    module.config.list_physical_devices()
+
+        spec.loader.exec_module = quiet_exec_module
+        return spec
+
+
+def _set_log_levels(verbose: bool):
+    """Quiet (the default): the environment above, absl's Python warnings hidden (TFX's
+    deprecation and fallback notices; errors still show) and TensorFlow's load-time noise
+    dropped. --verbose: every TensorFlow C++ log line, gRPC's default, absl's warnings."""
+    if verbose:
+        if _CALLER_LOG_LEVELS["TF_CPP_MIN_LOG_LEVEL"] is None:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        if _CALLER_LOG_LEVELS["GRPC_VERBOSITY"] is None:
+            os.environ.pop("GRPC_VERBOSITY", None)
+        return
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    if "tensorflow" not in sys.modules and \
+            not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlowImport())
 
 
 def _progress(total: int, label: str):
@@ -21,8 +114,12 @@ def _progress(total: int, label: str):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name=None, version=__import__("cardio").__version__, prog_name="cardio")
-def main():
+@click.option("--verbose", is_flag=True,
+              help="Show TensorFlow's start-up and C++ log lines, gRPC's and absl's warnings "
+                   "(hidden by default).")
+def main(verbose):
     """Cardiomegaly detection on chest radiographs: a TFX / Kubeflow pipeline."""
+    _set_log_levels(verbose)
 
 
 @main.command()
