@@ -50,7 +50,8 @@ class Host:
             env = {k: v for k, v in os.environ.items() if k != "CARDIO_IN_ENV"}
             return cls(None, env)
         with open(f"/proc/{pid}/environ", "rb") as f:
-            env = dict(item.decode().split("=", 1) for item in f.read().split(b"\0") if b"=" in item)
+            env = dict(item.decode().split("=", 1) for item in f.read().split(b"\0")
+                       if b"=" in item)
         env.pop("CARDIO_IN_ENV", None)
         host = cls(pid, env)
         probe = subprocess.run(host.argv(["true"]), capture_output=True, text=True)

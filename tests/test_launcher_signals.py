@@ -68,7 +68,8 @@ def _cmdline(pid: int) -> list[str]:
 
 def _assert_is_the_server(pid: int):
     argv = _cmdline(pid)
-    assert os.path.basename(argv[0]).startswith("python") and argv[1:4] == ["-m", "cardio", "serve"], \
+    assert argv and os.path.basename(argv[0]).startswith("python"), f"PID {pid} runs {argv}"
+    assert argv[1:4] == ["-m", "cardio", "serve"], \
         f"PID {pid} started as ./cardio should be the Python server by now, but runs {argv}"
 
 

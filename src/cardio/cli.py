@@ -16,7 +16,8 @@ import tempfile
 # Keras 2 for TFX/TFT/TFMA, set before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # Log levels the caller set in the environment win over both the quiet default and --verbose.
-_CALLER_LOG_LEVELS = {name: os.environ.get(name) for name in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY")}
+_CALLER_LOG_LEVELS = {name: os.environ.get(name)
+                      for name in ("TF_CPP_MIN_LOG_LEVEL", "GRPC_VERBOSITY")}
 # Quiet by default (`cardio --verbose` shows them): TensorFlow's C++ INFO and WARNING lines (the
 # oneDNN notice, CPU features, ...) and gRPC's below ERROR. Environment variables, set before
 # TensorFlow is imported, so that Beam and TFX subprocesses inherit them.
