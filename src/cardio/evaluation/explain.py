@@ -17,7 +17,8 @@ import re
 import numpy as np
 import tensorflow as tf
 
-from cardio.imaging import crop, decode, saliency
+from cardio.imaging import crop, saliency
+from cardio.imaging.decode import decode_radiograph
 
 BATCH = 8
 
@@ -98,7 +99,7 @@ def load(model_dir: str) -> ExplainModel:
 def decode(name: str, encoded: bytes) -> np.ndarray:
     """Encoded PNG/JPEG -> float [H, W] in [0, 1], exactly as serving decodes it."""
     try:
-        return decode.decode_radiograph(tf.constant(encoded)).numpy()[..., 0]
+        return decode_radiograph(tf.constant(encoded)).numpy()[..., 0]
     except (tf.errors.InvalidArgumentError, ValueError) as error:
         message = getattr(error, "message", str(error)).strip().splitlines()[0]
         raise ExplainError(f"{name}: not a decodable PNG or JPEG image ({message})") from None
