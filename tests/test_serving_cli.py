@@ -147,10 +147,10 @@ def test_release_cli_promotes_the_champion_and_rolls_back(tmp_path):
 
 def test_cardio_serve_runs_like_tensorflow_model_server(served):
     root, _ = served
-    refused = subprocess.run([sys.executable, "-m", "cardio", "serve", "--rest_api_port=8501",
+    refused = subprocess.run([sys.executable, "-m", "cardio", "serve", "--grpc_socket_path=/s",
                               f"--model_config_file={root}/models.config"],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert refused.returncode == 2 and "--rest_api_port is a tensorflow_model_server flag" in \
+    assert refused.returncode == 2 and "--grpc_socket_path is a tensorflow_model_server flag" in \
         refused.stderr
     process = subprocess.Popen([sys.executable, "-m", "cardio", "serve", "--port=0",
                                 f"--model_config_file={root}/models.config", "--enable_batching"],

@@ -191,8 +191,9 @@ def test_flags_are_tensorflow_model_servers():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model_base_path=/m", "--rest_api_port=8501"], "--rest_api_port is a tensorflow_model_"
-                                                       "server flag that cardio serve does not"),
+    (["--model_base_path=/m", "--grpc_socket_path=/s"], "--grpc_socket_path is a "
+                                                        "tensorflow_model_server flag that cardio "
+                                                        "serve does not"),
     (["--model_base_path=/m", "--ssl_config_file=x"], "does not implement"),
     (["--model_base_path=/m", "--prot=1"], "unknown flag --prot"),
     (["--port=8500"], "Both --model_base_path and --model_config_file are empty"),
