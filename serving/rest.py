@@ -220,12 +220,7 @@ class RestApi:
     def status(self, model, version=None, label=None, **_):
         request = get_model_status_pb2.GetModelStatusRequest()
         self._spec(request.model_spec, model, version, label)
-        response = get_model_status_pb2.GetModelStatusResponse()
-        for number, status in self.manager.statuses(request.model_spec):
-            entry = response.model_version_status.add(version=number, state=status.state)
-            if status.error is not None:
-                entry.status.error_code = status.error.code.value[0]
-                entry.status.error_message = status.error.message
+        response = service.model_status(self.manager, request.model_spec)
         return json_format.MessageToDict(response, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)
 

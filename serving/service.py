@@ -243,6 +243,16 @@ def measured(metrics, api: str, entrypoint: str, model_name: str, call):
                             code, started)
 
 
+def model_status(manager, model_spec) -> get_model_status_pb2.GetModelStatusResponse:
+    """Each version's state and status (OK, or why its load failed), as TF Serving fills it."""
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for version, status in manager.statuses(model_spec):
+        entry = response.model_version_status.add(version=version, state=status.state)
+        entry.status.error_code = status.error.code.value[0] if status.error else 0
+        entry.status.error_message = status.error.message if status.error else ""
+    return response
+
+
 def _answer(context, call):
     """Runs one request; a ServingError becomes its gRPC status (the server keeps serving)."""
     try:
@@ -292,15 +302,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         self.allowed_roots = tuple(_normalised(root) for root in allowed_roots)
 
     def GetModelStatus(self, request, context):
-        def call():
-            response = get_model_status_pb2.GetModelStatusResponse()
-            for version, status in self.manager.statuses(request.model_spec):
-                entry = response.model_version_status.add(version=version, state=status.state)
-                if status.error is not None:
-                    entry.status.error_code = status.error.code.value[0]
-                    entry.status.error_message = status.error.message
-            return response
-        return _answer(context, call)
+        return _answer(context, lambda: model_status(self.manager, request.model_spec))
 
     def check_reload(self, config):
         if not self.allow_reload:
