@@ -118,23 +118,48 @@ def start_cardio_on(port, root):
     return server
 
 
+def _saved_model_stub(directory):
+    """A saved_model.pb with a `serve` MetaGraph: what `release promote` checks is loadable."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    saved.meta_graphs.add().meta_info_def.tags.append("serve")
+    directory.mkdir(parents=True)
+    (directory / "saved_model.pb").write_bytes(saved.SerializeToString())
+
+
+def _comparison(path, version):
+    path.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "best AUC", "pushed": {
+        "pushed": version is not None, "destination": "d", "version": version}}}))
+    return str(path)
+
+
 def test_release_cli_promotes_the_champion_and_rolls_back(tmp_path):
     root = tmp_path / "serving"
     for version in (1, 2):
-        (root / MODEL / str(version)).mkdir(parents=True)
+        _saved_model_stub(root / MODEL / str(version))
         releases.record_push(str(root), MODEL, version)
-    comparison = tmp_path / "comparison.json"
-    comparison.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "best AUC"}}))
     runner = CliRunner()
-    canary = runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
-                                      "--model", MODEL, "--label", "canary"])
-    assert json.loads(canary.output.splitlines()[-1])["to"] == 2
-    promoted = runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
-                                        "--comparison", str(comparison)])
+
+    def promote(comparison):
+        return runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
+                                        "--comparison", comparison])
+    # After two pushes (stable and canary on 1), the comparison evaluated version 2: stable
+    # moves to 2 exactly, not to the canary's version.
+    promoted = promote(_comparison(tmp_path / "c2.json", "2"))
     assert promoted.exit_code == 0, promoted.output
     assert json.loads(promoted.output.splitlines()[-1]) == {"model": MODEL, "label": "stable",
                                                             "from": 1, "to": 2}
     assert releases.history(str(root))[-1]["reason"] == "champion: best AUC"
+    for version, needle in (("3", "version 3 is not pushed"), (None, "was not pushed")):
+        refused = promote(_comparison(tmp_path / "c.json", version))
+        assert refused.exit_code == 1 and needle in refused.output, refused.output
+    saved_model = root / MODEL / "1" / "saved_model.pb"
+    intact = saved_model.read_bytes()
+    saved_model.write_bytes(b"half a copy")
+    refused = promote(_comparison(tmp_path / "c1.json", "1"))
+    assert refused.exit_code == 1 and "version 1 is not loadable" in refused.output
+    saved_model.write_bytes(intact)
+    assert releases.read_state(str(root))[MODEL]["labels"]["stable"] == 2
     back = runner.invoke(cli.main, ["release", "rollback", "--serving-root", str(root),
                                     "--model", MODEL])
     assert json.loads(back.output.splitlines()[-1])["to"] == 1

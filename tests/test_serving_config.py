@@ -109,8 +109,14 @@ def test_release_errors_name_the_problem(tmp_path):
     with pytest.raises(releases.ReleaseError, match="no version 7"):
         releases.promote(root, MODEL, "stable", 7)
     comparison = tmp_path / "comparison.json"
-    comparison.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "highest AUC"}}))
-    assert releases.champion(str(comparison)) == (MODEL, "highest AUC")
+    comparison.write_text(json.dumps({"champion": {
+        "model_name": MODEL, "reason": "highest AUC",
+        "pushed": {"pushed": True, "destination": root, "version": "1"}}}))
+    assert releases.champion(str(comparison)) == (MODEL, 1, "highest AUC")
+    comparison.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "r",
+                                                   "pushed": {"pushed": False}}}))
+    with pytest.raises(releases.ReleaseError, match="was not pushed"):
+        releases.champion(str(comparison))
     comparison.write_text("{}")
     with pytest.raises(releases.ReleaseError, match="champion"):
         releases.champion(str(comparison))

@@ -462,7 +462,8 @@ _reason = click.option("--reason", default="", help="Recorded in release_history
 @_root
 @click.option("--model", default=None, help="Model name (or --comparison).")
 @click.option("--comparison", type=click.Path(exists=True, dir_okay=False),
-              help="comparison.json of a model comparison: promote its champion.")
+              help="comparison.json of a model comparison: promote the exact version of its "
+                   "champion it evaluated (refused if not pushed or not loadable).")
 @click.option("--version", "version", type=int, default=None,
               help="Version (default: the canary version; for --label canary the newest push).")
 @_label
@@ -473,11 +474,13 @@ def release_promote(serving_root, model, comparison, version, label, reason):
 
     if bool(model) == bool(comparison):
         raise click.UsageError("name exactly one of --model and --comparison")
+    if comparison and version is not None:
+        raise click.UsageError("--comparison promotes the version it evaluated; no --version")
     try:
         if comparison:
-            model, why = releases.champion(comparison)
-            reason = reason or f"champion: {why}"
-        move = releases.promote(serving_root, model, label, version, reason)
+            move = releases.promote_champion(serving_root, comparison, label, reason)
+        else:
+            move = releases.promote(serving_root, model, label, version, reason)
     except releases.ReleaseError as error:
         raise click.ClickException(str(error))
     click.echo(json.dumps(move))
