@@ -94,6 +94,8 @@ def _decode_value(value, is_string: bool):
             raise _bad(f"JSON Value: {json.dumps(value)[:80]} Type: String is not of expected "
                        f"type: number")
         return value.encode()
+    if is_string:
+        raise _bad(f"JSON Value: {json.dumps(value)} Type: Number is not of expected type: string")
     return value
 
 
@@ -108,7 +110,10 @@ def _tensor(value, info, alias: str):
                    f"{dtype.name})") from None
     if array.dtype == object and dtype != tf.string:
         raise _bad(f"input {alias!r}: lists of unequal lengths")
-    return tf.make_tensor_proto(array, dtype=dtype)
+    try:
+        return tf.make_tensor_proto(array, dtype=dtype)
+    except (TypeError, ValueError) as error:
+        raise _bad(f"input {alias!r}: {error}") from None
 
 
 def predict_request(body: dict, signature) -> dict:
