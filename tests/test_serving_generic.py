@@ -29,8 +29,10 @@ def generic(tmp_path_factory):
     """The generic model pushed as `00000123` (as TF Serving's own test models are named)."""
     base = tmp_path_factory.mktemp("generic")
     export_generic(str(base), "00000123")
+    monitoring = base / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }')
     running = start_cardio([f"--model_base_path={base}", f"--model_name={MODEL}",
-                            "--rest_api_port=-1"])
+                            "--rest_api_port=-1", f"--monitoring_config_file={monitoring}"])
     yield running
     running.stop()
 
@@ -163,3 +165,34 @@ def test_malformed_models_config_exits_non_zero_with_tf_servings_message(tmp_pat
     assert server_lib.main([f"--model_config_file={config}", "--port=0"]) == 1
     assert "Error parsing text-format tensorflow.serving.ModelServerConfig:" in \
         capsys.readouterr().err
+
+
+def _samples(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_prometheus_metrics_count_requests_per_model_version_and_api(generic, stub):
+    url = f"{generic.rest}/monitoring/prometheus/metrics"
+    status, text = http("GET", url)
+    assert status == 200
+    before = _samples(text)
+    _predict(stub, [[1.0]])
+    http("POST", f"{generic.rest}/v1/models/{MODEL}:predict", {"instances": [[1.0]]})
+    http("POST", f"{generic.rest}/v1/models/{MODEL}:predict", {"instances": [["text"]]})
+    after = _samples(http("GET", url)[1])
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted({"model_name": MODEL, "API": "predict", **labels}.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    count = ":tensorflow:serving:request_count_total"
+    assert delta(count, version="123", entrypoint="GRPC", status="OK") == 1
+    assert delta(count, version="123", entrypoint="REST", status="OK") == 1
+    assert delta(count, version="", entrypoint="REST", status="INVALID_ARGUMENT") == 1
+    latency = ":tensorflow:serving:request_latency_count"
+    assert delta(latency, version="123", entrypoint="GRPC") == 1
+    assert after[(":tensorflow:serving:request_latency_sum", tuple(sorted({
+        "model_name": MODEL, "API": "predict", "version": "123", "entrypoint": "GRPC"}.items())))] > 0
