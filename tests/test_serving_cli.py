@@ -28,7 +28,8 @@ def served(tmp_path_factory):
     for version, seed in ((1, 0), (2, 1)):
         export_version(staging, root, MODEL, version, seed)
         releases.record_push(root, MODEL, version)
-    running = start_cardio([f"--model_config_file={root}/models.config", "--enable_batching"])
+    running = start_cardio([f"--model_config_file={root}/models.config", "--enable_batching",
+                            "--rest_api_port=-1"])
     yield root, running
     running.stop()
 
@@ -73,6 +74,21 @@ def test_predict_json_lines_match_the_python_client(served, images):
     assert {r["version"] for r in rows} == {2} and all(len(r["crop_box"]) == 4 for r in rows)
 
 
+def test_predict_over_rest_matches_grpc(served, images):
+    root, running = served
+    files = [str(images / "d.dcm"), str(images / "c.jpg")]
+    answers = {}
+    for transport in (["--server", running.target], ["--rest", running.rest]):
+        result = CliRunner().invoke(cli.main, ["predict", *transport, "--model", MODEL,
+                                               "--version", "2", "--json", *files])
+        assert result.exit_code == 0, result.output
+        answers[transport[0]] = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert answers["--rest"] == answers["--server"]
+    unknown = CliRunner().invoke(cli.main, ["predict", "--rest", running.rest, "--model", "nope",
+                                            files[1]])
+    assert unknown.exit_code == 1 and "HTTP 404: Servable not found" in unknown.output
+
+
 def test_predict_names_each_bad_file_and_fails(served, images, tmp_path):
     root, running = served
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -103,7 +119,7 @@ def test_client_retries_until_the_server_is_up(served, tmp_path):
     thread = threading.Thread(target=start_later)
     thread.start()
     try:
-        with client_lib.Client(f"127.0.0.1:{port}", timeout=30, retries=4) as client:
+        with client_lib.Client(f"127.0.0.1:{port}", timeout=30, retries=6) as client:
             assert client.predict([png(0)], MODEL)[0]["version"] == 2
     finally:
         thread.join()

@@ -408,7 +408,9 @@ def serve(flags):
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--server", "target", required=True, help="HOST:PORT of TF Serving's gRPC API.")
+@click.option("--server", "target", default=None, help="HOST:PORT of TF Serving's gRPC API.")
+@click.option("--rest", "rest_url", default=None,
+              help="http://HOST:PORT of TF Serving's REST API (instead of --server).")
 @click.option("--model", default="default", show_default=True, help="Model name.")
 @click.option("--version", "version", type=int, default=None, help="Model version.")
 @click.option("--label", default=None, help="Version label (stable, canary); not with --version.")
@@ -419,20 +421,23 @@ def serve(flags):
 @click.option("--tls", is_flag=True, help="TLS channel (server certificate checked).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
               help="CA certificate (PEM) for --tls (default: the system's roots).")
-def predict(images, target, model, version, label, as_json, timeout, retries, batch_size, tls,
-            tls_ca):
-    """Send radiographs (PNG, JPEG, DICOM files or folders) to a TF Serving gRPC endpoint."""
+def predict(images, target, rest_url, model, version, label, as_json, timeout, retries,
+            batch_size, tls, tls_ca):
+    """Send radiographs (PNG, JPEG, DICOM files or folders) to TF Serving (gRPC or REST)."""
     from cardio.serving import client as client_lib
 
     if version is not None and label is not None:
         raise click.UsageError("--version and --label are exclusive")
+    if bool(target) == bool(rest_url):
+        raise click.UsageError("name exactly one of --server (gRPC) and --rest (HTTP)")
     try:
         files = client_lib.image_files(images)
     except client_lib.ImageError as error:
         raise click.UsageError(str(error))
     ca = open(tls_ca, "rb").read() if tls_ca else None
     failed = 0
-    with client_lib.Client(target, timeout, retries, tls or bool(ca), ca) as client:
+    with (client_lib.RestClient(rest_url, timeout, retries) if rest_url else
+          client_lib.Client(target, timeout, retries, tls or bool(ca), ca)) as client:
         for path, result in client_lib.predict_files(client, files, model, version, label,
                                                      batch_size):
             failed += isinstance(result, str)
