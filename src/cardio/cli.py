@@ -390,13 +390,17 @@ def schedule(host, package, experiment, namespace, cron, job_name):
                                 "help_option_names": ["-h", "--help"]})
 @click.argument("flags", nargs=-1, type=click.UNPROCESSED)
 def serve(flags):
-    """A drop-in for tensorflow_model_server (gRPC) on one machine.
+    """A drop-in for tensorflow_model_server (gRPC and REST) on one machine.
 
-    Takes its flags: --port, --model_name, --model_base_path, --model_config_file,
-    --model_config_file_poll_wait_seconds, --file_system_poll_wait_seconds, --enable_batching,
-    --batching_parameters_file, --grpc_channel_arguments, --grpc_max_threads,
-    --enable_model_warmup, --num_request_iterations_for_warmup,
-    --enable_signature_method_name_check. Its other flags are refused by name.
+    Takes its flags: --port, --rest_api_port, --rest_api_timeout_in_ms, --rest_api_num_threads,
+    --model_name, --model_base_path, --model_config_file, --model_config_file_poll_wait_seconds,
+    --file_system_poll_wait_seconds, --enable_batching, --batching_parameters_file,
+    --grpc_channel_arguments, --grpc_max_threads, --enable_model_warmup,
+    --num_request_iterations_for_warmup, --enable_signature_method_name_check,
+    --max_num_load_retries, --load_retry_interval_micros, --monitoring_config_file. Its other
+    flags are refused by name. Hardening (cardio serve only): --bind_address,
+    --allow_reload_config_request, --reload_config_allowed_roots, --max_tensor_elements,
+    --max_tensor_bytes.
     """
     from cardio.serving import server
 
