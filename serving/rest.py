@@ -60,7 +60,7 @@ class _Name(BaseConverter):
 
 def _routes(metrics_path: str | None) -> Map:
     rules = []
-    for suffix, spec in (("", {}), ("/versions/<int:version>", None), ("/labels/<name:label>", None)):
+    for suffix in ("", "/versions/<int:version>", "/labels/<name:label>"):
         base = "/v1/models/<name:model>" + suffix
         rules += [Rule(base, methods=["GET"], endpoint="status"),
                   Rule(base + "/metadata", methods=["GET"], endpoint="metadata"),
