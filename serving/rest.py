@@ -33,7 +33,7 @@ from tensorflow_serving.apis import (
 )
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import BaseConverter, Map, Rule
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from cardio.serving import service
@@ -310,11 +310,16 @@ class RestApi:
         return Response(json.dumps(payload), status=status, mimetype="application/json")
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, *args, **kwargs):   # no line per request (TF Serving logs none)
+        pass
+
+
 class RestServer:
     """Werkzeug's threaded WSGI server on its own thread."""
 
     def __init__(self, app: RestApi, host: str, port: int):
-        self._server = make_server(host, port, app, threaded=True)
+        self._server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
         self.port = self._server.server_port
         self._thread = threading.Thread(target=self._server.serve_forever, name="rest",
                                         daemon=True)
