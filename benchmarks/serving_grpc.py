@@ -7,6 +7,11 @@
                signature) against gRPC with server-side batching on. Blocks alternate. Target:
                gRPC / in-process images per second >= 0.9.
   load test    a fixed number of valid requests at concurrency 16 over loopback: errors must be 0.
+  REST         the latency loop also sends each image over TF Serving's REST API (a plain HTTP
+               POST of b64 instances) to the same server. Target: REST p50 / gRPC p50 <= 1.3.
+  raw 2048     one 2048 x 2048 16-bit PNG through serving_default over gRPC, against the sum
+               of its parts timed alone in the same process (decode, U-Net, crop, backbone).
+               Target: end to end / sum of parts <= 1.2.
 
 The model is the demo's: the lung U-Net + crop + MobileNet (alpha 0.25, 128 px, random weights:
 speed does not depend on them), served from 1024-1280 px synthetic radiographs as PNGs.
@@ -41,11 +46,12 @@ def _images(n: int) -> list[bytes]:
     return [files.encode_png(synth.sample(7, i, sites[i % 2], f"p{i}").image) for i in range(n)]
 
 
-def _export(root: str) -> str:
+def _export(root: str) -> tuple[str, object, object]:
     classifier = model_lib.build_model("mobilenet_025", 128, weights="random")
+    segmenter = unet.load()
     export_dir = os.path.join(root, MODEL, "1")
-    export.export(classifier, export_dir, 128, 0.5, unet.load(), crop_size=256)
-    return export_dir
+    export.export(classifier, export_dir, 128, 0.5, segmenter, crop_size=256)
+    return export_dir, classifier, segmenter
 
 
 def _percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -63,7 +69,7 @@ def _concurrently(call, images: list[bytes], concurrency: int) -> float:
 def main():
     with tempfile.TemporaryDirectory() as root:
         print("\nExporting the demo's model and drawing radiographs ...", flush=True)
-        export_dir = _export(root)
+        export_dir, classifier, segmenter = _export(root)
         images = _images(16)
         signature = tf.saved_model.load(export_dir).signatures[F.SERVING_DEFAULT]
 
@@ -72,7 +78,7 @@ def main():
 
         base = os.path.join(root, MODEL)
         plain = server_lib.Server(server_lib.ServerOptions(
-            port=0, model_base_path=base, model_name=MODEL), host="127.0.0.1")
+            port=0, model_base_path=base, model_name=MODEL, rest_api_port=-1), host="127.0.0.1")
         batching_file = os.path.join(root, config_lib.BATCHING_PARAMETERS)
         with open(batching_file, "w") as f:
             f.write(config_lib.render_batching_parameters(config_lib.BatchingConfig(
@@ -82,13 +88,16 @@ def main():
             batching_parameters_file=batching_file), host="127.0.0.1")
         with plain, batched, \
                 client_lib.Client(f"127.0.0.1:{plain.port}") as plain_client, \
-                client_lib.Client(f"127.0.0.1:{batched.port}") as batched_client:
+                client_lib.Client(f"127.0.0.1:{batched.port}") as batched_client, \
+                client_lib.RestClient(f"http://127.0.0.1:{plain.rest_port}") as rest_client:
             def over_grpc(client):
                 return lambda image: client.predict([image], MODEL)[0]["probability"]
 
             for image in images[:4]:      # both sides warm (tracing happened at load)
                 in_process(image), over_grpc(plain_client)(image)
-            local, remote = [], []
+            over_rest = over_grpc(rest_client)
+            over_rest(images[0])
+            local, remote, rest = [], [], []
             for i in range(LATENCY_REQUESTS):
                 image = images[i % len(images)]
                 start = time.perf_counter()
@@ -97,9 +106,15 @@ def main():
                 start = time.perf_counter()
                 got = over_grpc(plain_client)(image)
                 remote.append(time.perf_counter() - start)
-                assert abs(got - expected) < 1e-5, (got, expected)
+                start = time.perf_counter()
+                got_rest = over_rest(image)
+                rest.append(time.perf_counter() - start)
+                assert abs(got - expected) < 1e-5 and abs(got_rest - expected) < 1e-5, \
+                    (got, got_rest, expected)
             (local_p50, local_p99), (remote_p50, remote_p99) = (_percentiles(local),
                                                                 _percentiles(remote))
+            rest_p50, rest_p99 = _percentiles(rest)
+            raw = _raw_2048(plain_client, classifier, segmenter)
 
             work = [images[i % len(images)] for i in range(THROUGHPUT_REQUESTS)]
             local_s = remote_s = 0.0
@@ -129,16 +144,64 @@ def main():
           f"{'':>8}{1.0:>8.2f}")
     print(f"{'gRPC Predict, batch 1, batching off':<52}{remote_p50:>9.1f}{remote_p99:>9.1f}"
           f"{'':>8}{remote_p50 / local_p50:>8.2f}{'<= 1.15':>9}")
+    print(f"{'REST predict (b64 instances), batch 1, batching off':<52}{rest_p50:>9.1f}"
+          f"{rest_p99:>9.1f}{'':>8}{rest_p50 / remote_p50:>8.2f}{'<= 1.3':>9}  (over gRPC)")
     print(f"{f'in-process, {CONCURRENCY} threads (baseline)':<52}{'':>9}{'':>9}"
           f"{local_ips:>8.1f}{1.0:>8.2f}")
     print(f"{f'gRPC, {CONCURRENCY} clients, batching on':<52}{'':>9}{'':>9}"
           f"{remote_ips:>8.1f}{remote_ips / local_ips:>8.2f}{'>= 0.9':>9}")
+    parts = " + ".join(f"{name} {ms:.0f}" for name, ms in raw["parts"].items())
+    print(f"{'raw 2048x2048 16-bit PNG: sum of parts (baseline)':<52}{raw['sum']:>9.1f}"
+          f"{'':>9}{'':>8}{1.0:>8.2f}  ({parts} ms)")
+    print(f"{'raw 2048x2048 16-bit PNG: gRPC serving_default':<52}{raw['end_to_end']:>9.1f}"
+          f"{'':>9}{'':>8}{raw['end_to_end'] / raw['sum']:>8.2f}{'<= 1.2':>9}")
     print(f"\nLoad test: {LOAD_REQUESTS} valid requests, {LOAD_CONCURRENCY} concurrent clients, "
           f"loopback: {len(errors)} errors, {LOAD_REQUESTS / load_s:.1f} requests/s, "
           f"{load_calls} model calls (batching)")
     _fixed_overhead()
     if errors:
         raise SystemExit(f"load test: {len(errors)} failed requests, first: {errors[0]}")
+
+
+def _raw_2048(client, classifier, segmenter, runs: int = 12) -> dict:
+    """p50 ms of a raw 2048 x 2048 16-bit radiograph end to end over gRPC, and of each part of
+    serving_default alone (as trainer/export.py chains them), in this process."""
+    from cardio.imaging import crop, decode
+
+    image = files.encode_png(synth.sample(7, 0, "site-a", "p0", size=2048).image)
+    steps = {
+        "decode": tf.function(lambda e: decode.decode_radiograph(e, decode.MAX_SERVING_PIXELS)),
+        "U-Net": tf.function(lambda x: segmenter(crop.unet_input(x)[tf.newaxis],
+                                                 training=False)[0, :, :, 0]),
+        "crop": tf.function(lambda x, p: crop.crop_from_probability(x, p, 256)[0]),
+        "backbone": tf.function(lambda c: classifier(decode.resize_for_model(
+            tf.cast(c, tf.float32) / 65535.0, 128)[tf.newaxis], training=False)),
+    }
+
+    def chain():
+        decoded = steps["decode"](tf.constant(image))
+        probability = steps["U-Net"](decoded)
+        cropped = steps["crop"](decoded, probability)
+        return decoded, probability, cropped
+
+    decoded, probability, cropped = chain()      # trace once
+    steps["backbone"](cropped)
+    client.predict([image], MODEL)
+    inputs = {"decode": (tf.constant(image),), "U-Net": (decoded,), "crop": (decoded, probability),
+              "backbone": (cropped,)}
+    times = {name: [] for name in steps}
+    end_to_end = []
+    for _ in range(runs):           # interleaved, so both see the same machine load
+        for name, step in steps.items():
+            start = time.perf_counter()
+            result = step(*inputs[name])
+            tf.nest.map_structure(lambda t: t.numpy(), result)
+            times[name].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        client.predict([image], MODEL)
+        end_to_end.append(time.perf_counter() - start)
+    parts = {name: _percentiles(t)[0] for name, t in times.items()}
+    return {"parts": parts, "sum": sum(parts.values()), "end_to_end": _percentiles(end_to_end)[0]}
 
 
 def _fixed_overhead(requests: int = 200):

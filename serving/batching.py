@@ -5,11 +5,14 @@ Requests for the same signature queue up; a batch closes when it holds `max_batc
 `num_batch_threads` threads, and each request gets its own rows back. A request larger than
 `max_batch_size`, or a full queue, is refused with TF Serving's status codes. Unlike TF
 Serving, a batch whose call fails is retried request by request, so one client's undecodable
-image never fails another client's request.
+image never fails another client's request. Every request is answered: an unexpected exception
+fails its batch's requests with INTERNAL (the batch thread lives on), and a request waits at
+most its deadline (DEADLINE_EXCEEDED).
 """
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 
@@ -18,6 +21,9 @@ import numpy as np
 
 from cardio.serving.config import BatchingConfig
 from cardio.serving.errors import ServingError
+
+log = logging.getLogger("cardio.serve")
+DEFAULT_DEADLINE = 600.0     # seconds a request without a deadline of its own may wait
 
 
 class _Task:
@@ -41,7 +47,7 @@ class Batcher:
         for thread in self._threads:
             thread.start()
 
-    def submit(self, signature: str, inputs: dict, rows: int) -> dict:
+    def submit(self, signature: str, inputs: dict, rows: int, timeout: float | None = None) -> dict:
         if rows > self.config.max_batch_size:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Task size {rows} is larger than maximum input batch size "
@@ -59,7 +65,14 @@ class Batcher:
                 self._cv.notify_all()
         if closed:   # the version is being unloaded: a late request is still served, unbatched
             return self._run(signature, inputs)
-        return task.future.result()
+        try:
+            return task.future.result(timeout=DEFAULT_DEADLINE if timeout is None else timeout)
+        except concurrent.futures.TimeoutError:
+            with self._cv:
+                if task in self._pending:
+                    self._pending.remove(task)
+            raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                               "Deadline exceeded waiting for the batch to run") from None
 
     def close(self):
         """Runs what is queued, then stops the threads (the version is being unloaded)."""
@@ -95,22 +108,33 @@ class Batcher:
     def _work(self):
         while (batch := self._next_batch()) is not None:
             try:
-                results = self._run_batch(batch)
-            except ServingError as error:
-                if len(batch) == 1:
-                    batch[0].future.set_exception(error)
-                    continue
-                results = []
-                for task in batch:     # find the request at fault; the others still get answers
-                    try:
-                        results.append(self._run_batch([task])[0])
-                    except ServingError as task_error:
-                        results.append(task_error)
+                results = self._answers(batch)
+            except Exception as error:    # never leave a request waiting, nor the thread dead
+                log.exception("batch of %d requests on %s failed", len(batch), self.name)
+                results = [ServingError(grpc.StatusCode.INTERNAL,
+                                        f"{type(error).__name__}: {error}")] * len(batch)
             for task, result in zip(batch, results):
+                if task.future.done():
+                    continue
                 if isinstance(result, Exception):
                     task.future.set_exception(result)
                 else:
                     task.future.set_result(result)
+
+    def _answers(self, batch: list[_Task]) -> list:
+        """One result or ServingError per request of the batch."""
+        try:
+            return self._run_batch(batch)
+        except ServingError as error:
+            if len(batch) == 1:
+                return [error]
+        results = []
+        for task in batch:     # find the request at fault; the others still get answers
+            try:
+                results.append(self._run_batch([task])[0])
+            except ServingError as task_error:
+                results.append(task_error)
+        return results
 
     def _padded_size(self, rows: int) -> int:
         return next((size for size in self.config.allowed_batch_sizes if size >= rows), rows)

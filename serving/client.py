@@ -179,6 +179,71 @@ class Client:
         return {s.version: states.Name(s.state) for s in response.model_version_status}
 
 
+class RestClient:
+    """The same predictions over TF Serving's REST API (`cardio predict --rest URL`): a plain
+    HTTP POST of {"instances": [{"b64": ...}]}; UNAVAILABLE (503) is retried like gRPC's."""
+
+    def __init__(self, url: str, timeout: float = 30.0, retries: int = 4):
+        self.url, self.timeout, self.retries = url.rstrip("/"), timeout, retries
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def post(self, path: str, body: dict) -> dict:
+        import json
+        import urllib.error
+        import urllib.request
+
+        request = urllib.request.Request(f"{self.url}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        for attempt in range(self.retries + 1):
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                text = error.read().decode(errors="replace")
+                if error.code != 503 or attempt == self.retries:
+                    try:
+                        message = json.loads(text)["error"]
+                    except (ValueError, KeyError, TypeError):
+                        message = text
+                    raise RestError(error.code, message) from None
+            except urllib.error.URLError as error:
+                if attempt == self.retries:
+                    raise RestError(503, str(error.reason)) from None
+            time.sleep(min(0.5 * 2 ** attempt, 8.0))
+
+    def predict(self, images: list[bytes], model: str, version: int | None = None,
+                label: str | None = None) -> list[dict]:
+        import base64
+
+        path = f"/v1/models/{model}" + (f"/versions/{version}" if version is not None else
+                                        f"/labels/{label}" if label is not None else "")
+        body = self.post(f"{path}:predict", {"instances": [
+            {F.IMAGE_BYTES: {"b64": base64.b64encode(image).decode()}} for image in images]})
+        results = []
+        for row in body["predictions"]:
+            # TF Serving's REST answer does not say which version answered.
+            result = {"model": model, "version": version if version is not None else label,
+                      "probability": float(row["probability"]),
+                      "predicted_label": int(row["predicted_label"])}
+            if F.CROP_BOX in row:
+                result["crop_box"] = [round(float(v), 4) for v in row[F.CROP_BOX]]
+            if F.CROP_QC in row:
+                result["crop_qc"] = [name for name, on in zip(QC_FLAGS, row[F.CROP_QC]) if on]
+            results.append(result)
+        return results
+
+
+class RestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
 def predict_files(client: Client, files: list[str], model: str, version: int | None = None,
                   label: str | None = None, batch_size: int = 1):
     """Yields (file, result dict or error message) per file, `batch_size` images per request
@@ -199,6 +264,10 @@ def predict_files(client: Client, files: list[str], model: str, version: int | N
             for path in chunk:
                 yield path, f"{error.code().name}: {error.details()}"
             continue
+        except RestError as error:
+            for path in chunk:
+                yield path, str(error)
+            continue
         yield from zip(chunk, results)
 
 
@@ -209,4 +278,4 @@ def format_row(path: str, result) -> str:
     box = " ".join(f"{v:.3f}" for v in result.get("crop_box", []))
     qc = ",".join(result.get("crop_qc", [])) or "-"
     return (f"{path}  {result['probability']:.4f}  {label:<12}  [{box}]  qc={qc}  "
-            f"{result['model']}/{result['version']}")
+            f"{result['model']}/{result['version'] if result['version'] is not None else '-'}")

@@ -118,12 +118,17 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
 
 # --- models.config ------------------------------------------------------------------------------
 
+class ConfigError(ValueError):
+    """A models.config that does not parse; the message is TF Serving's."""
+
+
 def parse_models_config(text: str, source: str = MODELS_CONFIG) -> ModelServerConfig:
     config = ModelServerConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise ValueError(f"{source}: not a ModelServerConfig text proto: {error}") from None
+        raise ConfigError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: "
+                          f"{error} (in {source})") from None
     return config
 
 
@@ -132,13 +137,23 @@ def read_models_config(path: str) -> ModelServerConfig:
         return parse_models_config(f.read(), path)
 
 
-def pushed_versions(model_dir: str) -> list[int]:
-    """Version directories TF Serving would see: names that are integers (temporary copies and
-    anything else are ignored, as TF Serving ignores them)."""
+def version_directories(model_dir: str) -> dict[int, str]:
+    """{version: directory name} for the version directories TF Serving would see: names that
+    are integers, zero-padded or not (`00000123` is version 123, loaded from `00000123/`);
+    temporary copies and anything else are ignored, as TF Serving ignores them. Where two names
+    give one version, the first in sorted order wins (TF Serving keeps one, too)."""
     if not tf.io.gfile.isdir(model_dir):
-        return []
-    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(model_dir)
-                  if name.rstrip("/").isdigit())
+        return {}
+    found = {}
+    for name in sorted(n.rstrip("/") for n in tf.io.gfile.listdir(model_dir)):
+        if name.isdigit() and name.isascii():
+            found.setdefault(int(name), name)
+    return found
+
+
+def pushed_versions(model_dir: str) -> list[int]:
+    """The integer versions under a model's base path, ascending."""
+    return sorted(version_directories(model_dir))
 
 
 def render_models_config(models: dict[str, dict]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import threading
 
@@ -36,11 +37,51 @@ def dtype_name(enum: int) -> str:
     return name[3:].lower() if name.startswith("DT_") else name
 
 
+# Bytes each string element costs beyond its characters once expanded: the list and object
+# array pointers tf.make_ndarray builds (8 + 8) and the tensor's tstring (32).
+STRING_OVERHEAD = 48
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """Per-tensor caps checked on a request's TensorProto *before* it is expanded: a proto may
+    declare a shape far larger than the values it carries (TensorFlow repeats the last value),
+    so a 61-byte request could otherwise allocate gigabytes."""
+    max_tensor_elements: int = 1 << 28
+    max_tensor_bytes: int = 512 << 20
+
+    def check(self, alias: str, proto):
+        dims = [d.size for d in proto.tensor_shape.dim]
+        if any(d < 0 for d in dims):
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {alias!r}: shape {dims} has a negative dimension")
+        elements = math.prod(dims)
+        if elements > self.max_tensor_elements:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"input {alias!r}: shape {dims} has {elements} elements; at most "
+                               f"{self.max_tensor_elements} are accepted per tensor "
+                               f"(--max_tensor_elements)")
+        if proto.dtype == types_pb2.DT_STRING:
+            given = proto.string_val
+            last = len(given[-1]) if given else 0
+            size = (sum(len(v) for v in given[:elements]) + max(elements - len(given), 0) * last
+                    + elements * STRING_OVERHEAD)
+        else:
+            size = elements * tf.dtypes.as_dtype(proto.dtype).size
+        if size > self.max_tensor_bytes:
+            raise ServingError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"input {alias!r}: shape {dims} expands to about {size} bytes; at "
+                               f"most {self.max_tensor_bytes} are accepted per tensor "
+                               f"(--max_tensor_bytes)")
+
+
 class Servable:
     """One loaded version: its signatures, validated calls and a count of model calls."""
 
-    def __init__(self, name: str, version: int, path: str, batching: config_lib.BatchingConfig | None):
+    def __init__(self, name: str, version: int, path: str, batching: config_lib.BatchingConfig | None,
+                 limits: "Limits | None" = None):
         self.name, self.version, self.path = name, version, path
+        self.limits = limits or Limits()
         with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
             saved_model = saved_model_pb2.SavedModel.FromString(f.read())
         meta_graph = next((g for g in saved_model.meta_graphs
@@ -60,9 +101,11 @@ class Servable:
                                f'Serving signature key "{name}" not found.')
         return self.signature_defs[name]
 
-    def validate(self, signature_name: str, tensors: dict) -> tuple[dict, int]:
-        """TensorProtos of a request -> ({alias: ndarray}, batch size), or the error TF Serving
-        gives for a missing, extra, mistyped or misshapen input."""
+    def validate(self, signature_name: str, tensors: dict) -> tuple[dict, int | None]:
+        """TensorProtos of a request -> ({alias: ndarray}, rows), or the error TF Serving gives
+        for a missing, extra or mistyped input. Shapes are the model's to judge (TF Serving
+        feeds what it gets); `rows` is the common 0th dimension, None when there is none.
+        Sizes are checked against the limits before any tensor is built."""
         signature = self.signature(signature_name)
         expected = set(signature.inputs)
         for alias in tensors:
@@ -83,34 +126,15 @@ class Servable:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"Expects arg[{index}] to be {dtype_name(info.dtype)} but "
                                    f"{dtype_name(proto.dtype)} is provided")
+            self.limits.check(alias, proto)
             try:
                 array = tf.make_ndarray(proto)
             except Exception as error:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"input {alias!r}: malformed TensorProto ({error})") from None
-            shape = info.tensor_shape
-            if not shape.unknown_rank:
-                dims = [d.size for d in shape.dim]
-                if array.ndim != len(dims) or any(d >= 0 and d != s
-                                                   for d, s in zip(dims, array.shape)):
-                    wanted = "[" + ",".join("?" if d < 0 else str(d) for d in dims) + "]"
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                       f"input {alias!r} has shape {list(array.shape)}; the "
-                                       f"signature expects {wanted}")
-            if array.ndim == 0:
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                                   f"input {alias!r} is a scalar; inputs need a batch dimension")
             arrays[alias] = array
-            rows.add(array.shape[0])
-        if len(rows) > 1:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "Batching session Run() input tensors must have equal "
-                               "0th-dimension size")
-        (batch,) = rows
-        if batch == 0:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
-                               "empty batch: every input has 0 rows; send at least one")
-        return arrays, batch
+            rows.add(array.shape[0] if array.ndim else None)
+        return arrays, (rows.pop() if len(rows) == 1 else None)
 
     def run(self, signature_name: str, inputs: dict) -> dict:
         """One model call on validated inputs -> {alias: ndarray}."""
@@ -127,12 +151,20 @@ class Servable:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         return {alias: value.numpy() for alias, value in outputs.items()}
 
-    def infer(self, signature_name: str, inputs: dict, rows: int) -> dict:
+    def infer(self, signature_name: str, inputs: dict, rows: int | None,
+              timeout: float | None = None) -> dict:
         """A request's call: through the batcher when batching is on."""
         signature_name = signature_name or "serving_default"
         if self._batcher is None:
             return self.run(signature_name, inputs)
-        return self._batcher.submit(signature_name, inputs, rows)
+        if rows is None:   # TF Serving's batching session refuses what it cannot split in rows
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "Batching session Run() input tensors must have equal "
+                               "0th-dimension size")
+        if rows == 0:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               "empty batch: every input has 0 rows; send at least one")
+        return self._batcher.submit(signature_name, inputs, rows, timeout)
 
     def warm_up(self, iterations: int):
         """Replays assets.extra/tf_serving_warmup_requests (Predict and Classify logs)."""
@@ -180,9 +212,16 @@ def select_versions(policy, on_disk: list[int]) -> list[int]:
 
 class ModelManager:
     def __init__(self, batching: config_lib.BatchingConfig | None = None,
-                 warmup_iterations: int = 1, enable_warmup: bool = True):
+                 warmup_iterations: int = 1, enable_warmup: bool = True,
+                 max_num_load_retries: int = 5, load_retry_interval_micros: int = 60_000_000,
+                 limits: Limits | None = None):
         self.batching, self.warmup_iterations = batching, warmup_iterations
         self.enable_warmup = enable_warmup
+        # TF Serving's --max_num_load_retries and --load_retry_interval_micros (same defaults).
+        self.max_num_load_retries = max_num_load_retries
+        self.load_retry_interval = load_retry_interval_micros / 1e6
+        self.limits = limits or Limits()
+        self.stopping = threading.Event()       # cuts retry waits short at shutdown
         self._config: list[model_server_config_pb2.ModelConfig] = []
         self._versions: dict[str, dict[int, VersionStatus]] = {}
         self._labels: dict[str, dict[str, int]] = {}
@@ -226,46 +265,72 @@ class ModelManager:
 
     def _reconcile_model(self, model):
         try:
-            on_disk = config_lib.pushed_versions(model.base_path)
+            directories = config_lib.version_directories(model.base_path)
         except tf.errors.OpError as error:
             log.error("model %s: cannot list %s: %s", model.name, model.base_path, error)
             return
-        if not on_disk:
+        if not directories:
             log.warning("model %s: no versions found under %s", model.name, model.base_path)
-        wanted = select_versions(model.model_version_policy, on_disk)
+        wanted = select_versions(model.model_version_policy, sorted(directories))
         with self._lock:
             known = self._versions.setdefault(model.name, {})
+            # A version whose load failed (after its retries) stays END until it disappears.
             to_load = [v for v in wanted if v not in known or known[v].state == State.END
                        and known[v].error is None]
+            for version in [v for v, s in known.items() if s.error and v not in directories]:
+                del known[version]
         for version in to_load:
-            self._load(model.name, version, os.path.join(model.base_path, str(version)))
+            self._load(model.name, version, os.path.join(model.base_path, directories[version]))
         self._apply_labels(model)
         with self._lock:
-            stale = [v for v, s in known.items() if v not in wanted and s.state == State.AVAILABLE]
+            stale = self._unloadable(known, wanted)
         self._unload(model.name, stale)
+
+    @staticmethod
+    def _unloadable(known: dict, wanted: list[int]) -> list[int]:
+        """TF Serving's AvailabilityPreservingPolicy, for every version policy: versions no longer
+        wanted are unloaded once a wanted version is available; until then the newest of them
+        keeps serving (a failed or half-copied new version never leaves the model unserved)."""
+        stale = sorted(v for v, s in known.items() if v not in wanted and s.state == State.AVAILABLE)
+        if any(known[v].state == State.AVAILABLE for v in wanted if v in known):
+            return stale
+        return stale[:-1]
 
     def _load(self, name: str, version: int, path: str):
         status = VersionStatus(State.LOADING)
         with self._lock:
             self._versions[name][version] = status
-        log.info("Loading servable: {name: %s version: %d}", name, version)
-        try:
-            servable = Servable(name, version, path, self.batching)
-            if self.enable_warmup:
-                replayed = servable.warm_up(self.warmup_iterations)
-                if replayed:
-                    log.info("Finished reading warmup data for model at %s. Number of warmup "
-                             "records read: %d.", path, replayed)
-        except Exception as error:   # a broken version fails alone; the server keeps serving
-            log.error("Loading servable: {name: %s version: %d} failed: %s", name, version, error)
-            with self._lock:
-                status.state = State.END
-                status.error = ServingError(grpc.StatusCode.UNKNOWN, str(error).splitlines()[0]
-                                            if str(error) else type(error).__name__)
-            return
+        attempts = 1 + max(self.max_num_load_retries, 0)
+        for attempt in range(1, attempts + 1):
+            log.info("Loading servable: {name: %s version: %d}", name, version)
+            try:
+                servable = self._load_once(name, version, path)
+                break
+            except Exception as error:   # a broken version fails alone; the server keeps serving
+                message = str(error).splitlines()[0] if str(error) else type(error).__name__
+                log.error("Loading servable: {name: %s version: %d} failed (attempt %d of %d): "
+                          "%s", name, version, attempt, attempts, message)
+                if attempt == attempts or self.stopping.wait(self.load_retry_interval):
+                    with self._lock:
+                        status.state = State.END
+                        status.error = ServingError(grpc.StatusCode.UNKNOWN, message)
+                    return
         with self._lock:
             status.servable, status.state = servable, State.AVAILABLE
         log.info("Successfully loaded servable version {name: %s version: %d}", name, version)
+
+    def _load_once(self, name: str, version: int, path: str) -> Servable:
+        servable = Servable(name, version, path, self.batching, self.limits)
+        if self.enable_warmup:
+            try:
+                replayed = servable.warm_up(self.warmup_iterations)
+            except Exception:
+                servable.close()
+                raise
+            if replayed:
+                log.info("Finished reading warmup data for model at %s. Number of warmup "
+                         "records read: %d.", path, replayed)
+        return servable
 
     def _unload(self, name: str, versions: list[int]):
         for version in versions:
@@ -360,6 +425,7 @@ class ModelManager:
             return {name: dict(labels) for name, labels in self._labels.items()}
 
     def close(self):
+        self.stopping.set()
         with self._lock:
             names = {n: [v for v, s in vs.items() if s.state == State.AVAILABLE]
                      for n, vs in self._versions.items()}

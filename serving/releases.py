@@ -161,11 +161,54 @@ def rollback(serving_root: str, model: str, label: str = config_lib.STABLE,
         return move
 
 
-def champion(comparison_json: str) -> tuple[str, str]:
-    """(model name, reason) of the champion a model comparison chose."""
+def champion(comparison_json: str) -> tuple[str, int, str]:
+    """(model name, pushed version, reason) of the champion a model comparison chose: the exact
+    version it evaluated, as its Pusher recorded it (champion.pushed.version)."""
     with tf.io.gfile.GFile(comparison_json) as f:
         comparison = json.load(f)
     try:
-        return comparison["champion"]["model_name"], comparison["champion"].get("reason", "")
+        name, reason = comparison["champion"]["model_name"], comparison["champion"].get("reason", "")
     except (KeyError, TypeError):
         raise ReleaseError(f"{comparison_json}: no champion.model_name") from None
+    if not name:
+        raise ReleaseError(f"{comparison_json}: the comparison chose no champion ({reason})")
+    pushed = comparison["champion"].get("pushed") or {}
+    if not pushed.get("pushed") or pushed.get("version") in (None, ""):
+        raise ReleaseError(f"{comparison_json}: the champion {name} was not pushed (champion."
+                           f"pushed: {pushed or None}); there is no version to promote")
+    try:
+        return name, int(pushed["version"]), reason
+    except (TypeError, ValueError):
+        raise ReleaseError(f"{comparison_json}: champion.pushed.version "
+                           f"{pushed['version']!r} is not an integer") from None
+
+
+def check_loadable(serving_root: str, model: str, version: int):
+    """Refuses a version that is not pushed, or whose SavedModel has no `serve` MetaGraph (a
+    label must never move to a version the server cannot load)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    entry = _model(read_state(serving_root), model)
+    directories = config_lib.version_directories(entry["base_path"])
+    if version not in directories:
+        raise ReleaseError(f"{model} version {version} is not pushed under {entry['base_path']} "
+                           f"(pushed: {sorted(directories)})")
+    path = os.path.join(entry["base_path"], directories[version], "saved_model.pb")
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            saved = saved_model_pb2.SavedModel.FromString(f.read())
+    except Exception as error:
+        raise ReleaseError(f"{model} version {version} is not loadable: {path}: "
+                           f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
+                           ) from None
+    if not any("serve" in g.meta_info_def.tags for g in saved.meta_graphs):
+        raise ReleaseError(f"{model} version {version} is not loadable: {path} has no MetaGraph "
+                           f"tagged 'serve'")
+
+
+def promote_champion(serving_root: str, comparison_json: str, label: str = config_lib.STABLE,
+                     reason: str = "") -> dict:
+    """Points `label` at the exact version a model comparison evaluated and chose."""
+    model, version, why = champion(comparison_json)
+    check_loadable(serving_root, model, version)
+    return promote(serving_root, model, label, version, reason or f"champion: {why}")

@@ -18,8 +18,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from cardio.serving import config as config_lib, service
-from cardio.serving.models import ModelManager
+from cardio.serving import config as config_lib, metrics as metrics_lib, rest, service
+from cardio.serving.models import Limits, ModelManager
 
 log = logging.getLogger("cardio.serve")
 
@@ -39,20 +39,31 @@ class ServerOptions:
     enable_model_warmup: bool = True
     num_request_iterations_for_warmup: int = 1
     enable_signature_method_name_check: bool = False
+    max_num_load_retries: int = 5
+    load_retry_interval_micros: int = 60_000_000
+    rest_api_port: int = 0                    # 0: no REST API, as TF Serving
+    rest_api_num_threads: int = 0             # 0: 4 per core, as TF Serving
+    rest_api_timeout_in_ms: int = 30_000
+    monitoring_config_file: str = ""
+    # cardio serve's own flags (hardening; TF Serving has no equivalent):
+    bind_address: str = "0.0.0.0"             # interface the gRPC and REST ports listen on
+    allow_reload_config_request: bool = True  # false: HandleReloadConfigRequest is refused
+    reload_config_allowed_roots: str = ""     # comma-separated; reloaded base paths must be under one
+    max_tensor_elements: int = 1 << 28        # per request tensor, checked before it is expanded
+    max_tensor_bytes: int = 512 << 20
 
 
 # tensorflow_model_server's flags that `cardio serve` implements, with their types.
 FLAGS = {field.name: field.type for field in dataclasses.fields(ServerOptions)}
 # Its other flags: named so that a script using them gets a clear refusal, not a silent no-op.
 UNIMPLEMENTED_FLAGS = (
-    "grpc_socket_path", "rest_api_port", "rest_api_num_threads", "rest_api_timeout_in_ms",
-    "rest_api_enable_cors_support", "enable_per_model_batching_parameters",
+    "grpc_socket_path", "rest_api_enable_cors_support", "enable_per_model_batching_parameters",
     "allow_version_labels_for_unavailable_models", "num_load_threads", "num_unload_threads",
-    "max_num_load_retries", "load_retry_interval_micros", "flush_filesystem_caches",
+    "flush_filesystem_caches",
     "tensorflow_session_parallelism", "tensorflow_intra_op_parallelism",
     "tensorflow_inter_op_parallelism", "use_alts_credentials", "ssl_config_file",
     "platform_config_file", "per_process_gpu_memory_fraction", "saved_model_tags",
-    "monitoring_config_file", "remove_unused_fields_from_bundle_metagraph",
+     "remove_unused_fields_from_bundle_metagraph",
     "prefer_tflite_model", "num_tflite_pools", "num_tflite_interpreters_per_pool",
     "num_tflite_interpreters", "xla_cpu_compilation_enabled", "enable_profiler",
     "thread_pool_factory_config_file", "mixed_precision", "skip_initialize_tpu",
@@ -139,8 +150,8 @@ class Server:
     """The manager, its polling thread and the gRPC server. `start()` returns once the initial
     models are loaded (as TF Serving, which opens its port only then)."""
 
-    def __init__(self, options: ServerOptions, host: str = "0.0.0.0"):
-        self.options, self.host = options, host
+    def __init__(self, options: ServerOptions, host: str | None = None):
+        self.options, self.host = options, host or options.bind_address
         batching = None
         if options.enable_batching:
             batching = config_lib.BatchingConfig()
@@ -151,13 +162,19 @@ class Server:
             else:   # TF Serving's defaults when no file is given
                 batching = config_lib.parse_batching_parameters("", "defaults")
         self.manager = ModelManager(batching, options.num_request_iterations_for_warmup,
-                                    options.enable_model_warmup)
+                                    options.enable_model_warmup, options.max_num_load_retries,
+                                    options.load_retry_interval_micros,
+                                    Limits(options.max_tensor_elements, options.max_tensor_bytes))
         self.manager.set_config(model_server_config(options))
         self._grpc_options = channel_arguments(options.grpc_channel_arguments)
+        self.metrics_path = (metrics_lib.read_monitoring_config(options.monitoring_config_file)
+                             if options.monitoring_config_file else None)
+        self.metrics = metrics_lib.Metrics() if self.metrics_path else None
         self._stop = threading.Event()
         self._poller = None
         self._grpc = None
-        self.port = None
+        self._rest = None
+        self.port = self.rest_port = None
 
     def start(self) -> int:
         self.manager.reconcile()
@@ -166,13 +183,26 @@ class Server:
                                  options=self._grpc_options)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             service.PredictionService(self.manager,
-                                      self.options.enable_signature_method_name_check), self._grpc)
+                                      self.options.enable_signature_method_name_check,
+                                      self.metrics), self._grpc)
+        roots = [r.strip() for r in self.options.reload_config_allowed_roots.split(",") if r.strip()]
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-            service.ModelService(self.manager), self._grpc)
+            service.ModelService(self.manager, self.options.allow_reload_config_request, roots),
+            self._grpc)
         self.port = self._grpc.add_insecure_port(f"{self.host}:{self.options.port}")
         if not self.port:
             raise OSError(f"cannot bind {self.host}:{self.options.port}")
         self._grpc.start()
+        if self.options.rest_api_port:
+            app = rest.RestApi(self.manager, self.options.enable_signature_method_name_check,
+                               self.options.rest_api_timeout_in_ms,
+                               self.options.rest_api_num_threads or 4 * (os.cpu_count() or 1),
+                               self.metrics, self.metrics_path)
+            # --rest_api_port=-1 (cardio serve only): any free port, as --port=0 is for gRPC.
+            self._rest = rest.RestServer(app, self.host, max(self.options.rest_api_port, 0))
+            self._rest.start()
+            self.rest_port = self._rest.port
+            log.info("Exporting HTTP/REST API at:%s:%d ...", self.host, self.rest_port)
         self._poller = threading.Thread(target=self._poll, name="poll", daemon=True)
         self._poller.start()
         log.info("Running gRPC ModelServer at %s:%d ...", self.host, self.port)
@@ -202,6 +232,9 @@ class Server:
 
     def stop(self, grace: float = 1.0):
         self._stop.set()
+        self.manager.stopping.set()
+        if self._rest:
+            self._rest.stop()
         if self._grpc:
             self._grpc.stop(grace).wait()
         if self._poller:
@@ -222,14 +255,21 @@ def main(argv: list[str], echo=print) -> int:
     import json
     import signal
 
+    import sys
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     options = parse_flags(argv)
-    server = Server(options)
+    try:
+        server = Server(options)
+    except ValueError as error:   # a models.config or batching file that does not parse
+        print(error, file=sys.stderr)
+        return 1
     server.start()
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
-    echo(json.dumps({"port": server.port, "available": server.manager.available(),
+    echo(json.dumps({"port": server.port, "rest_api_port": server.rest_port,
+                     "available": server.manager.available(),
                      "labels": server.manager.labels()}))
     done.wait()
     log.info("shutting down")

@@ -28,7 +28,8 @@ def served(tmp_path_factory):
     for version, seed in ((1, 0), (2, 1)):
         export_version(staging, root, MODEL, version, seed)
         releases.record_push(root, MODEL, version)
-    running = start_cardio([f"--model_config_file={root}/models.config", "--enable_batching"])
+    running = start_cardio([f"--model_config_file={root}/models.config", "--enable_batching",
+                            "--rest_api_port=-1"])
     yield root, running
     running.stop()
 
@@ -73,6 +74,21 @@ def test_predict_json_lines_match_the_python_client(served, images):
     assert {r["version"] for r in rows} == {2} and all(len(r["crop_box"]) == 4 for r in rows)
 
 
+def test_predict_over_rest_matches_grpc(served, images):
+    root, running = served
+    files = [str(images / "d.dcm"), str(images / "c.jpg")]
+    answers = {}
+    for transport in (["--server", running.target], ["--rest", running.rest]):
+        result = CliRunner().invoke(cli.main, ["predict", *transport, "--model", MODEL,
+                                               "--version", "2", "--json", *files])
+        assert result.exit_code == 0, result.output
+        answers[transport[0]] = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert answers["--rest"] == answers["--server"]
+    unknown = CliRunner().invoke(cli.main, ["predict", "--rest", running.rest, "--model", "nope",
+                                            files[1]])
+    assert unknown.exit_code == 1 and "HTTP 404: Servable not found" in unknown.output
+
+
 def test_predict_names_each_bad_file_and_fails(served, images, tmp_path):
     root, running = served
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
@@ -103,7 +119,7 @@ def test_client_retries_until_the_server_is_up(served, tmp_path):
     thread = threading.Thread(target=start_later)
     thread.start()
     try:
-        with client_lib.Client(f"127.0.0.1:{port}", timeout=30, retries=4) as client:
+        with client_lib.Client(f"127.0.0.1:{port}", timeout=30, retries=6) as client:
             assert client.predict([png(0)], MODEL)[0]["version"] == 2
     finally:
         thread.join()
@@ -118,23 +134,48 @@ def start_cardio_on(port, root):
     return server
 
 
+def _saved_model_stub(directory):
+    """A saved_model.pb with a `serve` MetaGraph: what `release promote` checks is loadable."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    saved.meta_graphs.add().meta_info_def.tags.append("serve")
+    directory.mkdir(parents=True)
+    (directory / "saved_model.pb").write_bytes(saved.SerializeToString())
+
+
+def _comparison(path, version):
+    path.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "best AUC", "pushed": {
+        "pushed": version is not None, "destination": "d", "version": version}}}))
+    return str(path)
+
+
 def test_release_cli_promotes_the_champion_and_rolls_back(tmp_path):
     root = tmp_path / "serving"
     for version in (1, 2):
-        (root / MODEL / str(version)).mkdir(parents=True)
+        _saved_model_stub(root / MODEL / str(version))
         releases.record_push(str(root), MODEL, version)
-    comparison = tmp_path / "comparison.json"
-    comparison.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "best AUC"}}))
     runner = CliRunner()
-    canary = runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
-                                      "--model", MODEL, "--label", "canary"])
-    assert json.loads(canary.output.splitlines()[-1])["to"] == 2
-    promoted = runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
-                                        "--comparison", str(comparison)])
+
+    def promote(comparison):
+        return runner.invoke(cli.main, ["release", "promote", "--serving-root", str(root),
+                                        "--comparison", comparison])
+    # After two pushes (stable and canary on 1), the comparison evaluated version 2: stable
+    # moves to 2 exactly, not to the canary's version.
+    promoted = promote(_comparison(tmp_path / "c2.json", "2"))
     assert promoted.exit_code == 0, promoted.output
     assert json.loads(promoted.output.splitlines()[-1]) == {"model": MODEL, "label": "stable",
                                                             "from": 1, "to": 2}
     assert releases.history(str(root))[-1]["reason"] == "champion: best AUC"
+    for version, needle in (("3", "version 3 is not pushed"), (None, "was not pushed")):
+        refused = promote(_comparison(tmp_path / "c.json", version))
+        assert refused.exit_code == 1 and needle in refused.output, refused.output
+    saved_model = root / MODEL / "1" / "saved_model.pb"
+    intact = saved_model.read_bytes()
+    saved_model.write_bytes(b"half a copy")
+    refused = promote(_comparison(tmp_path / "c1.json", "1"))
+    assert refused.exit_code == 1 and "version 1 is not loadable" in refused.output
+    saved_model.write_bytes(intact)
+    assert releases.read_state(str(root))[MODEL]["labels"]["stable"] == 2
     back = runner.invoke(cli.main, ["release", "rollback", "--serving-root", str(root),
                                     "--model", MODEL])
     assert json.loads(back.output.splitlines()[-1])["to"] == 1
@@ -147,10 +188,10 @@ def test_release_cli_promotes_the_champion_and_rolls_back(tmp_path):
 
 def test_cardio_serve_runs_like_tensorflow_model_server(served):
     root, _ = served
-    refused = subprocess.run([sys.executable, "-m", "cardio", "serve", "--rest_api_port=8501",
+    refused = subprocess.run([sys.executable, "-m", "cardio", "serve", "--grpc_socket_path=/s",
                               f"--model_config_file={root}/models.config"],
                              capture_output=True, text=True, cwd=REPO, timeout=120)
-    assert refused.returncode == 2 and "--rest_api_port is a tensorflow_model_server flag" in \
+    assert refused.returncode == 2 and "--grpc_socket_path is a tensorflow_model_server flag" in \
         refused.stderr
     process = subprocess.Popen([sys.executable, "-m", "cardio", "serve", "--port=0",
                                 f"--model_config_file={root}/models.config", "--enable_batching"],

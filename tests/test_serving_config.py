@@ -109,8 +109,14 @@ def test_release_errors_name_the_problem(tmp_path):
     with pytest.raises(releases.ReleaseError, match="no version 7"):
         releases.promote(root, MODEL, "stable", 7)
     comparison = tmp_path / "comparison.json"
-    comparison.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "highest AUC"}}))
-    assert releases.champion(str(comparison)) == (MODEL, "highest AUC")
+    comparison.write_text(json.dumps({"champion": {
+        "model_name": MODEL, "reason": "highest AUC",
+        "pushed": {"pushed": True, "destination": root, "version": "1"}}}))
+    assert releases.champion(str(comparison)) == (MODEL, 1, "highest AUC")
+    comparison.write_text(json.dumps({"champion": {"model_name": MODEL, "reason": "r",
+                                                   "pushed": {"pushed": False}}}))
+    with pytest.raises(releases.ReleaseError, match="was not pushed"):
+        releases.champion(str(comparison))
     comparison.write_text("{}")
     with pytest.raises(releases.ReleaseError, match="champion"):
         releases.champion(str(comparison))
@@ -191,8 +197,9 @@ def test_flags_are_tensorflow_model_servers():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--model_base_path=/m", "--rest_api_port=8501"], "--rest_api_port is a tensorflow_model_"
-                                                       "server flag that cardio serve does not"),
+    (["--model_base_path=/m", "--grpc_socket_path=/s"], "--grpc_socket_path is a "
+                                                        "tensorflow_model_server flag that cardio "
+                                                        "serve does not"),
     (["--model_base_path=/m", "--ssl_config_file=x"], "does not implement"),
     (["--model_base_path=/m", "--prot=1"], "unknown flag --prot"),
     (["--port=8500"], "Both --model_base_path and --model_config_file are empty"),

@@ -2,19 +2,23 @@
 the real `tensorflow_model_server` (skipped with the reason otherwise)."""
 from __future__ import annotations
 
+import base64
 import concurrent.futures
+import functools
+import json
 import os
 
 import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_helpers import SERVERS, export_version, jpeg, png, write_batching_file
+from serving_helpers import SERVERS, export_version, http, jpeg, png, write_batching_file
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
     predict_pb2,
+    prediction_service_pb2_grpc,
 )
 
 from cardio import features as F
@@ -41,6 +45,7 @@ def serving_root(tmp_path_factory):
 def running(request, serving_root):
     server = SERVERS[request.param]([
         f"--model_config_file={serving_root}/models.config", "--enable_batching",
+        "--rest_api_port=-1",
         f"--batching_parameters_file={serving_root}/{config_lib.BATCHING_PARAMETERS}"])
     yield server
     server.stop()
@@ -52,9 +57,14 @@ def client(running):
         yield c
 
 
+@functools.cache
+def _loaded(serving_root, version):
+    return tf.saved_model.load(os.path.join(serving_root, MODEL, str(version)))
+
+
 def in_process(serving_root, version, images):
     """serving_default of the same SavedModel, called in-process."""
-    model = tf.saved_model.load(os.path.join(serving_root, MODEL, str(version)))
+    model = _loaded(serving_root, version)
     return model.signatures["serving_default"](image_bytes=tf.constant(images))
 
 
@@ -200,3 +210,129 @@ def test_concurrent_requests_are_batched_across_clients(running, client, serving
     # Each request gets its own rows of the batched call.
     expected = in_process(serving_root, 2, images)["probability"].numpy()
     np.testing.assert_allclose([r[0]["probability"] for r in results], expected, atol=1e-6)
+
+
+# --- the same contract over TF Serving's REST API ------------------------------------------------
+
+def _plain_grpc(running, images, spec):
+    """A client written for TF Serving: a bare stub and make_tensor_proto."""
+    channel = grpc.insecure_channel(running.target, options=[
+        ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+    try:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = MODEL
+        if "version" in spec:
+            request.model_spec.version.value = spec["version"]
+        if "label" in spec:
+            request.model_spec.version_label = spec["label"]
+        request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto(images))
+        response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            request, timeout=60)
+        return (response.model_spec.version.value,
+                tf.make_ndarray(response.outputs["probability"]).tolist())
+    finally:
+        channel.close()
+
+
+def _plain_rest(running, images, spec):
+    """A plain HTTP POST of {"instances": [{"b64": ...}]} (row format, one named input)."""
+    path = {"version": "/versions/{}", "label": "/labels/{}"}
+    suffix = "".join(path[k].format(v) for k, v in spec.items())
+    status, body = http("POST", f"{running.rest}/v1/models/{MODEL}{suffix}:predict", {
+        "instances": [{"image_bytes": {"b64": base64.b64encode(i).decode()}} for i in images]})
+    assert status == 200, body
+    return None, [row["probability"] for row in body["predictions"]]
+
+
+@pytest.mark.parametrize("transport", ["grpc", "rest"])
+def test_unchanged_tf_serving_clients_get_the_same_predictions(running, serving_root, transport):
+    images = [png(0), jpeg(2)]
+    for spec, version in (({}, 2), ({"version": 1}, 1), ({"label": "stable"}, 1)):
+        expected = in_process(serving_root, version, images)["probability"].numpy()
+        answered, probabilities = (_plain_grpc if transport == "grpc" else _plain_rest)(
+            running, images, spec)
+        assert answered in (version, None), spec
+        np.testing.assert_allclose(probabilities, expected, atol=1e-6)
+
+
+def test_rest_columnar_format_signature_name_and_bytes_outputs(running, serving_root):
+    image = base64.b64encode(png(3)).decode()
+    status, body = http("POST", f"{running.rest}/v1/models/{MODEL}/labels/canary:predict", {
+        "signature_name": "serving_default", "inputs": {"image_bytes": [{"b64": image}]}})
+    assert status == 200, body
+    expected = in_process(serving_root, 2, [png(3)])
+    assert set(body["outputs"]) == set(expected)
+    np.testing.assert_allclose(body["outputs"]["probability"], expected["probability"].numpy(),
+                               atol=1e-6)
+    assert body["outputs"]["crop_box"] == [[0.0, 0.0, 1.0, 1.0]]
+    status, body = http("POST", f"{running.rest}/v1/models/{MODEL}/versions/2:classify", {
+        "signature_name": F.SERVING_CLASSIFY, "examples": [{"image": {"b64": image}}]})
+    assert status == 200, body
+    ((normal, cardiomegaly),) = body["results"]
+    assert [normal[0], cardiomegaly[0]] == ["normal", "cardiomegaly"]
+    np.testing.assert_allclose(cardiomegaly[1], expected["probability"].numpy()[0], atol=1e-6)
+
+
+def test_rest_status_and_metadata_match_grpc(running, client):
+    status, body = http("GET", f"{running.rest}/v1/models/{MODEL}")
+    assert status == 200
+    assert {int(v["version"]): v["state"] for v in body["model_version_status"]} == \
+        client.status(MODEL)
+    assert all(v["status"]["error_code"] == "OK" for v in body["model_version_status"])
+    status, body = http("GET", f"{running.rest}/v1/models/{MODEL}/labels/stable/metadata")
+    assert status == 200 and body["model_spec"]["version"] == "1"
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert signatures["serving_default"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+
+
+def test_the_kubernetes_readiness_probe_path_answers(running):
+    import yaml
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "kubernetes", "base",
+                           "deployment.yaml")) as f:
+        documents = [d for d in yaml.safe_load_all(f) if d and d.get("kind") == "Deployment"]
+    (container,) = [c for c in documents[0]["spec"]["template"]["spec"]["containers"]
+                    if "readinessProbe" in c]
+    path = container["readinessProbe"]["httpGet"]["path"]
+    # The probe names the deployed grid cell's model; the label path is what is probed.
+    assert path.startswith("/v1/models/") and path.endswith("/labels/stable")
+    status, body = http("GET", f"{running.rest}/v1/models/{MODEL}/labels/stable")
+    assert status == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
+    assert http("GET", f"{running.rest}/v1/models/no-such-model/labels/stable")[0] == 404
+
+
+# TF Serving's HTTP codes for the gRPC statuses (http_server.cc ToHTTPStatusCode).
+REST_BAD_REQUESTS = {
+    "unknown model": ("/v1/models/no-such-model:predict", {"instances": [{"b64": "AA=="}]},
+                      404, "no-such-model"),
+    "unknown version": (f"/v1/models/{MODEL}/versions/99:predict", {"instances": ["x"]}, 404, "99"),
+    "unknown label": (f"/v1/models/{MODEL}/labels/beta:predict", {"instances": ["x"]}, 400,
+                      "Unrecognized servable version label: beta"),
+    "unknown signature": (f"/v1/models/{MODEL}:predict", {"signature_name": "nope",
+                                                          "instances": ["x"]}, 412, "nope"),
+    "wrong dtype": (f"/v1/models/{MODEL}:predict", {"instances": [1.5]}, 400, "string"),
+    "undecodable image": (f"/v1/models/{MODEL}:predict", {"instances": [{"b64": "bm90"}]}, 400,
+                          "image"),
+    "bad b64": (f"/v1/models/{MODEL}:predict", {"instances": [{"b64": "%%%"}]}, 400, "base64"),
+    "neither format": (f"/v1/models/{MODEL}:predict", {"rows": []}, 400, "instances"),
+    "not JSON": (f"/v1/models/{MODEL}:predict", "{", 400, "JSON"),
+    "unknown path": ("/v1/modelz", None, 400, "Malformed request"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REST_BAD_REQUESTS))
+def test_rest_bad_requests_get_tf_servings_http_code_and_error_body(running, client, case):
+    path, body, code, needle = REST_BAD_REQUESTS[case]
+    if body == "{":     # raw, unparseable
+        import urllib.request
+        import urllib.error
+        try:
+            urllib.request.urlopen(urllib.request.Request(f"{running.rest}{path}", data=b"{",
+                                                          method="POST"), timeout=60)
+        except urllib.error.HTTPError as error:
+            status, answer = error.code, json.loads(error.read())
+    else:
+        status, answer = http("GET" if body is None else "POST", f"{running.rest}{path}", body)
+    assert status == code, answer
+    assert set(answer) == {"error"} and needle.lower() in answer["error"].lower(), answer
+    assert client.predict([png(7)], MODEL)[0]["version"] == 2

@@ -115,7 +115,8 @@ def test_a_broken_version_fails_alone(tmp_path, staging):
     with open(tmp_path / "models.config", "w") as f:
         f.write(config_lib.render_models_config(
             {MODEL: {"base_path": str(tmp_path / MODEL), "versions": [1, 2]}}))
-    running = start_cardio([f"--model_config_file={tmp_path}/models.config"])
+    running = start_cardio([f"--model_config_file={tmp_path}/models.config",
+                            "--max_num_load_retries=0"])
     try:
         with running.client(timeout=60) as client:
             status = running.server.manager.statuses(model_pb2.ModelSpec(name=MODEL))

@@ -23,8 +23,10 @@ from cardio.trainer import signatures
 
 
 class CardioServingModule(tf.Module):
-    def __init__(self, model, image_size: int, threshold: float, unet=None, crop_size: int = 0):
+    def __init__(self, model, image_size: int, threshold: float, unet=None, crop_size: int = 0,
+                 max_pixels: int = decode.MAX_SERVING_PIXELS):
         super().__init__(name="cardio")
+        self.max_pixels = max_pixels   # images whose header declares more are refused undecoded
         self.model = model
         self.unet = unet
         self.image_size = image_size
@@ -39,11 +41,12 @@ class CardioServingModule(tf.Module):
 
     def _stored_image(self, encoded):
         """An image as the pipeline stores it (cropped when the pipeline crops) -> model input."""
-        return decode.preprocess(encoded, self.image_size)
+        return decode.resize_for_model(decode.decode_radiograph(encoded, self.max_pixels),
+                                       self.image_size)
 
     def _raw_image(self, encoded):
         """A raw radiograph -> (model input, crop box, QC flags), via the same crop as training."""
-        image = decode.decode_radiograph(encoded)
+        image = decode.decode_radiograph(encoded, self.max_pixels)
         if self.unet is None:
             return (decode.resize_for_model(image, self.image_size),
                     tf.constant([0.0, 0.0, 1.0, 1.0]), tf.zeros([len(crop.QC_FLAGS)], tf.bool))
@@ -83,15 +86,18 @@ class CardioServingModule(tf.Module):
 
 
 def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
-           crop_size: int = 0, metadata: dict | None = None):
+           crop_size: int = 0, metadata: dict | None = None,
+           max_pixels: int = decode.MAX_SERVING_PIXELS):
     """Saves the serving SavedModel; `metadata` (the embedded U-Net's licence among it) goes to
-    assets.extra/cardio_metadata.json, which travels with every copy TF Serving loads."""
+    assets.extra/cardio_metadata.json, which travels with every copy TF Serving loads.
+    `max_pixels` is baked into the signatures: an image whose header declares more pixels is
+    refused (INVALID_ARGUMENT) before it is decoded, by any server, TF Serving's included."""
     import json
     import os
 
     from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
-    module = CardioServingModule(model, image_size, threshold, unet, crop_size)
+    module = CardioServingModule(model, image_size, threshold, unet, crop_size, max_pixels)
     # Servers and TFMA call the signatures only: skip tracing every Keras layer's call function
     # for Keras's own reloading, which costs minutes on DenseNet121 and EfficientNetB2.
     with keras_option_scope(save_traces=False):
@@ -108,7 +114,8 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
     extra = os.path.join(export_dir, F.ASSETS_EXTRA)
     tf.io.gfile.makedirs(extra)
     metadata = {"image_size": image_size, "operating_threshold": threshold,
-                "crop_size": crop_size if unet is not None else None, **(metadata or {})}
+                "crop_size": crop_size if unet is not None else None, "max_pixels": max_pixels,
+                **(metadata or {})}
     with tf.io.gfile.GFile(os.path.join(extra, F.METADATA_FILE), "w") as f:
         json.dump(metadata, f, indent=2)
     with tf.io.gfile.GFile(os.path.join(extra, F.MODEL_CARD_FILE), "w") as f:

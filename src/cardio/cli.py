@@ -488,13 +488,17 @@ def schedule(host, package, experiment, namespace, cron, job_name):
                                 "help_option_names": ["-h", "--help"]})
 @click.argument("flags", nargs=-1, type=click.UNPROCESSED)
 def serve(flags):
-    """A drop-in for tensorflow_model_server (gRPC) on one machine.
+    """A drop-in for tensorflow_model_server (gRPC and REST) on one machine.
 
-    Takes its flags: --port, --model_name, --model_base_path, --model_config_file,
-    --model_config_file_poll_wait_seconds, --file_system_poll_wait_seconds, --enable_batching,
-    --batching_parameters_file, --grpc_channel_arguments, --grpc_max_threads,
-    --enable_model_warmup, --num_request_iterations_for_warmup,
-    --enable_signature_method_name_check. Its other flags are refused by name.
+    Takes its flags: --port, --rest_api_port, --rest_api_timeout_in_ms, --rest_api_num_threads,
+    --model_name, --model_base_path, --model_config_file, --model_config_file_poll_wait_seconds,
+    --file_system_poll_wait_seconds, --enable_batching, --batching_parameters_file,
+    --grpc_channel_arguments, --grpc_max_threads, --enable_model_warmup,
+    --num_request_iterations_for_warmup, --enable_signature_method_name_check,
+    --max_num_load_retries, --load_retry_interval_micros, --monitoring_config_file. Its other
+    flags are refused by name. Hardening (cardio serve only): --bind_address,
+    --allow_reload_config_request, --reload_config_allowed_roots, --max_tensor_elements,
+    --max_tensor_bytes.
     """
     from cardio.serving import server
 
@@ -506,7 +510,9 @@ def serve(flags):
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--server", "target", required=True, help="HOST:PORT of TF Serving's gRPC API.")
+@click.option("--server", "target", default=None, help="HOST:PORT of TF Serving's gRPC API.")
+@click.option("--rest", "rest_url", default=None,
+              help="http://HOST:PORT of TF Serving's REST API (instead of --server).")
 @click.option("--model", default="default", show_default=True, help="Model name.")
 @click.option("--version", "version", type=int, default=None, help="Model version.")
 @click.option("--label", default=None, help="Version label (stable, canary); not with --version.")
@@ -517,20 +523,23 @@ def serve(flags):
 @click.option("--tls", is_flag=True, help="TLS channel (server certificate checked).")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False),
               help="CA certificate (PEM) for --tls (default: the system's roots).")
-def predict(images, target, model, version, label, as_json, timeout, retries, batch_size, tls,
-            tls_ca):
-    """Send radiographs (PNG, JPEG, DICOM files or folders) to a TF Serving gRPC endpoint."""
+def predict(images, target, rest_url, model, version, label, as_json, timeout, retries,
+            batch_size, tls, tls_ca):
+    """Send radiographs (PNG, JPEG, DICOM files or folders) to TF Serving (gRPC or REST)."""
     from cardio.serving import client as client_lib
 
     if version is not None and label is not None:
         raise click.UsageError("--version and --label are exclusive")
+    if bool(target) == bool(rest_url):
+        raise click.UsageError("name exactly one of --server (gRPC) and --rest (HTTP)")
     try:
         files = client_lib.image_files(images)
     except client_lib.ImageError as error:
         raise click.UsageError(str(error))
     ca = open(tls_ca, "rb").read() if tls_ca else None
     failed = 0
-    with client_lib.Client(target, timeout, retries, tls or bool(ca), ca) as client:
+    with (client_lib.RestClient(rest_url, timeout, retries) if rest_url else
+          client_lib.Client(target, timeout, retries, tls or bool(ca), ca)) as client:
         for path, result in client_lib.predict_files(client, files, model, version, label,
                                                      batch_size):
             failed += isinstance(result, str)
@@ -560,7 +569,8 @@ _reason = click.option("--reason", default="", help="Recorded in release_history
 @_root
 @click.option("--model", default=None, help="Model name (or --comparison).")
 @click.option("--comparison", type=click.Path(exists=True, dir_okay=False),
-              help="comparison.json of a model comparison: promote its champion.")
+              help="comparison.json of a model comparison: promote the exact version of its "
+                   "champion it evaluated (refused if not pushed or not loadable).")
 @click.option("--version", "version", type=int, default=None,
               help="Version (default: the canary version; for --label canary the newest push).")
 @_label
@@ -571,11 +581,13 @@ def release_promote(serving_root, model, comparison, version, label, reason):
 
     if bool(model) == bool(comparison):
         raise click.UsageError("name exactly one of --model and --comparison")
+    if comparison and version is not None:
+        raise click.UsageError("--comparison promotes the version it evaluated; no --version")
     try:
         if comparison:
-            model, why = releases.champion(comparison)
-            reason = reason or f"champion: {why}"
-        move = releases.promote(serving_root, model, label, version, reason)
+            move = releases.promote_champion(serving_root, comparison, label, reason)
+        else:
+            move = releases.promote(serving_root, model, label, version, reason)
     except releases.ReleaseError as error:
         raise click.ClickException(str(error))
     click.echo(json.dumps(move))

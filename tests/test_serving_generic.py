@@ -1,0 +1,198 @@
+"""A model written for TF Serving, not for this project, served by `cardio serve` as TF Serving
+serves it: zero-padded version directories, shapes judged by the model, Regress and
+MultiInference, the REST API; version life cycle (availability-preserving unloads, load
+retries) and a malformed models.config."""
+from __future__ import annotations
+
+import shutil
+
+import grpc
+import numpy as np
+import pytest
+import tensorflow as tf
+from serving_helpers import examples, export_generic, http, start_cardio, wait_for
+from tensorflow_serving.apis import (
+    inference_pb2,
+    model_pb2,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from cardio.serving import server as server_lib
+
+MODEL = "generic"
+
+
+@pytest.fixture(scope="module")
+def generic(tmp_path_factory):
+    """The generic model pushed as `00000123` (as TF Serving's own test models are named)."""
+    base = tmp_path_factory.mktemp("generic")
+    export_generic(str(base), "00000123")
+    monitoring = base / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }')
+    running = start_cardio([f"--model_base_path={base}", f"--model_name={MODEL}",
+                            "--rest_api_port=-1", f"--monitoring_config_file={monitoring}"])
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def stub(generic):
+    channel = grpc.insecure_channel(generic.target)
+    yield prediction_service_pb2_grpc.PredictionServiceStub(channel)
+    channel.close()
+
+
+def _predict(stub, x, version=None):
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = MODEL
+    if version is not None:
+        request.model_spec.version.value = version
+    request.inputs["x"].CopyFrom(tf.make_tensor_proto(np.asarray(x, np.float32)))
+    return stub.Predict(request, timeout=60)
+
+
+def test_zero_padded_version_directory_loads_as_its_integer_version(generic, stub):
+    with generic.client() as client:
+        assert client.status(MODEL) == {123: "AVAILABLE"}
+    response = _predict(stub, [[1.0], [2.0]], version=123)
+    assert response.model_spec.version.value == 123
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs["y"]), [[3.0], [5.0]])
+
+
+def test_shapes_are_judged_by_the_model_not_the_server(stub):
+    # [1] for a signature declaring [?, 1]: TF Serving feeds it, and this model accepts it.
+    np.testing.assert_allclose(tf.make_ndarray(_predict(stub, [4.0]).outputs["y"]).ravel(), [9.0])
+    # A shape the model itself refuses: its TensorFlow error, as INVALID_ARGUMENT.
+    with pytest.raises(grpc.RpcError) as raised:
+        _predict(stub, np.ones([1000, 1]))
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "x has 1000 or more values" in raised.value.details()
+
+
+def test_regress_and_multi_inference(stub):
+    request = regression_pb2.RegressionRequest()
+    request.model_spec.name, request.model_spec.signature_name = MODEL, "regress"
+    request.input.example_list.examples.extend(examples(1.0, -2.0))
+    response = stub.Regress(request, timeout=60)
+    assert [r.value for r in response.result.regressions] == [3.0, -3.0]
+    assert response.model_spec.version.value == 123
+
+    multi = inference_pb2.MultiInferenceRequest()
+    multi.input.example_list.examples.extend(examples(0.0))
+    for signature, method in (("regress", "tensorflow/serving/regress"),
+                              ("classify", "tensorflow/serving/classify")):
+        multi.tasks.add(model_spec={"name": MODEL, "signature_name": signature},
+                        method_name=method)
+    response = stub.MultiInference(multi, timeout=60)
+    regressed, classified = response.results
+    assert regressed.model_spec.signature_name == "regress"
+    assert [r.value for r in regressed.regression_result.regressions] == [1.0]
+    assert [(c.label, c.score) for c in classified.classification_result.classifications[0]
+            .classes] == [("neg", 0.5), ("pos", 0.5)]
+    # serving_default is a predict signature: TF Serving's method check refuses it here.
+    wrong = inference_pb2.MultiInferenceRequest(input=multi.input)
+    wrong.tasks.add(model_spec={"name": MODEL}, method_name="tensorflow/serving/regress")
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.MultiInference(wrong, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "method_name" in raised.value.details()
+    duplicate = inference_pb2.MultiInferenceRequest(input=multi.input)
+    duplicate.tasks.add(model_spec={"name": MODEL, "signature_name": "regress"},
+                        method_name="tensorflow/serving/regress")
+    duplicate.tasks.add(model_spec={"name": MODEL, "signature_name": "regress"},
+                        method_name="tensorflow/serving/regress")
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.MultiInference(duplicate, timeout=60)
+    assert "Duplicate evaluation of signature: regress" in raised.value.details()
+
+
+def test_generic_model_over_rest(generic):
+    url = f"{generic.rest}/v1/models/{MODEL}"
+    status, body = http("GET", url)
+    assert status == 200
+    assert body == {"model_version_status": [{"version": "123", "state": "AVAILABLE", "status": {
+        "error_code": "OK", "error_message": ""}}]}
+    assert http("POST", f"{url}:predict", {"instances": [[1.0], [2.0]]}) == \
+        (200, {"predictions": [[3.0], [5.0]]})
+    assert http("POST", f"{url}/versions/123:predict", {"inputs": {"x": [[0.5]]}}) == \
+        (200, {"outputs": [[2.0]]})
+    assert http("POST", f"{url}:regress", {"signature_name": "regress",
+                                           "examples": [{"x": 1.0}, {"x": 2.5}]}) == \
+        (200, {"results": [3.0, 6.0]})
+    status, body = http("POST", f"{url}:classify", {"signature_name": "classify",
+                                                    "examples": [{"x": 0.0}]})
+    assert status == 200 and body == {"results": [[["neg", 0.5], ["pos", 0.5]]]}
+    status, body = http("POST", f"{url}:predict", {"instances": [[1.0]] * 1000})
+    assert status == 400 and "x has 1000 or more values" in body["error"]
+    status, body = http("GET", f"{url}/metadata")
+    assert status == 200 and body["model_spec"] == {"name": MODEL, "version": "123"}
+    assert set(body["metadata"]["signature_def"]["signature_def"]) >= {"serving_default",
+                                                                        "regress"}
+
+
+def test_failed_new_version_keeps_the_old_one_serving_and_loads_are_retried(tmp_path):
+    base = tmp_path / MODEL
+    export_generic(str(base), "1")
+    staging = export_generic(str(tmp_path / "staging"), "2")
+    running = start_cardio([f"--model_base_path={base}", f"--model_name={MODEL}",
+                            "--file_system_poll_wait_seconds=1", "--max_num_load_retries=1",
+                            "--load_retry_interval_micros=3000000"])
+    try:
+        with running.client(timeout=60) as client:
+            # A half-copied version 2: its load fails twice (one retry), then it stays END,
+            # and under the `latest` policy version 1 keeps serving.
+            (base / "2").mkdir()
+            wait_for(lambda: client.status(MODEL).get(2) == "END", what="version 2 to fail")
+            assert client.status(MODEL)[1] == "AVAILABLE"
+            assert running.server.manager.statuses(model_pb2.ModelSpec(name=MODEL))[1][1].error
+            shutil.rmtree(base / "2")
+            wait_for(lambda: 2 not in client.status(MODEL), what="the failed version forgotten")
+            # Version 3 is copied in while its first load attempt fails: the retry loads it.
+            (base / "3").mkdir()
+            wait_for(lambda: client.status(MODEL).get(3) == "LOADING", what="loading 3")
+            shutil.copytree(staging, base / "3", dirs_exist_ok=True)
+            wait_for(lambda: client.status(MODEL).get(3) == "AVAILABLE", what="the retry")
+            wait_for(lambda: client.status(MODEL).get(1) == "END", what="version 1 unloaded")
+    finally:
+        running.stop()
+
+
+def test_malformed_models_config_exits_non_zero_with_tf_servings_message(tmp_path, capsys):
+    config = tmp_path / "models.config"
+    config.write_text("model_config_list { config { name: 'x' base_path: '/m' } ")
+    assert server_lib.main([f"--model_config_file={config}", "--port=0"]) == 1
+    assert "Error parsing text-format tensorflow.serving.ModelServerConfig:" in \
+        capsys.readouterr().err
+
+
+def _samples(text: str) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_prometheus_metrics_count_requests_per_model_version_and_api(generic, stub):
+    url = f"{generic.rest}/monitoring/prometheus/metrics"
+    status, text = http("GET", url)
+    assert status == 200
+    before = _samples(text)
+    _predict(stub, [[1.0]])
+    http("POST", f"{generic.rest}/v1/models/{MODEL}:predict", {"instances": [[1.0]]})
+    http("POST", f"{generic.rest}/v1/models/{MODEL}:predict", {"instances": [["text"]]})
+    after = _samples(http("GET", url)[1])
+
+    def delta(name, **labels):
+        key = (name, tuple(sorted({"model_name": MODEL, "API": "predict", **labels}.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    count = ":tensorflow:serving:request_count_total"
+    assert delta(count, version="123", entrypoint="GRPC", status="OK") == 1
+    assert delta(count, version="123", entrypoint="REST", status="OK") == 1
+    assert delta(count, version="", entrypoint="REST", status="INVALID_ARGUMENT") == 1
+    latency = ":tensorflow:serving:request_latency_count"
+    assert delta(latency, version="123", entrypoint="GRPC") == 1
+    assert after[(":tensorflow:serving:request_latency_sum", tuple(sorted({
+        "model_name": MODEL, "API": "predict", "version": "123", "entrypoint": "GRPC"}.items())))] > 0
