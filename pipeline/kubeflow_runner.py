@@ -136,6 +136,27 @@ def beam_pipeline_args(runner: str, image: str, job_endpoint: str | None = None,
     return [a for a in args if a.split("=", 1)[0] not in overridden] + list(extra)
 
 
+# Pipeline roots this stack can write. TFX's Kubeflow V2 entrypoint hands each executor the
+# artifact URIs under the root as they are, and the executor writes them with tf.io.gfile:
+# TensorFlow 2.21 writes gs:// itself; s3:// (and so MinIO) needs tensorflow-io, which has no
+# build for this TensorFlow and Python 3.13; minio:// is a KFP launcher scheme that TensorFlow does
+# not know (docs/operator-guide.md, "On-prem object storage").
+WRITABLE_ROOT_SCHEMES = ("gs",)
+
+
+def check_pipeline_root(root: str) -> str:
+    """The pipeline root if this stack can write it, else a ValueError naming the scheme."""
+    scheme = root.split("://", 1)[0] if "://" in root else ""
+    if scheme in WRITABLE_ROOT_SCHEMES:
+        return root
+    what = f"scheme {scheme}://" if scheme else "a path without a scheme"
+    raise ValueError(
+        f"pipeline root {root!r}: {what} cannot be written by this stack's TensorFlow executors "
+        f"(TensorFlow 2.21 writes {', '.join(s + '://' for s in WRITABLE_ROOT_SCHEMES)}; s3:// and "
+        "MinIO need tensorflow-io, which has no build for TensorFlow 2.21 on Python 3.13); "
+        "use a gs:// bucket (see docs/operator-guide.md, 'On-prem object storage')")
+
+
 def schema_uri(pipeline_root: str) -> str:
     """Where the compiled pipeline reads its schema; `compile_pipeline` writes a copy to upload."""
     return f"{pipeline_root.rstrip('/')}/schema/schema.pbtxt"
@@ -161,6 +182,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
     if training not in TRAINING_MODES:
         raise ValueError(f"unknown training mode {training!r}; choose one of "
                          f"{', '.join(TRAINING_MODES)}")
+    check_pipeline_root(pipeline_root)
     gpu_image = gpu_image or image
     if beam_args is not None:
         config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
@@ -221,6 +243,9 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
         container = executors.get(f"{node.id}_executor", {}).get("container")
         if container is not None and "resources" not in container and node.platform_config:
             container["resources"] = json_format.MessageToDict(node.platform_config)
+    # The root travels with the spec: without it the KFP driver falls back to the namespace's
+    # default artifact store (MinIO on a stock install), which TensorFlow cannot write.
+    job["pipelineSpec"]["defaultPipelineRoot"] = pipeline_root
     with open(output_file, "w") as f:
         json.dump(job, f, indent=2, sort_keys=True)
     # Kubeflow Pipelines uploads and runs the PipelineSpec itself, as YAML.

@@ -77,6 +77,11 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
     config = _config(profile)
     spec = job["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
+    # The pipeline root travels with the spec KFP uploads, and with the Vertex PipelineJob.
+    assert spec["defaultPipelineRoot"] == ROOTS["pipeline_root"]
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == ROOTS["pipeline_root"]
+    uploaded = yaml.safe_load(Path(summary["pipeline_spec"]).read_text())
+    assert uploaded["defaultPipelineRoot"] == ROOTS["pipeline_root"]
 
     # Every node of the pipeline definition is a task, and nothing else.
     nodes = create_pipeline(config, data_root="d", pipeline_root="r", serving_root="s",
@@ -220,6 +225,17 @@ def test_beam_runner_presets(runner, extra, expected):
     args = kubeflow_runner.beam_pipeline_args(runner, CPU, "js:8099", extra)
     assert set(expected) <= set(args)
     assert len({a.split("=", 1)[0] for a in args}) == len(args)   # no flag given twice
+
+
+@pytest.mark.parametrize("root", ["minio://mlpipeline/v2/artifacts", "s3://bucket/root",
+                                  "/mnt/pipeline-root"])
+def test_compile_refuses_a_pipeline_root_this_stack_cannot_write(root, tmp_path):
+    with pytest.raises(ValueError, match=r"cannot be written.*use a gs:// bucket") as error:
+        kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"),
+                                        **{**ROOTS, "pipeline_root": root})
+    scheme = root.split("://")[0] + "://" if "://" in root else "without a scheme"
+    assert scheme in str(error.value)
+    assert not (tmp_path / "c.json").exists()
 
 
 def test_compile_refuses_what_cannot_run():
