@@ -138,23 +138,25 @@ def beam_pipeline_args(runner: str, image: str, job_endpoint: str | None = None,
 
 # Pipeline roots this stack can write. TFX's Kubeflow V2 entrypoint hands each executor the
 # artifact URIs under the root as they are, and the executor writes them with tf.io.gfile:
-# TensorFlow 2.21 writes gs:// itself; s3:// (and so MinIO) needs tensorflow-io, which has no
-# build for this TensorFlow and Python 3.13; minio:// is a KFP launcher scheme that TensorFlow does
-# not know (docs/operator-guide.md, "On-prem object storage").
+# TensorFlow 2.21 writes gs:// and absolute local paths (a volume mounted at the same path in every
+# pod, or a local execution of the compiled spec) itself; s3:// (and so MinIO) needs
+# tensorflow-io, which has no build for this TensorFlow and Python 3.13; minio:// is a KFP
+# launcher scheme that TensorFlow does not know (docs/operator-guide.md, "On-prem object storage").
 WRITABLE_ROOT_SCHEMES = ("gs",)
 
 
 def check_pipeline_root(root: str) -> str:
     """The pipeline root if this stack can write it, else a ValueError naming the scheme."""
     scheme = root.split("://", 1)[0] if "://" in root else ""
-    if scheme in WRITABLE_ROOT_SCHEMES:
+    if scheme in WRITABLE_ROOT_SCHEMES or (not scheme and root.startswith("/")):
         return root
-    what = f"scheme {scheme}://" if scheme else "a path without a scheme"
+    what = f"scheme {scheme}://" if scheme else "a relative path"
     raise ValueError(
         f"pipeline root {root!r}: {what} cannot be written by this stack's TensorFlow executors "
-        f"(TensorFlow 2.21 writes {', '.join(s + '://' for s in WRITABLE_ROOT_SCHEMES)}; s3:// and "
-        "MinIO need tensorflow-io, which has no build for TensorFlow 2.21 on Python 3.13); "
-        "use a gs:// bucket (see docs/operator-guide.md, 'On-prem object storage')")
+        f"(TensorFlow 2.21 writes {', '.join(s + '://' for s in WRITABLE_ROOT_SCHEMES)} and "
+        "absolute paths; s3:// and MinIO need tensorflow-io, which has no build for TensorFlow "
+        "2.21 on Python 3.13); use a gs:// bucket (see docs/operator-guide.md, 'On-prem object "
+        "storage')")
 
 
 def schema_uri(pipeline_root: str) -> str:
