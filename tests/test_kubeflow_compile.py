@@ -215,7 +215,7 @@ def test_runtime_overrides_reach_the_run_fn_config():
 
 
 @pytest.mark.parametrize("runner,extra,expected", [
-    ("in-pod", (), ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]),
+    ("in-pod", (), ["--direct_running_mode=multi_processing", "--direct_num_workers=8"]),
     ("portable", (), ["--runner=PortableRunner", "--job_endpoint=js:8099",
                       "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]),
     ("dataflow", ("--project=p", "--region=europe-west4", "--temp_location=gs://b/tmp"),
@@ -225,6 +225,25 @@ def test_beam_runner_presets(runner, extra, expected):
     args = kubeflow_runner.beam_pipeline_args(runner, CPU, "js:8099", extra)
     assert set(expected) <= set(args)
     assert len({a.split("=", 1)[0] for a in args}) == len(args)   # no flag given twice
+
+
+def test_in_pod_beam_runs_one_worker_per_core_of_the_pods_cpu_limit(tmp_path):
+    """Beam's default (0) would start one worker per core of the node, each loading TensorFlow
+    and the U-Net, in a pod limited to a few cores."""
+    kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"), repository=REPO, tag=TAG,
+                                    beam_runner="in-pod", **ROOTS)
+    spec = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    checked = 0
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        container = executor.get("container")
+        if container is None or not any(b in _executor_class(container) for b in BEAM_EXECUTORS):
+            continue
+        workers = [a for a in container["args"] if a.startswith("--direct_num_workers=")]
+        assert len(workers) == 1, name
+        limit = float(container["resources"]["resourceCpuLimit"])
+        assert int(workers[0].split("=")[1]) == int(limit) >= 1, (name, workers, limit)
+        checked += 1
+    assert checked >= 4   # ImportExampleGen, StatisticsGen, LungCrop, CropReport, Evaluator
 
 
 @pytest.mark.parametrize("root", ["minio://mlpipeline/v2/artifacts", "s3://bucket/root",
