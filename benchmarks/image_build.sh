@@ -31,7 +31,12 @@ if ! bah inspect --type image "$base" >/dev/null 2>&1; then
 fi
 t1=$(date +%s)
 log "image $image (Dockerfile target cpu)"
-bah bud --isolation chroot --build-arg DEBIAN_IMAGE="$base" --target cpu -t "$image" . >&2
+# A TLS-intercepting proxy between this machine and PyPI: pip in the build trusts the host's CA
+# bundle (mounted for the RUN steps only; nothing of it stays in the image).
+ca=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
+printf '[global]\ncert = /etc/ssl/host-ca.crt\n' > "$work/pip.conf"
+bah bud --isolation chroot --build-arg DEBIAN_IMAGE="$base" --target cpu -t "$image" \
+  --volume "$ca:/etc/ssl/host-ca.crt:ro" --volume "$work/pip.conf:/etc/pip.conf:ro" . >&2
 t2=$(date +%s)
 size=$(bah inspect --type image --format '{{.ImageSize}}' "$image" 2>/dev/null || echo 0)
 [ "$size" != 0 ] || size=$(bah images --noheading --format '{{.Size}}' "$image")
