@@ -65,11 +65,11 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
     if repeat if repeat is not None else training:
         ds = ds.repeat()
 
-    def decode(serialized):
+    def parse(serialized):
         parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
         return decode.preprocess(parsed[F.IMAGE], image_size), tf.cast(parsed[F.LABEL], tf.float32)
 
-    ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not training)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not training)
     if training and augment_positives:
         # Stateless seeds from a counter keep a deterministic run reproducible.
         ds = ds.enumerate().map(
