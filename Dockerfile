@@ -8,8 +8,11 @@
 #
 # Debian 13: ml-metadata and TFDV 1.21 ship only manylinux_2_39 wheels (glibc >= 2.39), and its
 # python3 is the project's one interpreter, 3.13. Every Python distribution comes from
-# requirements.lock, installed with --no-deps so that nothing outside the lock gets in.
-# Pin the base by digest in your registry mirror: --build-arg DEBIAN_IMAGE=debian:13.2-slim@sha256:...
+# requirements.lock (the GPU target adds requirements-gpu.lock), installed with --no-deps so that
+# nothing outside the locks gets in; the dev extra's test tools are removed again.
+# The base is a build argument: pin it by digest in your registry mirror
+# (--build-arg DEBIAN_IMAGE=debian:13.2-slim@sha256:...), or, with no registry, build it from a
+# Debian 13 root file system (benchmarks/image_build.sh: mmdebstrap, then buildah).
 ARG DEBIAN_IMAGE=debian:13.2-slim
 
 # ImageNet weights: empty unless the build names a `weights` context (see above).
@@ -24,18 +27,19 @@ COPY requirements.lock /tmp/requirements.lock
 RUN python3 -m venv "$VIRTUAL_ENV" \
  && pip install --upgrade pip \
  && pip install --no-deps -r /tmp/requirements.lock
-# The project (.dockerignore admits only its packages and metadata).
+# The project (.dockerignore admits only its packages, metadata and the filter below). The lock
+# also pins the dev extra (pytest, kubectl, kubernetes-validate, ...): the production image
+# drops every distribution the runtime dependencies do not need.
 COPY . /src/
-RUN pip install --no-deps /src && pip check
+RUN pip install --no-deps /src \
+ && python3 /src/tools/runtime_only.py --uninstall \
+ && pip check
 
-# CUDA-enabled TensorFlow for the Trainers: the locked TensorFlow with its `and-cuda` extra (the
-# NVIDIA CUDA/cuDNN wheels, within the ranges TensorFlow declares; their freeze is kept in the
-# image at /opt/cardio/gpu-freeze.txt).
+# CUDA-enabled TensorFlow for the Trainers: the locked TensorFlow's `and-cuda` extra, i.e. the
+# NVIDIA CUDA/cuDNN wheels pinned in requirements-gpu.lock (tools/lock-gpu.sh).
 FROM build AS build-gpu
-RUN tf=$(grep '^tensorflow==' /tmp/requirements.lock) \
- && pip install -c /tmp/requirements.lock "tensorflow[and-cuda]==${tf#tensorflow==}" \
- && mkdir -p /opt/cardio && pip freeze | grep '^nvidia-' > /opt/cardio/gpu-freeze.txt \
- && test -s /opt/cardio/gpu-freeze.txt
+COPY requirements-gpu.lock /tmp/requirements-gpu.lock
+RUN pip install --no-deps -r /tmp/requirements-gpu.lock && pip check
 
 FROM ${DEBIAN_IMAGE} AS runtime
 RUN apt-get update \
@@ -59,7 +63,6 @@ CMD ["cardio", "--help"]
 
 FROM runtime AS gpu
 COPY --from=build-gpu /opt/cardio-venv /opt/cardio-venv
-COPY --from=build-gpu /opt/cardio/gpu-freeze.txt /opt/cardio/gpu-freeze.txt
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # Last, so that a plain `docker build .` gives the CPU image.

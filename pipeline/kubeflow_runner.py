@@ -74,13 +74,25 @@ class Resources:
     """Requests (and memory limits) per kind of component."""
     default_cpu: str = "1"
     default_memory: str = "4G"
-    beam_cpu: str = "4"              # the in-pod Beam runner uses every core it is given
+    beam_cpu: str = "4"              # the in-pod Beam runner: one worker per core of its limit
     beam_memory: str = "16G"         # LungCrop holds a U-Net and batches of 1-3k px radiographs;
                                      # ModelComparison every grid cell's model
     trainer_cpu: str = "8"
     trainer_memory: str = "32G"
     trainer_gpus: int = 1
     gpu_type: str = "nvidia.com/gpu"
+
+    @property
+    def beam_workers(self) -> int:
+        """In-pod Beam workers: one per core of the Beam stages' CPU limit. Beam's own default
+        (`--direct_num_workers=0`) counts the *node's* cores, and each worker loads TensorFlow
+        and the U-Net."""
+        return max(1, int(cpu_limit(self.beam_cpu)))
+
+
+def cpu_limit(cpu: str) -> float:
+    """A pod may burst to twice the cores it requests."""
+    return float(cpu) * 2
 
 
 def _gigabytes(quantity: str) -> float:
@@ -92,9 +104,9 @@ def _gigabytes(quantity: str) -> float:
 
 
 def resource_spec(cpu: str, memory: str, gpus: int = 0, gpu_type: str = "") -> ResourceSpec:
-    spec = ResourceSpec(cpu_request=float(cpu), cpu_limit=float(cpu) * 2,
+    spec = ResourceSpec(cpu_request=float(cpu), cpu_limit=cpu_limit(cpu),
                         memory_request=_gigabytes(memory), memory_limit=_gigabytes(memory),
-                        resource_cpu_request=cpu, resource_cpu_limit=str(float(cpu) * 2),
+                        resource_cpu_request=cpu, resource_cpu_limit=str(cpu_limit(cpu)),
                         resource_memory_request=memory, resource_memory_limit=memory)
     if gpus:
         spec.accelerator.type = spec.accelerator.resource_type = gpu_type
@@ -103,11 +115,11 @@ def resource_spec(cpu: str, memory: str, gpus: int = 0, gpu_type: str = "") -> R
 
 
 def beam_pipeline_args(runner: str, image: str, job_endpoint: str | None = None,
-                       extra: tuple = ()) -> list[str]:
+                       extra: tuple = (), workers: int = Resources().beam_workers) -> list[str]:
     """beam_pipeline_args for one of `BEAM_RUNNERS`, plus `extra` (which may override):
 
-    - `in-pod`: Beam's multi-process local runner in the component's pod, one worker per core
-      it is given (no cluster services needed);
+    - `in-pod`: Beam's multi-process local runner in the component's pod, `workers` processes
+      (`Resources.beam_workers`: the pod's CPU limit; no cluster services needed);
     - `portable`: Beam's PortableRunner to a job server in the cluster (a Flink or Spark job
       server), whose task managers run the SDK worker pool from this image as a sidecar on
       localhost:50000 (EXTERNAL environment);
@@ -116,7 +128,7 @@ def beam_pipeline_args(runner: str, image: str, job_endpoint: str | None = None,
     """
     if runner == "in-pod":
         args = [f"--runner={configs.FN_API_RUNNER}", "--direct_running_mode=multi_processing",
-                "--direct_num_workers=0"]
+                f"--direct_num_workers={workers}"]
     elif runner == "portable":
         if not job_endpoint:
             raise ValueError("the portable Beam runner needs the job server's endpoint "
@@ -134,6 +146,29 @@ def beam_pipeline_args(runner: str, image: str, job_endpoint: str | None = None,
         raise ValueError(f"unknown Beam runner {runner!r}; choose one of {', '.join(BEAM_RUNNERS)}")
     overridden = {a.split("=", 1)[0] for a in extra}
     return [a for a in args if a.split("=", 1)[0] not in overridden] + list(extra)
+
+
+# Pipeline roots this stack can write. TFX's Kubeflow V2 entrypoint hands each executor the
+# artifact URIs under the root as they are, and the executor writes them with tf.io.gfile:
+# TensorFlow 2.21 writes gs:// and absolute local paths (a volume mounted at the same path in every
+# pod, or a local execution of the compiled spec) itself; s3:// (and so MinIO) needs
+# tensorflow-io, which has no build for this TensorFlow and Python 3.13; minio:// is a KFP
+# launcher scheme that TensorFlow does not know (docs/operator-guide.md, "On-prem object storage").
+WRITABLE_ROOT_SCHEMES = ("gs",)
+
+
+def check_pipeline_root(root: str) -> str:
+    """The pipeline root if this stack can write it, else a ValueError naming the scheme."""
+    scheme = root.split("://", 1)[0] if "://" in root else ""
+    if scheme in WRITABLE_ROOT_SCHEMES or (not scheme and root.startswith("/")):
+        return root
+    what = f"scheme {scheme}://" if scheme else "a relative path"
+    raise ValueError(
+        f"pipeline root {root!r}: {what} cannot be written by this stack's TensorFlow executors "
+        f"(TensorFlow 2.21 writes {', '.join(s + '://' for s in WRITABLE_ROOT_SCHEMES)} and "
+        "absolute paths; s3:// and MinIO need tensorflow-io, which has no build for TensorFlow "
+        "2.21 on Python 3.13); use a gs:// bucket (see docs/operator-guide.md, 'On-prem object "
+        "storage')")
 
 
 def schema_uri(pipeline_root: str) -> str:
@@ -161,6 +196,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
     if training not in TRAINING_MODES:
         raise ValueError(f"unknown training mode {training!r}; choose one of "
                          f"{', '.join(TRAINING_MODES)}")
+    check_pipeline_root(pipeline_root)
     gpu_image = gpu_image or image
     if beam_args is not None:
         config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
@@ -221,6 +257,9 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
         container = executors.get(f"{node.id}_executor", {}).get("container")
         if container is not None and "resources" not in container and node.platform_config:
             container["resources"] = json_format.MessageToDict(node.platform_config)
+    # The root travels with the spec: without it the KFP driver falls back to the namespace's
+    # default artifact store (MinIO on a stock install), which TensorFlow cannot write.
+    job["pipelineSpec"]["defaultPipelineRoot"] = pipeline_root
     with open(output_file, "w") as f:
         json.dump(job, f, indent=2, sort_keys=True)
     # Kubeflow Pipelines uploads and runs the PipelineSpec itself, as YAML.
@@ -244,14 +283,15 @@ def compile_profile(profile: str, output_file: str, data_root: str, pipeline_roo
     cpu_image, gpu_image = images(repository, tag)
     config = dataclasses.replace(profile_config(profile), segmenter_uri=segmenter_uri,
                                  weights=weights)
-    beam_args = beam_pipeline_args(beam_runner, cpu_image, beam_job_endpoint, tuple(beam_extra))
+    resources = Resources(trainer_gpus=trainer_gpus, gpu_type=gpu_type)
+    beam_args = beam_pipeline_args(beam_runner, cpu_image, beam_job_endpoint, tuple(beam_extra),
+                                   workers=resources.beam_workers)
     tfjob = (tfjob_trainer.TFJobSpec(image=gpu_image, workers=tfjob_workers,
                                      gpus_per_worker=trainer_gpus, gpu_resource=gpu_type)
              if training == "tfjob" else None)
     compile_pipeline(config, output_file, data_root=data_root, pipeline_root=pipeline_root,
                      serving_root=serving_root, image=cpu_image, gpu_image=gpu_image,
-                     beam_args=beam_args,
-                     resources=Resources(trainer_gpus=trainer_gpus, gpu_type=gpu_type),
+                     beam_args=beam_args, resources=resources,
                      training=training, tfjob=tfjob)
     return {"pipeline_job": output_file, "pipeline_spec": pipeline_spec_path(output_file),
             "schema": os.path.join(os.path.dirname(output_file), "schema.pbtxt"),

@@ -1,13 +1,18 @@
-"""The pipeline image's Dockerfile, checked statically (no Docker engine builds images here):
-Debian 13, the lock installed as is, Keras 2 set in the image, a numeric non-root user, a GPU
-target with the locked TensorFlow's CUDA extra, and the names the compiled pipeline and the
-manifests use."""
+"""The pipeline image's Dockerfile, checked statically (benchmarks/image_build.sh builds it for
+real with buildah; too slow for the suite): Debian 13 as a build argument, the lock installed as
+is and the dev extra's test tools dropped, Keras 2 set in the image, a numeric non-root user, a
+GPU target with the locked CUDA wheels, and the names the compiled pipeline and the manifests
+use."""
+import importlib.util
 import os
 import re
 import tomllib
 from pathlib import Path
 
 import yaml
+from importlib import metadata
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from cardio.pipeline import kubeflow_runner
 
@@ -60,17 +65,44 @@ def test_runtime_sets_keras_2_and_a_numeric_non_root_user():
                    for i in all_stages[target]), target
 
 
-def test_the_lock_is_installed_as_is_and_gpu_adds_the_locked_tensorflow_cuda_extra():
+def _pins(path: Path) -> dict[str, str]:
+    return dict(line.split("==") for line in path.read_text().splitlines()
+                if line and not line.startswith("#"))
+
+
+def test_the_lock_is_installed_as_is_and_gpu_adds_the_locked_cuda_wheels():
     all_stages = stages()
     build = " ".join(all_stages["build"])
     assert "pip install --no-deps -r /tmp/requirements.lock" in build
     assert "pip install --no-deps /src" in build and "pip check" in build
+    # The test tools go again, before pip check.
+    assert build.index("tools/runtime_only.py --uninstall") < build.rindex("pip check")
     gpu = " ".join(all_stages["build-gpu"])
-    assert "tensorflow[and-cuda]==${tf#tensorflow==}" in gpu and "-c /tmp/requirements.lock" in gpu
-    lock = (ROOT / "requirements.lock").read_text()
-    # The Dockerfile finds the locked TensorFlow with this pattern: exactly one line.
-    assert len(re.findall(r"^tensorflow==", lock, re.MULTILINE)) == 1
+    assert "pip install --no-deps -r /tmp/requirements-gpu.lock" in gpu
     assert any("ENV NVIDIA_VISIBLE_DEVICES=all" in i for i in all_stages["gpu"])
+    # Every CUDA wheel of the locked TensorFlow's `and-cuda` extra is pinned, within its range.
+    assert _pins(ROOT / "requirements.lock")["tensorflow"] == metadata.version("tensorflow")
+    gpu_pins = _pins(ROOT / "requirements-gpu.lock")
+    cuda = [Requirement(r) for r in metadata.requires("tensorflow")
+            if Requirement(r).marker and Requirement(r).marker.evaluate({"extra": "and-cuda"})
+            and not Requirement(r).marker.evaluate({"extra": ""})]
+    assert len(cuda) >= 10
+    for requirement in cuda:
+        assert requirement.specifier.contains(gpu_pins[requirement.name]), requirement
+    assert set(gpu_pins) == {r.name for r in cuda}
+
+
+def test_the_production_image_drops_the_test_tools_and_keeps_the_runtime():
+    spec = importlib.util.spec_from_file_location("runtime_only", ROOT / "tools" / "runtime_only.py")
+    runtime_only = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runtime_only)
+    dropped = set(runtime_only.dev_only())
+    dev = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["dev"]
+    assert {Requirement(r).name.lower() for r in dev} <= dropped
+    assert not dropped & {"tensorflow", "tfx", "apache-beam", "kfp", "tensorflow-serving-api",
+                          "grpcio", "pydicom", "pylibjpeg", "click", "numpy", "protobuf"}
+    assert dropped <= {canonicalize_name(n) for n in _pins(ROOT / "requirements.lock")}
 
 
 def test_dockerignore_admits_exactly_the_installed_packages():
@@ -85,7 +117,8 @@ def test_dockerignore_admits_exactly_the_installed_packages():
               for p in (ROOT / "src" / "cardio").iterdir() if p.is_symlink()}
     assert linked == {"pipeline", "components", "trainer", "serving", "schemas"}
     assert set(find["where"]) | linked <= admitted
-    assert {"requirements.lock", "pyproject.toml", "README.md", "LICENSE"} <= admitted
+    assert {"requirements.lock", "requirements-gpu.lock", "pyproject.toml", "README.md", "LICENSE",
+            "tools/runtime_only.py"} <= admitted
     assert not admitted & {"tests", "cardio-demo", ".git", "data"}
 
 

@@ -77,6 +77,11 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
     config = _config(profile)
     spec = job["pipelineSpec"]
     tasks = spec["root"]["dag"]["tasks"]
+    # The pipeline root travels with the spec KFP uploads, and with the Vertex PipelineJob.
+    assert spec["defaultPipelineRoot"] == ROOTS["pipeline_root"]
+    assert job["runtimeConfig"]["gcsOutputDirectory"] == ROOTS["pipeline_root"]
+    uploaded = yaml.safe_load(Path(summary["pipeline_spec"]).read_text())
+    assert uploaded["defaultPipelineRoot"] == ROOTS["pipeline_root"]
 
     # Every node of the pipeline definition is a task, and nothing else.
     nodes = create_pipeline(config, data_root="d", pipeline_root="r", serving_root="s",
@@ -210,7 +215,7 @@ def test_runtime_overrides_reach_the_run_fn_config():
 
 
 @pytest.mark.parametrize("runner,extra,expected", [
-    ("in-pod", (), ["--direct_running_mode=multi_processing", "--direct_num_workers=0"]),
+    ("in-pod", (), ["--direct_running_mode=multi_processing", "--direct_num_workers=8"]),
     ("portable", (), ["--runner=PortableRunner", "--job_endpoint=js:8099",
                       "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]),
     ("dataflow", ("--project=p", "--region=europe-west4", "--temp_location=gs://b/tmp"),
@@ -220,6 +225,36 @@ def test_beam_runner_presets(runner, extra, expected):
     args = kubeflow_runner.beam_pipeline_args(runner, CPU, "js:8099", extra)
     assert set(expected) <= set(args)
     assert len({a.split("=", 1)[0] for a in args}) == len(args)   # no flag given twice
+
+
+def test_in_pod_beam_runs_one_worker_per_core_of_the_pods_cpu_limit(tmp_path):
+    """Beam's default (0) would start one worker per core of the node, each loading TensorFlow
+    and the U-Net, in a pod limited to a few cores."""
+    kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"), repository=REPO, tag=TAG,
+                                    beam_runner="in-pod", **ROOTS)
+    spec = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    checked = 0
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        container = executor.get("container")
+        if container is None or not any(b in _executor_class(container) for b in BEAM_EXECUTORS):
+            continue
+        workers = [a for a in container["args"] if a.startswith("--direct_num_workers=")]
+        assert len(workers) == 1, name
+        limit = float(container["resources"]["resourceCpuLimit"])
+        assert int(workers[0].split("=")[1]) == int(limit) >= 1, (name, workers, limit)
+        checked += 1
+    assert checked >= 4   # ImportExampleGen, StatisticsGen, LungCrop, CropReport, Evaluator
+
+
+@pytest.mark.parametrize("root", ["minio://mlpipeline/v2/artifacts", "s3://bucket/root",
+                                  "pipeline-root"])
+def test_compile_refuses_a_pipeline_root_this_stack_cannot_write(root, tmp_path):
+    with pytest.raises(ValueError, match=r"cannot be written.*use a gs:// bucket") as error:
+        kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"),
+                                        **{**ROOTS, "pipeline_root": root})
+    scheme = root.split("://")[0] + "://" if "://" in root else "a relative path"
+    assert scheme in str(error.value)
+    assert not (tmp_path / "c.json").exists()
 
 
 def test_compile_refuses_what_cannot_run():

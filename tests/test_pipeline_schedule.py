@@ -1,7 +1,9 @@
 """`cardio pipeline schedule` and `submit` go through kfp.Client to the KFP v2beta1 API. A stand-in
 API server on loopback records what the client sends; the test checks the cron expression, the
 submitted spec (the compiled PipelineSpec, unchanged) and that no parameter overrides the
-compiled defaults (so every scheduled run reads the newest span)."""
+compiled defaults (so every scheduled run reads the newest span), and that the pipeline root
+travels both in the spec and in the run's runtime config (the KFP driver otherwise falls back to
+the namespace's default store, MinIO on a stock install, which TensorFlow cannot write)."""
 import http.server
 import json
 import threading
@@ -84,7 +86,8 @@ def test_schedule_creates_a_weekly_recurring_run_of_the_compiled_spec(api, packa
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary == {"recurring_run_id": "rr-1", "cron": "0 0 3 * * 1",
-                       "experiment": "retraining", "job_name": "cardio-retraining"}
+                       "experiment": "retraining", "job_name": "cardio-retraining",
+                       "pipeline_root": "gs://b/root"}
 
     (experiment,) = api.bodies("POST", "/apis/v2beta1/experiments")
     assert experiment["display_name"] == "retraining"
@@ -100,16 +103,34 @@ def test_schedule_creates_a_weekly_recurring_run_of_the_compiled_spec(api, packa
     compiled = yaml.safe_load(Path(package).read_text())
     assert job["pipeline_spec"] == compiled
     assert not job["runtime_config"].get("parameters")
+    assert compiled["defaultPipelineRoot"] == "gs://b/root"
+    assert job["runtime_config"]["pipeline_root"] == "gs://b/root"
     defaults = compiled["root"]["inputDefinitions"]["parameters"]
     assert defaults["range_config"]["defaultValue"] == ""
 
 
 def test_submit_starts_one_run(api, package):
     summary = scheduling.submit(api.url, package, experiment="retraining", run_name="weekly")
-    assert summary == {"run_id": "run-1", "experiment": "retraining"}
+    assert summary == {"run_id": "run-1", "experiment": "retraining",
+                       "pipeline_root": "gs://b/root"}
     (run,) = api.bodies("POST", "/apis/v2beta1/runs")
     assert run["display_name"] == "weekly"
     assert run["pipeline_spec"]["pipelineInfo"]["name"] == "cardiomegaly-demo"
+    assert run["pipeline_spec"]["defaultPipelineRoot"] == "gs://b/root"
+    assert run["runtime_config"]["pipeline_root"] == "gs://b/root"
+
+
+def test_the_pipeline_root_can_be_overridden_at_submission_but_not_to_an_unwritable_one(
+        api, package):
+    result = CliRunner().invoke(main, ["pipeline", "submit", "--host", api.url, "--package",
+                                       package, "--pipeline-root", "gs://other/root"])
+    assert result.exit_code == 0, result.output
+    (run,) = api.bodies("POST", "/apis/v2beta1/runs")
+    assert run["runtime_config"]["pipeline_root"] == "gs://other/root"
+    result = CliRunner().invoke(main, ["pipeline", "schedule", "--host", api.url, "--package",
+                                       package, "--pipeline-root", "minio://mlpipeline/root"])
+    assert result.exit_code == 2 and "scheme minio://" in result.output
+    assert api.bodies("POST", "/apis/v2beta1/recurringruns") == []
 
 
 @pytest.mark.parametrize("cron,message", [

@@ -447,6 +447,8 @@ _kfp_package = click.option("--package", required=True, type=click.Path(exists=T
                             help="PipelineSpec YAML written by `cardio pipeline compile`.")
 _kfp_experiment = click.option("--experiment", default="cardio-retraining", show_default=True)
 _kfp_namespace = click.option("--namespace", default=None, help="Kubeflow profile namespace.")
+_kfp_root = click.option("--pipeline-root", "root", default=None,
+                         help="Override the compiled spec's pipeline root for this submission.")
 
 
 @pipeline.command("submit")
@@ -454,13 +456,15 @@ _kfp_namespace = click.option("--namespace", default=None, help="Kubeflow profil
 @_kfp_package
 @_kfp_experiment
 @_kfp_namespace
+@_kfp_root
 @click.option("--run-name", default=None)
-def submit(host, package, experiment, namespace, run_name):
+def submit(host, package, experiment, namespace, root, run_name):
     """Start one run of a compiled pipeline on Kubeflow Pipelines."""
     from cardio.pipeline import scheduling
 
     try:
-        click.echo(json.dumps(scheduling.submit(host, package, experiment, namespace, run_name)))
+        click.echo(json.dumps(scheduling.submit(host, package, experiment, namespace, run_name,
+                                                root=root)))
     except ValueError as error:
         raise click.UsageError(str(error))
 
@@ -473,12 +477,14 @@ def submit(host, package, experiment, namespace, run_name):
 @click.option("--cron", default="0 0 3 * * 1", show_default=True,
               help="KFP cron, six fields with seconds first (default: Mondays 03:00 UTC).")
 @click.option("--job-name", default="cardio-retraining", show_default=True)
-def schedule(host, package, experiment, namespace, cron, job_name):
+@_kfp_root
+def schedule(host, package, experiment, namespace, cron, job_name, root):
     """Create a recurring run: scheduled retraining on the newest data span."""
     from cardio.pipeline import scheduling
 
     try:
-        summary = scheduling.schedule(host, package, cron, job_name, experiment, namespace)
+        summary = scheduling.schedule(host, package, cron, job_name, experiment, namespace,
+                                      root=root)
     except ValueError as error:
         raise click.UsageError(str(error))
     click.echo(json.dumps(summary))
