@@ -6,7 +6,7 @@ signature all import these names, so a rename happens in exactly one place.
 
 IMAGE = "image"            # encoded PNG (8- or 16-bit, MONOCHROME2) or 8-bit JPEG bytes
 LABEL = "label"            # 1 = cardiomegaly, 0 = normal
-IMAGE_ID = "image_id"      # the source's image identifier (file name without extension)
+IMAGE_ID = "image_id"      # salted hash of the source's image name (file names can carry MRNs)
 PATIENT_ID = "patient_id"  # salted hash of the source's patient identifier, never the raw id
 SITE = "site"              # acquisition site; the external site is its own split and slice
 SEX = "sex"                # "F", "M" or "unknown"

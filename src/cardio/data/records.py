@@ -16,7 +16,7 @@ from cardio import features as F
 class Record:
     image_png: bytes   # MONOCHROME2 PNG, 8- or 16-bit
     label: int
-    image_id: str
+    image_id: str      # already salted and hashed (see `hash_image_id`)
     patient_id: str    # already salted and hashed (see `hash_patient_id`)
     site: str
     sex: str = F.UNKNOWN
@@ -30,6 +30,13 @@ def hash_patient_id(raw_id: str, salt: str) -> str:
     if not salt:
         raise ValueError("a non-empty patient-id salt is required (set CARDIO_PATIENT_SALT)")
     return hashlib.sha256(f"{salt}\0{raw_id}".encode()).hexdigest()[:20]
+
+
+def hash_image_id(raw_id: str, salt: str) -> str:
+    """Salted SHA-256 of a source image name (file names and report numbers can carry MRNs)."""
+    if not salt:
+        raise ValueError("a non-empty salt is required (set CARDIO_PATIENT_SALT)")
+    return "img-" + hashlib.sha256(f"{salt}\0image\0{raw_id}".encode()).hexdigest()[:20]
 
 
 def patient_salt() -> str:
