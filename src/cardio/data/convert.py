@@ -98,7 +98,7 @@ def file_loader(image_root: str, candidate: Candidate) -> bytes:
         raise ImageError("path outside the images root")
     if not os.path.exists(path):
         if os.path.lexists(os.path.join(image_root, candidate.path)):
-            raise ImageError("unreadable image: broken or looping symbolic link")
+            raise ImageError("broken or looping symbolic link")
         raise FileNotFoundError("missing file")
     try:
         return normalised_png(path)
