@@ -13,6 +13,9 @@ SEX = "sex"                # "F", "M" or "unknown"
 AGE = "age"                # age in years at acquisition; absent when unknown
 AGE_BAND = "age_band"      # slicing band derived from AGE, "unknown" when AGE is absent
 VIEW = "view"              # projection, "PA" for the study's cohort
+IMAGE_HEIGHT = "image_height"  # of the stored PNG, in pixels: watched for drift between spans
+IMAGE_WIDTH = "image_width"
+BIT_DEPTH = "bit_depth"        # of the stored PNG (8 or 16): a site exporting 8-bit shows here
 
 # Ground truth that only synthetic radiographs carry (optional in the schema).
 CTR = "ctr"                # cardiothoracic ratio the image was drawn with

@@ -12,6 +12,9 @@ import os
 from cardio import features as F
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 @dataclasses.dataclass
 class Record:
     image_png: bytes   # MONOCHROME2 PNG, 8- or 16-bit
@@ -60,6 +63,11 @@ def to_example(record: Record):
         F.AGE_BAND: b(F.age_band(record.age)),
         F.VIEW: b(record.view),
     }
+    if record.image_png.startswith(PNG_SIGNATURE):  # IHDR: width, height, bit depth
+        for name, value in ((F.IMAGE_WIDTH, int.from_bytes(record.image_png[16:20], "big")),
+                            (F.IMAGE_HEIGHT, int.from_bytes(record.image_png[20:24], "big")),
+                            (F.BIT_DEPTH, record.image_png[24])):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
     if record.age is not None:
         feature[F.AGE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record.age)]))
     for name, value in record.extras.items():
