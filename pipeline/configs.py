@@ -56,7 +56,8 @@ class PipelineConfig:
     segmenter_uri: str | None = None
     crop_size: int = 512
     # Model comparison: PPV and NPV are reported at this prevalence of cardiomegaly, since the test
-    # set is class-balanced (about 17% of PadChest's normal-or-cardiomegaly PA images have it).
+    # set has its source's prevalence, not a ward's (about 17% of PadChest's normal-or-cardiomegaly
+    # PA images have it).
     deployment_prevalence: float = 0.17
     # Fairness review: a slice, or its complement, with fewer cases of a class is too small to judge.
     fairness_min_per_class: int = 10
