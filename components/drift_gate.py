@@ -2,7 +2,8 @@
 
 A site that changes its scanner, its export (8-bit instead of 16-bit) or its population passes
 the schema (ExampleValidator) and would be trained on without a word. The gate compares, split
-by split, this run's StatisticsGen output with the statistics of the newest earlier span in MLMD,
+by split, this run's StatisticsGen output with the statistics of the newest earlier span it
+accepted (found in MLMD through its own stamped outputs),
 using TFDV's own drift comparators (`validate_statistics(..., previous_statistics=...)`):
 L-infinity distance on the categorical features (site, sex, age band, label, stored bit depth)
 and Jensen-Shannon divergence on the numeric ones (image height and width). Past the pipeline
@@ -11,7 +12,6 @@ ExampleValidator's) and fails its execution, so no Trainer starts; on a pipeline
 there is nothing to compare and it passes.
 """
 
-import json
 import logging
 import os
 
@@ -19,7 +19,7 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types.standard_artifacts import ExampleAnomalies, ExampleStatistics
+from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics
 
 from cardio import features as F
 from cardio.components.anomaly_gate import describe_anomalies
@@ -29,7 +29,8 @@ CATEGORICAL = (F.SITE, F.SEX, F.AGE_BAND, F.LABEL, F.BIT_DEPTH)   # L-infinity d
 NUMERIC = (F.IMAGE_HEIGHT, F.IMAGE_WIDTH)                         # Jensen-Shannon divergence
 DRIFT_TYPES = {anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
                anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH}
-STATISTICS_TYPES = ("ExampleStatistics", "tfx.ExampleStatistics")  # TFX's name; KFP v2's
+ANOMALIES_TYPES = ("ExampleAnomalies", "tfx.ExampleAnomalies")  # TFX's name; KFP v2's
+PIPELINE, SPAN, STATISTICS_URI = "cardio_drift_pipeline", "span", "statistics_uri"  # on the output
 STATS_FILE = "FeatureStats.pb"   # StatisticsGen's file in each Split-<name> directory
 
 
@@ -90,46 +91,52 @@ def compare_spans(current_uri: str, previous_uri: str, out_uri: str, schema: sch
     return describe_anomalies(out_uri)
 
 
-def find_previous_statistics(store, current_uri: str, current_span: int):
-    """The newest LIVE statistics in MLMD of an earlier span than the current one, or None."""
+def find_previous(store, pipeline: str, current_span: int) -> dict | None:
+    """The newest earlier span this pipeline's gate passed: {"span", "statistics_uri", "id"}.
+
+    StatisticsGen's artifacts do not carry the span, so the gate stamps its own output with the
+    span and the statistics it accepted, and looks those up. A span the gate stopped published
+    nothing, so the next span is compared with the last accepted one.
+    """
     from ml_metadata import errors
     from ml_metadata.proto import metadata_store_pb2
 
     found = []
-    for type_name in STATISTICS_TYPES:
+    for type_name in ANOMALIES_TYPES:
         try:
             found += store.get_artifacts_by_type(type_name)
         except errors.NotFoundError:
             continue
-
-    def span(artifact):
-        value = (artifact.properties["span"].int_value if "span" in artifact.properties
-                 else _property(artifact, "span"))
-        return int(value) if value is not None else None
-
     earlier = [a for a in found if a.state == metadata_store_pb2.Artifact.LIVE
-               and a.uri.rstrip("/") != current_uri.rstrip("/")
-               and span(a) is not None and span(a) < current_span]
-    return max(earlier, key=lambda a: (span(a), a.create_time_since_epoch, a.id), default=None)
+               and _property(a, PIPELINE) == pipeline and _property(a, SPAN) is not None
+               and int(_property(a, SPAN)) < current_span]
+    if not earlier:
+        return None
+    latest = max(earlier, key=lambda a: (int(_property(a, SPAN)), a.create_time_since_epoch, a.id))
+    return {"span": int(_property(latest, SPAN)), "id": latest.id,
+            "statistics_uri": _property(latest, STATISTICS_URI)}
 
 
 @component
-def DriftGate(statistics: InputArtifact[ExampleStatistics],
-              drift: OutputArtifact[ExampleAnomalies], schema_file: Parameter[str],
-              metadata_connection: Parameter[str], max_categorical_linf: Parameter[float],
-              max_numeric_jsd: Parameter[float]):
+def DriftGate(examples: InputArtifact[Examples], statistics: InputArtifact[ExampleStatistics],
+              drift: OutputArtifact[ExampleAnomalies], pipeline_name: Parameter[str],
+              schema_file: Parameter[str], metadata_connection: Parameter[str],
+              max_categorical_linf: Parameter[float], max_numeric_jsd: Parameter[float]):
     from google.protobuf import text_format
 
-    span = int(statistics.span or 0)
-    previous = find_previous_statistics(open_store(metadata_connection), statistics.uri, span)
-    drift.set_json_value_custom_property("previous", json.dumps(
-        {"uri": previous.uri, "id": previous.id} if previous else None))
+    # ExampleGen stamps the span as a custom property (KFP may store it as a double).
+    span = int(examples.get_custom_property("span") or 0)
+    previous = find_previous(open_store(metadata_connection), pipeline_name, span)
+    drift.set_string_custom_property(PIPELINE, pipeline_name)
+    drift.set_int_custom_property(SPAN, span)
+    drift.set_string_custom_property(STATISTICS_URI, statistics.uri)
     if previous is None:
         logging.info("span %d: no earlier span's statistics; nothing to compare", span)
         return
+    drift.set_int_custom_property("previous_span", previous["span"])
     schema = text_format.Parse(tf.io.gfile.GFile(schema_file).read(), schema_pb2.Schema())
-    problems = compare_spans(statistics.uri, previous.uri, drift.uri, schema,
+    problems = compare_spans(statistics.uri, previous["statistics_uri"], drift.uri, schema,
                              max_categorical_linf, max_numeric_jsd)
     if problems:
-        raise DriftFound(f"span {span} drifted from the span of statistics {previous.id} "
-                         f"({previous.uri}); nothing will be trained:\n  " + "\n  ".join(problems))
+        raise DriftFound(f"span {span} drifted from span {previous['span']}; nothing will be "
+                         f"trained:\n  " + "\n  ".join(problems))

@@ -58,8 +58,9 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
     # Drift from the previous span's statistics (site, sex, age band, label, image size and bit
     # depth) past the configured thresholds stops the run before training, like the anomaly gate.
-    drift_gate = DriftGate(statistics=statistics_gen.outputs["statistics"],
-                           schema_file=schema_file,
+    drift_gate = DriftGate(examples=example_gen.outputs["examples"],
+                           statistics=statistics_gen.outputs["statistics"],
+                           pipeline_name=config.pipeline_name, schema_file=schema_file,
                            metadata_connection=baseline_lib.connection_parameter(
                                metadata_connection_config),
                            max_categorical_linf=config.drift_max_categorical_linf,
