@@ -51,10 +51,10 @@ def main():
         seconds_plain, _ = _time(lambda: [files.normalised_png(p) for p in paths])
 
         def run_converter(workers):
-            selection, quarantine = convert.csv_selection(os.path.join(tmp, "export.csv"))
+            selection = convert.csv_selection(os.path.join(tmp, "export.csv"))
             return convert.convert(selection, functools.partial(convert.file_loader, images),
                                    os.path.join(tmp, f"out-{workers}"), 1, ("site-b",), salt="bench",
-                                   quarantine=quarantine, workers=workers)
+                                   workers=workers)
         seconds_one, _ = _time(lambda: run_converter(1))
         seconds_all, _ = _time(lambda: run_converter(os.cpu_count() or 1))
 

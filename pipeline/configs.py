@@ -56,10 +56,17 @@ class PipelineConfig:
     segmenter_uri: str | None = None
     crop_size: int = 512
     # Model comparison: PPV and NPV are reported at this prevalence of cardiomegaly, since the test
-    # set is class-balanced (about 17% of PadChest's normal-or-cardiomegaly PA images have it).
+    # set has its source's prevalence, not a ward's (about 17% of PadChest's normal-or-cardiomegaly
+    # PA images have it).
     deployment_prevalence: float = 0.17
     # Fairness review: a slice, or its complement, with fewer cases of a class is too small to judge.
     fairness_min_per_class: int = 10
+    # Drift between spans (components/drift_gate.py): the run stops before training when a split's
+    # site, sex, age band, label or bit-depth distribution moved by more than this L-infinity
+    # distance from the previous span's, or its image size distribution by more than this
+    # Jensen-Shannon divergence. A weekly span of a stable population moves by a few hundredths.
+    drift_max_categorical_linf: float = 0.1
+    drift_max_numeric_jsd: float = 0.1
     beam_pipeline_args: tuple = (f"--runner={FN_API_RUNNER}", "--direct_running_mode=in_memory")
     # TF Serving's server-side batching; the Pusher writes it beside models.config.
     batching: BatchingConfig = BatchingConfig()

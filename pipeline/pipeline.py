@@ -17,6 +17,7 @@ from cardio.components import (
     trainer_component,
 )
 from cardio.components.anomaly_gate import AnomalyGate
+from cardio.components.drift_gate import DriftGate
 from cardio.components.crop_report import CropReport
 from cardio.components.lung_crop import LungCrop
 from cardio.pipeline.configs import PipelineConfig
@@ -45,16 +46,27 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     example_gen = tfx.components.ImportExampleGen(
         input_base=data_root, input_config=example_gen_input_config(),
         range_config=span_range_config(config.spans))
-    # Feature statistics of every split (TFDV).
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     # The curated schema (schemas/, with the deployment's sites), not one inferred from the span.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    # Feature statistics of every split (TFDV); the schema makes label and bit depth categorical.
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
+                                                  schema=schema_gen.outputs["schema"])
     # Anomalies (unknown site, label outside {0, 1}, missing image) stop the run before training.
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
     # Fails the run on any anomaly, so an anomalous span trains nothing.
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
-    components = [example_gen, statistics_gen, schema_gen, example_validator, anomaly_gate]
+    # Drift from the previous span's statistics (site, sex, age band, label, image size and bit
+    # depth) past the configured thresholds stops the run before training, like the anomaly gate.
+    drift_gate = DriftGate(examples=example_gen.outputs["examples"],
+                           statistics=statistics_gen.outputs["statistics"],
+                           pipeline_name=config.pipeline_name, schema_file=schema_file,
+                           metadata_connection=baseline_lib.connection_parameter(
+                               metadata_connection_config),
+                           max_categorical_linf=config.drift_max_categorical_linf,
+                           max_numeric_jsd=config.drift_max_numeric_jsd)
+    components = [example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate,
+                  drift_gate]
     examples = example_gen.outputs["examples"]
     if config.segmenter_uri:
         # The lung U-Net, imported so that lineage records which one cropped the data.
@@ -65,6 +77,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         lung_crop = LungCrop(examples=examples, segmenter=segmenter.outputs["result"],
                              output_size=config.crop_size)
         lung_crop.add_upstream_node(anomaly_gate)
+        lung_crop.add_upstream_node(drift_gate)
         # t-SNE by site before and after cropping, and how separable the sites are (AUC).
         crop_report = CropReport(raw_examples=examples,
                                  cropped_examples=lung_crop.outputs["cropped_examples"])
@@ -82,8 +95,9 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
             train_args=tfx.proto.TrainArgs(splits=[F.TRAIN]),
             eval_args=tfx.proto.EvalArgs(splits=[F.VALIDATION]),
             custom_config=config.trainer_custom_config(cell)).with_id(f"Trainer.{cell.name}")
-        # The anomaly gate must pass before any training starts.
+        # The anomaly and drift gates must pass before any training starts.
         trainer.add_upstream_node(anomaly_gate)
+        trainer.add_upstream_node(drift_gate)
         # This cell's last blessed model (found in MLMD), which a new model may not fall below.
         baseline = baseline_lib.create(trainer.outputs["model"], config, cell.name,
                                        metadata_connection_config)

@@ -6,7 +6,7 @@ import tarfile
 import pandas as pd
 from conftest import shared_path
 
-from cardio.data import convert
+from cardio.data import convert, records
 from cardio.data.sources import openi, padchest
 
 PADCHEST_HEADER = ("ImageID,ImageDir,PatientID,PatientSex_DICOM,PatientBirth,StudyDate_DICOM,"
@@ -23,6 +23,8 @@ def test_padchest_rules(tmp_path):
         "o.png,0,P6,M,1940.0,20150101,PA,Physician,\"['normal', 'scoliosis']\"",
         "x.png,0,P7,M,1940.0,20150101,PA,Physician,",
         "u.png,0,P8,,,20150101,PA,Physician,['normal']",
+        "q.png,0,P9,M,1940.0,20150101,PA,Physician,\"['normal'\"",
+        "d.png,0,P10,M,1940.0,20150101,PA,Physician,\"['cardiomegaly', 'dai']\"",
     ]
     path = tmp_path / "labels.csv"
     path.write_text("\n".join([PADCHEST_HEADER] + rows) + "\n")
@@ -33,7 +35,10 @@ def test_padchest_rules(tmp_path):
     assert selection.candidates[0].path == "0/n.png"
     assert dict(selection.excluded) == {
         "not PA projection": 1, "labels not from manual report labelling": 1,
-        "external object": 1, "neither normal nor cardiomegaly": 1, "labels unparseable": 1}
+        "external object": 2, "neither normal nor cardiomegaly": 1}
+    # Unreadable label lists are quarantined with the reason, not hidden among the exclusions.
+    assert [(image, reason.split(":")[0]) for _, image, reason in selection.quarantined] == [
+        ("x", "labels unparseable"), ("q", "labels unparseable")]
 
 
 def _report(uid, majors, images):
@@ -48,7 +53,8 @@ def test_openi_rules(tmp_path):
                "2.xml": _report("CXR2", ["Cardiomegaly/mild", "Opacity/lung"], ["I3"]),
                "3.xml": _report("CXR3", ["Opacity/lung"], ["I4"]),
                "4.xml": _report("CXR4", ["normal"], []),
-               "5.xml": _report("CXR5", ["normal"], ["I5", "I6"])}
+               "5.xml": _report("CXR5", ["normal"], ["I5", "I6"]),
+               "6.xml": b"<eCitation><uId id='CXR6'/>"}
     with tarfile.open(archive, "w:gz") as tar:
         for name, data in reports.items():
             info = tarfile.TarInfo(f"ecgen-radiology/{name}")
@@ -64,6 +70,8 @@ def test_openi_rules(tmp_path):
     assert dict(selection.excluded) == {"not PA projection": 1, "neither normal nor cardiomegaly": 1,
                                         "report without images": 1, "view position missing": 1,
                                         "no DICOM metadata": 1}
+    assert [(image, reason.split(":")[0]) for _, image, reason in selection.quarantined] == [
+        ("ecgen-radiology/6.xml", "report unparseable")]
 
 
 def test_padchest_exclusion_list_matches_the_real_vocabulary():
@@ -74,8 +82,13 @@ def test_padchest_exclusion_list_matches_the_real_vocabulary():
             vocabulary.update(padchest.parse_labels(text))
         except (ValueError, SyntaxError):
             pass
+    # Every listed label exists in the real file (no typo can silently exclude nothing) ...
+    assert padchest.EXTERNAL_OBJECT_LABELS <= vocabulary
+    # ... every label the keywords find is listed, and the listed labels no keyword finds are
+    # exactly the reviewed abbreviations (dai: implantable defibrillator).
     derived = {label for label in vocabulary if padchest.mentions_external_object(label)}
-    assert derived == padchest.EXTERNAL_OBJECT_LABELS
+    assert derived <= padchest.EXTERNAL_OBJECT_LABELS
+    assert padchest.EXTERNAL_OBJECT_LABELS - derived == {"dai"}
     assert "heart valve calcified" not in padchest.EXTERNAL_OBJECT_LABELS
 
 
@@ -83,11 +96,17 @@ def test_padchest_real_metadata_selection():
     path = shared_path("data", "metadata", "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz")
     selection = padchest.select(str(path))
     summary = convert.dry_run_summary(selection, ("openi",), seed=0, salt="test-salt")
-    assert summary["classes"] == {"normal": 8708, "cardiomegaly": 1770}
-    assert summary["excluded"]["external object"] == 1530
-    assert sum(summary["excluded"].values()) + summary["selected"] == 160861
+    # "dai" (implantable defibrillator) excludes 33 more images the keywords missed: 11 with
+    # cardiomegaly, 22 that were "neither normal nor cardiomegaly" anyway.
+    assert summary["classes"] == {"normal": 8708, "cardiomegaly": 1770 - 11}
+    assert summary["excluded"]["external object"] == 1530 + 33
+    # The file's 103 unreadable label lists are all on rows the cohort rules exclude first.
+    assert summary["quarantined"] == 0
+    assert (sum(summary["excluded"].values()) + summary["selected"] + summary["quarantined"]
+            == 160861)
+    # Splits are drawn per patient from the hash alone: about 20% of images are in test.
     test = summary["splits"]["test"]
-    assert abs(test["normal"] - test["cardiomegaly"]) < 0.15 * test["cardiomegaly"]
+    assert 0.17 < (test["normal"] + test["cardiomegaly"]) / summary["selected"] < 0.23
     assert summary["splits"]["external"] == {"normal": 0, "cardiomegaly": 0}
 
 
@@ -138,11 +157,16 @@ def test_padchest_and_openi_convert_images_through_the_cli(tmp_path, monkeypatch
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["written"] == 1 and summary["quarantine_reasons"] == {"unreadable image": 1}
-    assert set(_tfrecord_ids(tmp_path / "out-pc")) == {"n"}
-    # Over the default 5% limit the same run fails and says where the report is.
+    assert set(_tfrecord_ids(tmp_path / "out-pc")) == {records.hash_image_id("n", "test-salt")}
+    # The mapping back to source names stays beside the source's metadata, not in the span.
+    id_map = (tmp_path / "labels.image-ids.csv").read_text()
+    assert f"{records.hash_image_id('n', 'test-salt')},n" in id_map
+    # Over the default 5% limit the same run fails, says where the report is, and leaves no span.
     result = CliRunner().invoke(main, ["data", "padchest", "--labels", str(labels), "--images",
                                        str(tmp_path / "pc"), "--out", str(tmp_path / "out-pc2")])
-    assert result.exit_code != 0 and "quarantine.csv" in result.output
+    assert result.exit_code != 0 and "failed-span-1/quarantine.csv" in result.output
+    assert sorted(p.name for p in (tmp_path / "out-pc2").iterdir()) == ["failed-span-1"]
+    assert "c.png" not in (tmp_path / "out-pc2" / "failed-span-1" / "quarantine.csv").read_text()
 
     archive = tmp_path / "reports.tgz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -158,7 +182,8 @@ def test_padchest_and_openi_convert_images_through_the_cli(tmp_path, monkeypatch
                                        "--dicom-metadata", str(meta), "--images",
                                        str(tmp_path / "oi"), "--out", str(tmp_path / "out-oi")])
     assert result.exit_code == 0, result.output
-    assert _tfrecord_ids(tmp_path / "out-oi") == {"I9": "external"}
+    assert _tfrecord_ids(tmp_path / "out-oi") == {
+        records.hash_image_id("I9", "test-salt"): "external"}
 
 
 def test_converters_require_a_salt(tmp_path, monkeypatch):

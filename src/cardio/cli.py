@@ -165,7 +165,7 @@ def data():
 
 
 def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, seed,
-                        quarantine=None, quarantine_limit=None, salt=None):
+                        quarantine=None, quarantine_limit=None, salt=None, id_map=None):
     """Shared tail of the converters: a dry run prints the selection; otherwise convert."""
     from cardio.data import convert, records
 
@@ -181,9 +181,12 @@ def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, s
             summary = convert.convert(
                 selection, loader, out, span, external_sites, salt, seed, quarantine=quarantine,
                 quarantine_limit=(convert.DEFAULT_QUARANTINE_LIMIT if quarantine_limit is None
-                                  else quarantine_limit), progress=bar.update)
+                                  else quarantine_limit), progress=bar.update, id_map=id_map)
         except convert.QuarantineLimitExceeded as error:
-            raise click.ClickException(f"{error}; see {out}/span-{span}/quarantine.csv")
+            raise click.ClickException(
+                f"{error}; no span was written; see {convert.failed_dir(out, span)}/quarantine.csv")
+        except FileExistsError as error:
+            raise click.ClickException(str(error))
     click.echo(f"quarantined {summary['quarantined']} record(s): {summary['quarantine_reasons']}",
                err=True)
     click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary}))
@@ -196,6 +199,13 @@ _dry_run = click.option("--dry-run", is_flag=True,
 _seed = click.option("--seed", default=0, show_default=True, help="Split seed.")
 _limit = click.option("--quarantine-limit", default=0.05, show_default=True,
                       help="Fail when more than this fraction of records is quarantined.")
+_id_map = click.option("--id-map", type=click.Path(dir_okay=False),
+                       help="Where to write the salted image id -> source image table (keep it "
+                            "with the source data; default: beside the metadata file).")
+
+
+def _id_map_path(id_map, metadata_path):
+    return id_map or f"{os.path.splitext(metadata_path.removesuffix('.gz'))[0]}.image-ids.csv"
 
 
 @data.command()
@@ -243,7 +253,8 @@ def preview(out, n, seed):
 @_dry_run
 @_seed
 @_limit
-def padchest(labels, images, out, span, dry_run, seed, quarantine_limit):
+@_id_map
+def padchest(labels, images, out, span, dry_run, seed, quarantine_limit, id_map):
     """PadChest -> the study's cohort (PA, physician-labelled, no external objects)."""
     import functools
 
@@ -254,7 +265,8 @@ def padchest(labels, images, out, span, dry_run, seed, quarantine_limit):
         raise click.UsageError("--images and --out are required unless --dry-run")
     selection = source.select(labels)
     _convert_or_dry_run(selection, functools.partial(convert.file_loader, images or ""), out, span,
-                        ("openi",), dry_run, seed, quarantine_limit=quarantine_limit)
+                        ("openi",), dry_run, seed, quarantine_limit=quarantine_limit,
+                        id_map=_id_map_path(id_map, labels))
 
 
 @data.command()
@@ -269,7 +281,8 @@ def padchest(labels, images, out, span, dry_run, seed, quarantine_limit):
 @_dry_run
 @_seed
 @_limit
-def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_limit):
+@_id_map
+def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_limit, id_map):
     """OpenI / Indiana -> the external site (PA; MeSH normal vs cardiomegaly)."""
     import functools
 
@@ -280,7 +293,8 @@ def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_
         raise click.UsageError("--images and --out are required unless --dry-run")
     selection = source.select(reports, dicom_metadata)
     _convert_or_dry_run(selection, functools.partial(convert.file_loader, images or ""), out, span,
-                        (source.SITE,), dry_run, seed, quarantine_limit=quarantine_limit)
+                        (source.SITE,), dry_run, seed, quarantine_limit=quarantine_limit,
+                        id_map=_id_map_path(id_map, dicom_metadata))
 
 
 @data.command("csv")
@@ -290,12 +304,17 @@ def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_
               help="Root the CSV's paths are relative to (PNG, JPEG or DICOM files).")
 @click.option("--external-site", "external_sites", multiple=True,
               help="Site(s) that form the external split (repeatable).")
+@click.option("--site", "default_site",
+              help="Site of rows without one (a site of the schema); rows with neither are "
+                   "quarantined.")
 @_out
 @_span
 @_dry_run
 @_seed
 @_limit
-def csv_(csv_path, images, external_sites, out, span, dry_run, seed, quarantine_limit):
+@_id_map
+def csv_(csv_path, images, external_sites, default_site, out, span, dry_run, seed,
+         quarantine_limit, id_map):
     """Any other hospital's export, described by a CSV."""
     import functools
 
@@ -303,10 +322,13 @@ def csv_(csv_path, images, external_sites, out, span, dry_run, seed, quarantine_
 
     if not dry_run and not out:
         raise click.UsageError("--out is required unless --dry-run")
-    selection, quarantine = convert.csv_selection(csv_path)
+    try:
+        selection = convert.csv_selection(csv_path, default_site)
+    except ValueError as error:
+        raise click.ClickException(str(error))
     _convert_or_dry_run(selection, functools.partial(convert.file_loader, images), out, span,
-                        tuple(external_sites), dry_run, seed, quarantine=quarantine,
-                        quarantine_limit=quarantine_limit)
+                        tuple(external_sites), dry_run, seed, quarantine_limit=quarantine_limit,
+                        id_map=_id_map_path(id_map, csv_path))
 
 
 @main.group()

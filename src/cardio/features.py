@@ -6,13 +6,16 @@ signature all import these names, so a rename happens in exactly one place.
 
 IMAGE = "image"            # encoded PNG (8- or 16-bit, MONOCHROME2) or 8-bit JPEG bytes
 LABEL = "label"            # 1 = cardiomegaly, 0 = normal
-IMAGE_ID = "image_id"      # the source's image identifier (file name without extension)
+IMAGE_ID = "image_id"      # salted hash of the source's image name (file names can carry MRNs)
 PATIENT_ID = "patient_id"  # salted hash of the source's patient identifier, never the raw id
 SITE = "site"              # acquisition site; the external site is its own split and slice
 SEX = "sex"                # "F", "M" or "unknown"
 AGE = "age"                # age in years at acquisition; absent when unknown
 AGE_BAND = "age_band"      # slicing band derived from AGE, "unknown" when AGE is absent
 VIEW = "view"              # projection, "PA" for the study's cohort
+IMAGE_HEIGHT = "image_height"  # of the stored PNG, in pixels: watched for drift between spans
+IMAGE_WIDTH = "image_width"
+BIT_DEPTH = "bit_depth"        # of the stored PNG (8 or 16): a site exporting 8-bit shows here
 
 # Ground truth that only synthetic radiographs carry (optional in the schema).
 CTR = "ctr"                # cardiothoracic ratio the image was drawn with

@@ -20,6 +20,7 @@ import io
 import json
 import multiprocessing
 import os
+import shutil
 from typing import Callable
 
 import numpy as np
@@ -27,12 +28,14 @@ from PIL import Image
 
 from cardio import features as F
 from cardio.data import splits, synth
-from cardio.data.records import Record, hash_patient_id, to_example
-from cardio.data.sources import Candidate, Selection
-from cardio.imaging.files import encode_png, normalised_png
+from cardio.data.records import Record, hash_image_id, hash_patient_id, to_example
+from cardio.data.sources import Candidate, Selection, normalise_sex
+from cardio.imaging.dicom import DicomError
+from cardio.imaging.files import RejectedImage, encode_png, normalised_png
 
 DEMO_SALT = "public-demo-salt"  # synthetic patients only; real data takes CARDIO_PATIENT_SALT
 DEFAULT_QUARANTINE_LIMIT = 0.05
+MAX_AGE = 120   # the schema's age domain; older is a data-entry error, not a patient
 
 
 class QuarantineLimitExceeded(RuntimeError):
@@ -41,20 +44,23 @@ class QuarantineLimitExceeded(RuntimeError):
 
 @dataclasses.dataclass
 class Quarantine:
-    """Records that could not be converted, each with its source and the reason."""
+    """Records that could not be converted: where each came from (row or file, never a raw image
+    name), its salted image id when one is known, and the reason."""
     entries: list = dataclasses.field(default_factory=list)
 
-    def add(self, source: str, reason: str):
-        self.entries.append((source, reason))
+    def add(self, source: str, reason: str, image: str = ""):
+        """`image`: the source's raw image name or id; it is salted when the file is written."""
+        self.entries.append((source, image, reason))
 
     def reasons(self) -> dict:
-        return dict(collections.Counter(reason.split(":")[0] for _, reason in self.entries))
+        return dict(collections.Counter(reason.split(":")[0] for _, _, reason in self.entries))
 
-    def write(self, path: str):
+    def write(self, path: str, image_id: Callable[[str], str]):
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["source", "reason"])
-            writer.writerows(self.entries)
+            writer.writerow(["source", "image_id", "reason"])
+            writer.writerows((source, image_id(image) if image else "", reason)
+                             for source, image, reason in self.entries)
 
     def check(self, total: int, limit: float):
         fraction = len(self.entries) / max(total, 1)
@@ -64,13 +70,53 @@ class Quarantine:
                 f"{limit:.1%}); reasons: {self.reasons()}")
 
 
+def parse_age(value) -> int | None:
+    """Age in whole years, None when blank; ValueError (with the value) when not a number or
+    outside 0-MAX_AGE."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    try:
+        age = float(text)
+    except ValueError:
+        raise ValueError(f"bad age: {text!r} is not a number") from None
+    if not 0 <= age <= MAX_AGE:
+        raise ValueError(f"bad age: {text!r} is outside 0-{MAX_AGE} years")
+    return int(age)
+
+
 # --- reading images --------------------------------------------------------------------------
 
+class ImageError(ValueError):
+    """An unreadable image; the message names the failure, not the file (its name may be an MRN)."""
+
+
 def file_loader(image_root: str, candidate: Candidate) -> bytes:
-    path = os.path.join(image_root, candidate.path)
+    root = os.path.realpath(image_root)
+    path = os.path.realpath(os.path.join(image_root, candidate.path))
+    if os.path.commonpath([root, path]) != root:
+        raise ImageError("path outside the images root")
     if not os.path.exists(path):
+        if os.path.lexists(os.path.join(image_root, candidate.path)):
+            raise ImageError("broken or looping symbolic link")
         raise FileNotFoundError("missing file")
-    return normalised_png(path)
+    try:
+        return normalised_png(path)
+    except DicomError as error:  # "<path>: <reason>: <detail>"
+        raise ImageError(_without(str(error).removeprefix(f"{path}: "), path,
+                                  candidate.path)) from None
+    except RejectedImage as error:
+        raise ImageError(str(error)) from None
+    except Exception as error:  # PIL raises many types for corrupt data
+        raise ImageError(f"unreadable image: {type(error).__name__}: "
+                         f"{_without(str(error), path, candidate.path)}") from None
+
+
+def _without(message: str, *paths: str) -> str:
+    for path in paths:
+        if path:
+            message = message.replace(path, "<image>")
+    return message
 
 
 def synthetic_loader(seed: int, size: int | None, candidate: Candidate):
@@ -87,8 +133,10 @@ def _load(loader, candidate):
     try:
         return loader(candidate), None
     except FileNotFoundError as error:
-        return None, str(error) if str(error) == "missing file" else f"missing file: {error}"
-    except Exception as error:  # PIL and pydicom raise many types for corrupt data
+        return None, "missing file"
+    except ImageError as error:
+        return None, str(error)
+    except Exception as error:  # a loader's own failure; its message names no file of ours
         return None, f"unreadable image: {type(error).__name__}: {error}"
 
 
@@ -115,35 +163,64 @@ def synthetic_selection(seed: int, n: int) -> Selection:
     return selection
 
 
-def csv_selection(csv_path: str, default_site: str = "internal") -> tuple[Selection, Quarantine]:
-    """Any hospital's export: CSV with path, label, patient_id; optional sex, age, view, site."""
-    selection, quarantine = Selection(), Quarantine()
-    with open(csv_path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"path", "label", "patient_id"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}")
-        for line, row in enumerate(reader, start=2):
-            source = f"{csv_path}:{line}:{row['path']}"
-            try:
-                label = int(row["label"])
-                if label not in (0, 1):
-                    raise ValueError
-                age = int(float(row["age"])) if row.get("age") else None
-            except ValueError:
-                quarantine.add(source, f"bad label or age: label={row['label']!r} "
-                                       f"age={row.get('age')!r}")
-                continue
-            view = row.get("view") or "PA"
-            if view != "PA":
-                selection.exclude("not PA projection")
-                continue
-            sex = (row.get("sex") or F.UNKNOWN).upper()
-            selection.candidates.append(Candidate(
-                image_id=os.path.splitext(os.path.basename(row["path"]))[0], path=row["path"],
-                patient_id=row["patient_id"], label=label, site=row.get("site") or default_site,
-                sex=sex if sex in ("F", "M") else F.UNKNOWN, age=age))
-    return selection, quarantine
+def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
+    """Any hospital's export: CSV with path, label, patient_id; optional sex, age, view, site.
+
+    A row without a site takes `default_site`; with neither it is quarantined. Rows are
+    quarantined (never dropped) for a label other than 0/1, an age that is not a number or outside
+    0-MAX_AGE, a missing site, a repeated image path, or a patient whose rows disagree on sex.
+    A file that is not UTF-8 or lacks a required column fails as a whole, naming the file.
+    """
+    selection = Selection()
+    name = os.path.basename(csv_path)
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows, fieldnames = list(reader), reader.fieldnames or []
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{csv_path}: not UTF-8 text (byte {error.start}); re-export it as "
+                         f"UTF-8") from None
+    missing = {"path", "label", "patient_id"} - set(fieldnames)
+    if missing:
+        raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}")
+    seen, sexes, kept = set(), collections.defaultdict(set), []
+    for line, row in enumerate(rows, start=2):
+        source, path = f"{name}:{line}", (row.get("path") or "").strip()
+        problem = None
+        try:
+            age = parse_age(row.get("age"))
+        except ValueError as error:
+            problem = str(error)
+        if (row.get("label") or "").strip() not in ("0", "1"):
+            problem = f"bad label: {row.get('label')!r} is not 0 or 1"
+        elif not path or not (row.get("patient_id") or "").strip():
+            problem = "missing path or patient_id"
+        elif path in seen:
+            problem = "duplicate image row"
+        elif not (row.get("site") or default_site):
+            problem = "missing site: the row has none and no default site was given"
+        if problem:
+            selection.quarantine(source, problem, path)
+            continue
+        seen.add(path)
+        view = (row.get("view") or "PA").strip().upper()
+        if view != "PA":
+            selection.exclude("not PA projection")
+            continue
+        sex = normalise_sex(row.get("sex"))
+        patient = row["patient_id"].strip()
+        if sex != F.UNKNOWN:
+            sexes[patient].add(sex)
+        kept.append((source, Candidate(
+            image_id=path, path=path, patient_id=patient, label=int(row["label"]),
+            site=(row.get("site") or default_site).strip(), sex=sex, age=age)))
+    for source, candidate in kept:
+        if len(sexes[candidate.patient_id]) > 1:
+            selection.quarantine(source, "conflicting sex: the patient's rows disagree",
+                                 candidate.path)
+        else:
+            selection.candidates.append(candidate)
+    return selection
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -155,67 +232,115 @@ def dry_run_summary(selection: Selection, external_sites, seed: int, salt: str) 
     for c in selection.candidates:
         per_split[split_of[hash_patient_id(c.patient_id, salt)]][
             "cardiomegaly" if c.label else "normal"] += 1
+    quarantine = Quarantine(list(selection.quarantined))
     return {"selected": len(selection.candidates), "classes": selection.class_counts(),
             "patients": len({c.patient_id for c in selection.candidates}),
-            "splits": per_split, "excluded": dict(selection.excluded)}
+            "splits": per_split, "excluded": dict(selection.excluded),
+            "quarantined": len(quarantine.entries), "quarantine_reasons": quarantine.reasons()}
 
 
 def _splits(candidates, external_sites, seed, salt) -> dict:
-    patients = {}
+    sites = collections.defaultdict(set)
     for c in candidates:
-        key = hash_patient_id(c.patient_id, salt)
-        site, label = patients.get(key, (c.site, 0))
-        patients[key] = (site, max(label, c.label))
-    return splits.assign_splits(patients, external_sites, seed)
+        sites[hash_patient_id(c.patient_id, salt)].add(c.site)
+    return splits.assign_splits(sites, external_sites, seed)
+
+
+def span_dir(out_dir: str, span: int) -> str:
+    return os.path.join(out_dir, f"span-{span}")
+
+
+def failed_dir(out_dir: str, span: int) -> str:
+    """Where a failed conversion leaves its quarantine and summary: outside ExampleGen's
+    `span-{SPAN}` pattern, so the pipeline never reads it."""
+    return os.path.join(out_dir, f"failed-span-{span}")
 
 
 def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir: str, span: int,
             external_sites, salt: str, seed: int = 0, quarantine: Quarantine | None = None,
             quarantine_limit: float = DEFAULT_QUARANTINE_LIMIT, workers: int | None = None,
-            shards: int = 1, progress=None) -> dict:
-    """Reads, normalises and writes every candidate; returns (and saves) the summary."""
+            shards: int = 1, progress=None, id_map: str | None = None) -> dict:
+    """Reads, normalises and writes every candidate; returns (and saves) the summary.
+
+    Image ids are salted hashes of the source's image names (`hash_image_id`); `id_map`, when
+    given, receives the mapping back to the source names: keep it beside the source data, never
+    with the span. The span is written under a temporary name and renamed into place only when
+    the quarantine is within the limit, so a failed conversion leaves no span for the pipeline
+    to read (its quarantine.csv and summary.json go to `failed_dir`).
+    """
     import tensorflow as tf
 
+    final = span_dir(out_dir, span)
+    if os.path.exists(final):
+        raise FileExistsError(f"{final} already exists: a span is written once; choose a new "
+                              f"--span or remove it")
     quarantine = quarantine or Quarantine()
+    quarantine.entries.extend(selection.quarantined)
     rows_before = len(quarantine.entries)  # rows the selection already quarantined
     candidates = selection.candidates
+    image_id = functools.partial(hash_image_id, salt=salt)
     split_of = _splits(candidates, external_sites, seed, salt)
-    span_dir = os.path.join(out_dir, f"span-{span}")
+    partial = os.path.join(out_dir, f".span-{span}.partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     writers, counts = {}, collections.Counter()
-    for i, (candidate, (png, reason)) in enumerate(
-            zip(candidates, _loaded(candidates, loader, workers or os.cpu_count() or 1))):
-        if progress:
-            progress(1)
-        if png is None:
-            quarantine.add(candidate.path or candidate.image_id, reason)
-            continue
-        png, extras = png if isinstance(png, tuple) else (png, {})
-        patient = hash_patient_id(candidate.patient_id, salt)
-        split = split_of[patient]
-        record = Record(image_png=png, label=candidate.label, image_id=candidate.image_id,
-                        patient_id=patient, site=candidate.site, sex=candidate.sex,
-                        age=candidate.age, view=candidate.view, extras=extras)
-        key = (split, i % shards)
-        if key not in writers:
-            os.makedirs(os.path.join(span_dir, split), exist_ok=True)
-            writers[key] = tf.io.TFRecordWriter(os.path.join(
-                span_dir, split, f"data-{key[1]:05d}-of-{shards:05d}.tfrecord.gz"), options)
-        writers[key].write(to_example(record).SerializeToString())
-        counts[(split, candidate.label)] += 1
-    for writer in writers.values():
-        writer.close()
-    os.makedirs(span_dir, exist_ok=True)
+    try:
+        for i, (candidate, (png, reason)) in enumerate(
+                zip(candidates, _loaded(candidates, loader, workers or os.cpu_count() or 1))):
+            if progress:
+                progress(1)
+            if png is None:
+                quarantine.add("image", reason, candidate.image_id)
+                continue
+            png, extras = png if isinstance(png, tuple) else (png, {})
+            patient = hash_patient_id(candidate.patient_id, salt)
+            split = split_of[patient]
+            record = Record(image_png=png, label=candidate.label,
+                            image_id=image_id(candidate.image_id), patient_id=patient,
+                            site=candidate.site, sex=candidate.sex, age=candidate.age,
+                            view=candidate.view, extras=extras)
+            key = (split, i % shards)
+            if key not in writers:
+                os.makedirs(os.path.join(partial, split), exist_ok=True)
+                writers[key] = tf.io.TFRecordWriter(os.path.join(
+                    partial, split, f"data-{key[1]:05d}-of-{shards:05d}.tfrecord.gz"), options)
+            writers[key].write(to_example(record).SerializeToString())
+            counts[(split, candidate.label)] += 1
+    finally:
+        for writer in writers.values():
+            writer.close()
+    os.makedirs(partial, exist_ok=True)
     total = rows_before + len(candidates)
     summary = {
         "splits": {s: {"normal": counts[(s, 0)], "cardiomegaly": counts[(s, 1)]} for s in F.SPLITS},
         "written": sum(counts.values()), "quarantined": len(quarantine.entries),
         "quarantine_reasons": quarantine.reasons(), "excluded": dict(selection.excluded)}
-    quarantine.write(os.path.join(span_dir, "quarantine.csv"))
-    with open(os.path.join(span_dir, "summary.json"), "w") as f:
+    quarantine.write(os.path.join(partial, "quarantine.csv"), image_id)
+    with open(os.path.join(partial, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    quarantine.check(total, quarantine_limit)
+    if id_map:
+        _write_id_map(id_map, [c.image_id for c in candidates]
+                      + [image for _, image, _ in quarantine.entries if image], image_id)
+    try:
+        quarantine.check(total, quarantine_limit)
+    except QuarantineLimitExceeded:
+        failed = failed_dir(out_dir, span)
+        shutil.rmtree(failed, ignore_errors=True)
+        os.makedirs(failed)
+        for name in ("quarantine.csv", "summary.json"):
+            os.replace(os.path.join(partial, name), os.path.join(failed, name))
+        shutil.rmtree(partial)
+        raise
+    os.replace(partial, final)
     return summary
+
+
+def _write_id_map(path: str, images: list, image_id):
+    """The salted image id -> source image name table; only the site that owns the data keeps it."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image_id", "source_image"])
+        writer.writerows(sorted({(image_id(image), image) for image in images}))
 
 
 def write_synthetic(out_dir: str, n: int, seed: int, size: int | None, span: int,

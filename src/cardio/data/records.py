@@ -12,11 +12,14 @@ import os
 from cardio import features as F
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 @dataclasses.dataclass
 class Record:
     image_png: bytes   # MONOCHROME2 PNG, 8- or 16-bit
     label: int
-    image_id: str
+    image_id: str      # already salted and hashed (see `hash_image_id`)
     patient_id: str    # already salted and hashed (see `hash_patient_id`)
     site: str
     sex: str = F.UNKNOWN
@@ -30,6 +33,13 @@ def hash_patient_id(raw_id: str, salt: str) -> str:
     if not salt:
         raise ValueError("a non-empty patient-id salt is required (set CARDIO_PATIENT_SALT)")
     return hashlib.sha256(f"{salt}\0{raw_id}".encode()).hexdigest()[:20]
+
+
+def hash_image_id(raw_id: str, salt: str) -> str:
+    """Salted SHA-256 of a source image name (file names and report numbers can carry MRNs)."""
+    if not salt:
+        raise ValueError("a non-empty salt is required (set CARDIO_PATIENT_SALT)")
+    return "img-" + hashlib.sha256(f"{salt}\0image\0{raw_id}".encode()).hexdigest()[:20]
 
 
 def patient_salt() -> str:
@@ -53,6 +63,11 @@ def to_example(record: Record):
         F.AGE_BAND: b(F.age_band(record.age)),
         F.VIEW: b(record.view),
     }
+    if record.image_png.startswith(PNG_SIGNATURE):  # IHDR: width, height, bit depth
+        for name, value in ((F.IMAGE_WIDTH, int.from_bytes(record.image_png[16:20], "big")),
+                            (F.IMAGE_HEIGHT, int.from_bytes(record.image_png[20:24], "big")),
+                            (F.BIT_DEPTH, record.image_png[24])):
+            feature[name] = tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
     if record.age is not None:
         feature[F.AGE] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(record.age)]))
     for name, value in record.extras.items():

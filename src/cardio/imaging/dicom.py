@@ -1,8 +1,13 @@
-"""DICOM -> the normalised representation every other input gets: a MONOCHROME2 uint16 array.
+"""DICOM -> the normalised representation every other input gets: MONOCHROME2 uint8 or uint16.
 
 Applied in the order the standard defines: the modality LUT (rescale slope/intercept), then the
 VOI LUT or window (centre/width) when the file carries one, then MONOCHROME1 inversion (bright
-air becomes dark), then scaling of the resulting range to the full 16 bits.
+air becomes dark). The result is scaled from the range the *header* defines (Bits Stored, through
+the same LUTs) to 8 bits when at most 8 bits are stored, else to 16 bits; never by the image's own
+minimum and maximum. So a DICOM and a PNG of the same pixels become the same pixels.
+
+Compressed transfer syntaxes (JPEG baseline and lossless, JPEG-LS, JPEG 2000, RLE) are decoded by
+pydicom's plugins (pylibjpeg with its libjpeg, OpenJPEG and RLE codecs).
 """
 from __future__ import annotations
 
@@ -10,31 +15,61 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+DICM_OFFSET = 128  # the DICOM file format's magic, b"DICM", follows a 128-byte preamble
+
 
 class DicomError(ValueError):
     pass
 
 
-def read_dicom(path: str) -> np.ndarray:
+def is_dicom(head: bytes) -> bool:
+    """True when the file's first bytes carry the DICOM magic (Part 10 file format)."""
+    return head[DICM_OFFSET:DICM_OFFSET + 4] == b"DICM"
+
+
+def _header_range(ds) -> tuple[float, float]:
+    """The output range the header defines for the LUT chain read_dicom applies."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 16)))
+    stored = (np.array([-(2 ** (bits - 1)), 2 ** (bits - 1) - 1]) if ds.get("PixelRepresentation")
+              else np.array([0, 2 ** bits - 1]))
+    if "VOILUTSequence" in ds:
+        lut_bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return 0.0, float(2 ** lut_bits - 1)
+    values = apply_modality_lut(stored, ds).astype(np.float64)
+    return float(values.min()), float(values.max())
+
+
+def read_dicom(path) -> np.ndarray:
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
     except Exception as error:  # pydicom raises many types for damaged files
-        raise DicomError(f"{path}: unreadable DICOM ({error})") from error
+        raise DicomError(f"{path}: unreadable DICOM: {error}") from error
+    if "PixelData" not in ds:
+        raise DicomError(f"{path}: DICOM without pixel data: no (7FE0,0010) element")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        raise DicomError(f"{path}: {photometric} is not a grayscale radiograph")
+        raise DicomError(f"{path}: not a greyscale DICOM: {photometric} is not a grayscale radiograph")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise DicomError(f"{path}: multi-frame DICOM: {ds.NumberOfFrames} frames, expected one")
+    try:
+        pixels = ds.pixel_array
+    except Exception as error:  # no decoder for the transfer syntax, or damaged pixel data
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        raise DicomError(f"{path}: undecodable DICOM pixel data: transfer syntax {syntax} "
+                         f"({error})") from error
     if pixels.ndim != 2:
-        raise DicomError(f"{path}: expected one 2-D frame, got shape {pixels.shape}")
+        raise DicomError(f"{path}: not a single 2-D frame: shape {pixels.shape}")
+    low, high = _header_range(ds)
     values = apply_modality_lut(pixels, ds).astype(np.float64)
     if "VOILUTSequence" in ds or "WindowCenter" in ds:
         values = apply_voi_lut(values, ds, prefer_lut=True).astype(np.float64)
-    low, high = float(values.min()), float(values.max())
     if high <= low:
-        raise DicomError(f"{path}: constant image")
-    scaled = (values - low) / (high - low)
+        raise DicomError(f"{path}: unreadable DICOM: the header defines an empty value range")
+    scaled = np.clip((values - low) / (high - low), 0.0, 1.0)
     if photometric == "MONOCHROME1":
         scaled = 1.0 - scaled
+    if high - low <= 255:
+        return np.round(scaled * 255).astype(np.uint8)
     return np.round(scaled * 65535).astype(np.uint16)
 
 

@@ -5,6 +5,15 @@ from __future__ import annotations
 import collections
 import dataclasses
 
+from cardio import features as F
+
+SEX_SPELLINGS = {"f": "F", "female": "F", "woman": "F", "w": "F", "m": "M", "male": "M", "man": "M"}
+
+
+def normalise_sex(value) -> str:
+    """"F", "M" or "unknown" from the spellings exports use (F/M, female/male, in any case)."""
+    return SEX_SPELLINGS.get(str(value or "").strip().lower(), F.UNKNOWN)
+
 
 @dataclasses.dataclass
 class Candidate:
@@ -24,9 +33,15 @@ class Selection:
     """A source's cohort: the selected candidates, and every excluded row counted by reason."""
     candidates: list = dataclasses.field(default_factory=list)
     excluded: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    # Rows that could not be read, as (source row, raw image name or "", reason): a parse error
+    # is quarantined and counted against the limit, never hidden among the exclusions.
+    quarantined: list = dataclasses.field(default_factory=list)
 
     def exclude(self, reason: str):
         self.excluded[reason] += 1
+
+    def quarantine(self, source: str, reason: str, image: str = ""):
+        self.quarantined.append((source, image, reason))
 
     def class_counts(self) -> dict:
         counts = collections.Counter(c.label for c in self.candidates)

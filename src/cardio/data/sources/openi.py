@@ -68,8 +68,9 @@ def select(reports: str, dicom_metadata_csv: str) -> Selection:
     for name, xml in iter_reports(reports):
         try:
             root = ElementTree.fromstring(xml)
-        except ElementTree.ParseError:
-            selection.exclude("report unparseable")
+        except ElementTree.ParseError as error:
+            # The file name is the report number, which OpenI uses as the patient id: salt it.
+            selection.quarantine("reports", f"report unparseable: {error}", name)
             continue
         report_id = root.find("uId").get("id") if root.find("uId") is not None else name
         images = [e.get("id") for e in root.iter("parentImage")]

@@ -4,7 +4,8 @@ Rules, in the order they are applied (the first that fails names the exclusion r
   1. PA projection only.
   2. Labels from the physicians' manual report labelling only (MethodLabel == "Physician"),
      not the RNN-labelled remainder.
-  3. Labels that parse; rows whose label list cannot be read are counted as unparseable.
+  3. Labels that parse; a row whose label list cannot be read is quarantined (a parse error is
+     a data problem to fix, not a cohort rule).
   4. No external objects: any label in EXTERNAL_OBJECT_LABELS excludes the image.
   5. Normal = exactly the single label "normal"; cardiomegaly = "cardiomegaly" present (other
      findings allowed); everything else is excluded.
@@ -17,21 +18,21 @@ import re
 
 import pandas as pd
 
-from cardio import features as F
-from cardio.data.sources import Candidate, Selection
+from cardio.data.sources import Candidate, Selection, normalise_sex
 
 SITE = "padchest"
 
 # Devices, prostheses, catheters, tubes, metal, pacemakers, sutures and the like, as they appear
 # in PadChest's label vocabulary (194 labels). Derived with EXTERNAL_OBJECT_KEYWORDS and kept
 # here written out, so a reviewer sees exactly what is excluded; a test checks it against the
-# vocabulary of the shipped label file.
+# vocabulary of the shipped label file. "dai" (desfibrilador automatico implantable, an
+# implantable cardioverter-defibrillator) is a device no keyword finds.
 EXTERNAL_OBJECT_LABELS = frozenset({
     "NSG tube", "abnormal foreign body", "aortic endoprosthesis", "artificial aortic heart valve",
     "artificial heart valve", "artificial mitral heart valve", "bone cement", "catheter",
     "central venous catheter", "central venous catheter via jugular vein",
     "central venous catheter via subclavian vein", "central venous catheter via umbilical vein",
-    "chest drain tube", "double J stent", "dual chamber device", "electrical device",
+    "chest drain tube", "dai", "double J stent", "dual chamber device", "electrical device",
     "endoprosthesis", "endotracheal tube", "external foreign body", "gastrostomy tube",
     "humeral prosthesis", "mammary prosthesis", "metal", "nephrostomy tube",
     "osteosynthesis material", "pacemaker", "prosthesis", "reservoir central venous catheter",
@@ -80,7 +81,8 @@ def select(labels_csv: str) -> Selection:
         try:
             labels = parse_labels(row.Labels)
         except (ValueError, SyntaxError):
-            selection.exclude("labels unparseable")
+            selection.quarantine("labels file", f"labels unparseable: {row.Labels!r}",
+                                 row.ImageID.rsplit(".", 1)[0])
             continue
         if EXTERNAL_OBJECT_LABELS.intersection(labels):
             selection.exclude("external object")
@@ -92,7 +94,7 @@ def select(labels_csv: str) -> Selection:
         else:
             selection.exclude("neither normal nor cardiomegaly")
             continue
-        sex = row.PatientSex_DICOM if row.PatientSex_DICOM in ("F", "M") else F.UNKNOWN
+        sex = normalise_sex(row.PatientSex_DICOM)
         selection.candidates.append(Candidate(
             image_id=row.ImageID.rsplit(".", 1)[0], path=f"{row.ImageDir}/{row.ImageID}",
             patient_id=row.PatientID, label=label, site=SITE, sex=sex, age=_age(row)))

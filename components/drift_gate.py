@@ -1,0 +1,142 @@
+"""DriftGate: stops the run when the new span's statistics drifted from the previous span's.
+
+A site that changes its scanner, its export (8-bit instead of 16-bit) or its population passes
+the schema (ExampleValidator) and would be trained on without a word. The gate compares, split
+by split, this run's StatisticsGen output with the statistics of the newest earlier span it
+accepted (found in MLMD through its own stamped outputs),
+using TFDV's own drift comparators (`validate_statistics(..., previous_statistics=...)`):
+L-infinity distance on the categorical features (site, sex, age band, label, stored bit depth)
+and Jensen-Shannon divergence on the numeric ones (image height and width). Past the pipeline
+configuration's thresholds it records the anomalies (an ExampleAnomalies artifact laid out like
+ExampleValidator's) and fails its execution, so no Trainer starts; on a pipeline's first span
+there is nothing to compare and it passes.
+"""
+
+import logging
+import os
+
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics
+
+from cardio import features as F
+from cardio.components.anomaly_gate import describe_anomalies
+from cardio.components.baseline import _property, open_store
+
+CATEGORICAL = (F.SITE, F.SEX, F.AGE_BAND, F.LABEL, F.BIT_DEPTH)   # L-infinity distance
+NUMERIC = (F.IMAGE_HEIGHT, F.IMAGE_WIDTH)                         # Jensen-Shannon divergence
+DRIFT_TYPES = {anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
+               anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH}
+ANOMALIES_TYPES = ("ExampleAnomalies", "tfx.ExampleAnomalies")  # TFX's name; KFP v2's
+PIPELINE, SPAN, STATISTICS_URI = "cardio_drift_pipeline", "span", "statistics_uri"  # on the output
+STATS_FILE = "FeatureStats.pb"   # StatisticsGen's file in each Split-<name> directory
+
+
+class DriftFound(RuntimeError):
+    pass
+
+
+def drift_schema(schema: schema_pb2.Schema, max_linf: float, max_jsd: float) -> schema_pb2.Schema:
+    """The schema with TFDV drift comparators on the watched features."""
+    schema = schema_pb2.Schema.FromString(schema.SerializeToString())
+    for feature in schema.feature:
+        if feature.name in CATEGORICAL:
+            feature.drift_comparator.infinity_norm.threshold = max_linf
+        elif feature.name in NUMERIC:
+            feature.drift_comparator.jensen_shannon_divergence.threshold = max_jsd
+    return schema
+
+
+def drift_anomalies(current: statistics_pb2.DatasetFeatureStatisticsList,
+                    previous: statistics_pb2.DatasetFeatureStatisticsList,
+                    schema: schema_pb2.Schema, max_linf: float,
+                    max_jsd: float) -> anomalies_pb2.Anomalies:
+    """TFDV's drift anomalies of one split (schema conformance is ExampleValidator's job)."""
+    import tensorflow_data_validation as tfdv
+
+    anomalies = tfdv.validate_statistics(current, drift_schema(schema, max_linf, max_jsd),
+                                         previous_statistics=previous)
+    for name in list(anomalies.anomaly_info):
+        info = anomalies.anomaly_info[name]
+        if not any(reason.type in DRIFT_TYPES for reason in info.reason):
+            del anomalies.anomaly_info[name]
+    anomalies.ClearField("dataset_anomaly_info")
+    return anomalies
+
+
+def _split_stats(uri: str) -> dict:
+    stats = {}
+    for entry in tf.io.gfile.listdir(uri):
+        path = os.path.join(uri, entry.rstrip("/"), STATS_FILE)
+        if entry.startswith("Split-") and tf.io.gfile.exists(path):
+            stats[entry.rstrip("/").removeprefix("Split-")] = \
+                statistics_pb2.DatasetFeatureStatisticsList.FromString(
+                    tf.io.gfile.GFile(path, "rb").read())
+    return stats
+
+
+def compare_spans(current_uri: str, previous_uri: str, out_uri: str, schema: schema_pb2.Schema,
+                  max_linf: float, max_jsd: float) -> list[str]:
+    """Writes each common split's drift anomalies to `out_uri`/Split-<name>/SchemaDiff.pb (as
+    ExampleValidator lays them out); returns them one per line."""
+    current, previous = _split_stats(current_uri), _split_stats(previous_uri)
+    for split in sorted(set(current) & set(previous)):
+        anomalies = drift_anomalies(current[split], previous[split], schema, max_linf, max_jsd)
+        split_dir = os.path.join(out_uri, f"Split-{split}")
+        tf.io.gfile.makedirs(split_dir)
+        with tf.io.gfile.GFile(os.path.join(split_dir, "SchemaDiff.pb"), "wb") as f:
+            f.write(anomalies.SerializeToString())
+    return describe_anomalies(out_uri)
+
+
+def find_previous(store, pipeline: str, current_span: int) -> dict | None:
+    """The newest earlier span this pipeline's gate passed: {"span", "statistics_uri", "id"}.
+
+    StatisticsGen's artifacts do not carry the span, so the gate stamps its own output with the
+    span and the statistics it accepted, and looks those up. A span the gate stopped published
+    nothing, so the next span is compared with the last accepted one.
+    """
+    from ml_metadata import errors
+    from ml_metadata.proto import metadata_store_pb2
+
+    found = []
+    for type_name in ANOMALIES_TYPES:
+        try:
+            found += store.get_artifacts_by_type(type_name)
+        except errors.NotFoundError:
+            continue
+    earlier = [a for a in found if a.state == metadata_store_pb2.Artifact.LIVE
+               and _property(a, PIPELINE) == pipeline and _property(a, SPAN) is not None
+               and int(_property(a, SPAN)) < current_span]
+    if not earlier:
+        return None
+    latest = max(earlier, key=lambda a: (int(_property(a, SPAN)), a.create_time_since_epoch, a.id))
+    return {"span": int(_property(latest, SPAN)), "id": latest.id,
+            "statistics_uri": _property(latest, STATISTICS_URI)}
+
+
+@component
+def DriftGate(examples: InputArtifact[Examples], statistics: InputArtifact[ExampleStatistics],
+              drift: OutputArtifact[ExampleAnomalies], pipeline_name: Parameter[str],
+              schema_file: Parameter[str], metadata_connection: Parameter[str],
+              max_categorical_linf: Parameter[float], max_numeric_jsd: Parameter[float]):
+    from google.protobuf import text_format
+
+    # ExampleGen stamps the span as a custom property (KFP may store it as a double).
+    span = int(examples.get_custom_property("span") or 0)
+    previous = find_previous(open_store(metadata_connection), pipeline_name, span)
+    drift.set_string_custom_property(PIPELINE, pipeline_name)
+    drift.set_int_custom_property(SPAN, span)
+    drift.set_string_custom_property(STATISTICS_URI, statistics.uri)
+    if previous is None:
+        logging.info("span %d: no earlier span's statistics; nothing to compare", span)
+        return
+    drift.set_int_custom_property("previous_span", previous["span"])
+    schema = text_format.Parse(tf.io.gfile.GFile(schema_file).read(), schema_pb2.Schema())
+    problems = compare_spans(statistics.uri, previous["statistics_uri"], drift.uri, schema,
+                             max_categorical_linf, max_numeric_jsd)
+    if problems:
+        raise DriftFound(f"span {span} drifted from span {previous['span']}; nothing will be "
+                         f"trained:\n  " + "\n  ".join(problems))

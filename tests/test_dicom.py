@@ -1,0 +1,100 @@
+"""DICOM as PACS exports it: every common compressed transfer syntax, decoded by pydicom's
+plugins (pylibjpeg + libjpeg/OpenJPEG/RLE), and normalised exactly like a PNG of the same pixels.
+
+The test files are written here: RLE, JPEG-LS and JPEG 2000 by pydicom's own encoders (RLE
+native, pyjpegls, pylibjpeg-openjpeg), JPEG lossless by GDCM's transcoder, JPEG baseline by
+Pillow, encapsulated as the standard describes.
+"""
+import io
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom import uid
+
+from cardio.imaging import dicom, files
+
+RNG = np.random.default_rng(11)
+# A radiograph-like 12-bit image: a smooth gradient plus noise, so every codec has real work.
+PIXELS12 = np.clip(np.add.outer(np.arange(48) * 40, np.arange(64) * 30)
+                   + RNG.integers(0, 200, (48, 64)), 0, 4095).astype(np.uint16)
+
+
+def _uncompressed(path, pixels, bits):
+    dicom.write_dicom(str(path), pixels, bits=bits)
+    return pydicom.dcmread(str(path))
+
+
+def _gdcm_transcode(source, target, syntax):
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(target))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+
+
+@pytest.mark.parametrize("syntax", [uid.RLELossless, uid.JPEGLSLossless, uid.JPEG2000Lossless,
+                                    uid.JPEGLosslessSV1])
+def test_lossless_compressed_dicom_decodes_to_the_uncompressed_pixels(tmp_path, syntax):
+    ds = _uncompressed(tmp_path / "plain.dcm", PIXELS12, bits=12)
+    path = tmp_path / "compressed.dcm"
+    if syntax == uid.JPEGLosslessSV1:
+        _gdcm_transcode(tmp_path / "plain.dcm", path, "JPEGLosslessProcess14_1")
+    else:
+        ds.compress(syntax, PIXELS12)
+        ds.save_as(str(path), enforce_file_format=True)
+    assert pydicom.dcmread(str(path)).file_meta.TransferSyntaxUID == syntax
+    assert pydicom.dcmread(str(path)).file_meta.TransferSyntaxUID.is_compressed
+    np.testing.assert_array_equal(dicom.read_dicom(str(path)),
+                                  dicom.read_dicom(str(tmp_path / "plain.dcm")))
+
+
+def test_jpeg_baseline_dicom_decodes_like_the_same_jpeg_file(tmp_path):
+    """8-bit JPEG baseline, the commonest lossy PACS export: the DICOM and the .jpg carrying the
+    same JPEG stream give the same pixels (two IDCT implementations: within one grey level)."""
+    from pydicom.encaps import encapsulate
+
+    pixels = (PIXELS12 >> 4).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
+    (tmp_path / "same.jpg").write_bytes(buffer.getvalue())
+    ds = _uncompressed(tmp_path / "j.dcm", pixels.astype(np.uint16), bits=8)
+    ds.file_meta.TransferSyntaxUID = uid.JPEGBaseline8Bit
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([buffer.getvalue()])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(str(tmp_path / "j.dcm"), enforce_file_format=True)
+    from_dicom = files.normalised_pixels(str(tmp_path / "j.dcm"))
+    from_jpeg = files.normalised_pixels(str(tmp_path / "same.jpg"))
+    assert from_dicom.dtype == from_jpeg.dtype == np.uint8
+    assert np.abs(from_dicom.astype(int) - from_jpeg.astype(int)).max() <= 1
+    assert np.abs(from_dicom.astype(int) - pixels.astype(int)).mean() < 3   # lossy, but close
+
+
+@pytest.mark.parametrize("bits,dtype", [(8, np.uint8), (16, np.uint16)])
+def test_dicom_and_png_of_the_same_pixels_are_normalised_identically(tmp_path, bits, dtype):
+    """No per-image stretch: the header's range decides, so the two files reach the model as
+    exactly the same pixels, even for a narrow range of values."""
+    pixels = (PIXELS12[:, :] // 8 + 1000).astype(dtype) if bits == 16 else \
+        (PIXELS12 // 64 + 60).astype(dtype)
+    Image.fromarray(pixels).save(tmp_path / "same.png")
+    dicom.write_dicom(str(tmp_path / "same"), pixels.astype(np.uint16), bits=bits)
+    from_png = files.normalised_pixels(str(tmp_path / "same.png"))
+    from_dicom = files.normalised_pixels(str(tmp_path / "same"))  # no extension: by DICM magic
+    assert from_dicom.dtype == from_png.dtype == dtype
+    np.testing.assert_array_equal(from_dicom, from_png)
+    np.testing.assert_array_equal(from_dicom, pixels)
+    # MONOCHROME1 of the inverted pixels is the same radiograph.
+    dicom.write_dicom(str(tmp_path / "m1.dcm"), (2 ** bits - 1 - pixels).astype(np.uint16),
+                      photometric="MONOCHROME1", bits=bits)
+    np.testing.assert_array_equal(files.normalised_pixels(str(tmp_path / "m1.dcm")), from_png)
