@@ -6,7 +6,7 @@ model and hands the arrays here; `analyse` returns what `comparison.json` holds 
 
 Groups of images, never mixing sites across the internal/external line:
   validation            internal sites (chooses the operating threshold and the champion)
-  test                  internal sites, class-balanced (breaks validation ties)
+  test                  internal sites, the source's prevalence (breaks validation ties)
   test site=<s>         each internal site, when there are several
   external              the external site: gates and reports, never chooses
 """

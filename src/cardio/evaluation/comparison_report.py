@@ -297,8 +297,8 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
     lines += ["## Operating point", "",
               "Each model labels an image positive when its probability reaches the threshold "
               "the Trainer chose on validation (baked into the export) for the target "
-              "sensitivity; the study's 0.5 is shown beside it. The test split is "
-              "class-balanced, so its precision says little about a ward: PPV and NPV are "
+              "sensitivity; the study's 0.5 is shown beside it. The test split has the source's "
+              "prevalence, not a ward's, so its precision says little there: PPV and NPV are "
               f"given at a deployment prevalence of {prevalence:.0%} (configurable, "
               "`deployment_prevalence`), as point estimates from the sensitivity and specificity "
               "beside them (Bayes' rule).", ""]

@@ -8,7 +8,7 @@ Plain functions on arrays (labels in {0, 1}, scores = predicted probabilities); 
 - Unpaired comparison of two disjoint groups (a slice vs its complement): each AUC's DeLong
   variance, z = (AUC_1 - AUC_2) / sqrt(V_1 + V_2).
 - Confusion-matrix metrics at a threshold with Wilson 95% CIs; PPV/NPV at a chosen prevalence
-  (Bayes), because a class-balanced test set's precision says little about a real ward.
+  (Bayes), because a test set's precision holds only at its own prevalence, not a ward's.
 - Holm's step-down correction (statsmodels).
 """
 from __future__ import annotations
