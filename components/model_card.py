@@ -241,8 +241,11 @@ def render_markdown(card: dict) -> str:
             lines.append(f"| {split} | {site} | {n.get('normal', 0)} | {n.get('cardiomegaly', 0)} |")
     evaluation = card["evaluation"]
     gate = evaluation["gate"]
+    external = (f"external-site AUC >= {gate['external_auc_min']}"
+                if gate.get("external_site", True) else
+                "no external site configured: internal criteria only")
     lines += ["", "## Evaluation", "",
-              f"Gate profile `{gate['name']}`: external-site AUC >= {gate['external_auc_min']}, "
+              f"Gate profile `{gate['name']}`: {external}, "
               f"internal AUC >= {gate['internal_auc_min']}, sensitivity >= {gate['sensitivity_min']}, "
               f"AUC drop vs the cell's last blessed model <= {gate['auc_regression_tolerance']}; "
               f"{evaluation['compares']}.", ""]
@@ -313,4 +316,5 @@ def create(trainer, evaluator, pusher, examples, config, cell_name: str):
         model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
         evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
         pushed_model=pusher.outputs["pushed_model"], examples=examples, grid_cell=cell_name,
-        gate=json.dumps(dataclasses.asdict(config.gate))).with_id(f"ModelCard.{cell_name}")
+        gate=json.dumps({**dataclasses.asdict(config.gate),
+                         "external_site": config.external_site})).with_id(f"ModelCard.{cell_name}")

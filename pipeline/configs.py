@@ -37,7 +37,10 @@ class PipelineConfig:
     grid: tuple = tuple(GridCell(b, w) for b in STUDY_BACKBONES for w in STUDY_WEIGHTINGS)
     spans: tuple | None = None             # (first, last) span to read; None: the newest
     internal_sites: tuple = ("site-a",)
-    external_site: str = "site-b"
+    # None: no external site; the gate then judges the internal test slices only, and says so.
+    external_site: str | None = "site-b"
+    # Projections a span may hold (the study: PA only); a span with another view is refused.
+    views: tuple = ("PA",)
     gate: GateProfile = GATE_PROFILES["study"]
     image_size: int = 224
     weights: str | None = None             # ImageNet weights file or cache directory
@@ -66,7 +69,24 @@ class PipelineConfig:
 
     @property
     def sites(self) -> tuple:
-        return tuple(self.internal_sites) + (self.external_site,)
+        return tuple(self.internal_sites) + ((self.external_site,) if self.external_site else ())
+
+    def validate(self) -> None:
+        """Raises ValueError naming the field when the values contradict each other."""
+        if not self.internal_sites:
+            raise ValueError("internal_sites: at least one internal site is required")
+        if self.external_site in self.internal_sites:
+            raise ValueError(f"external_site: {self.external_site!r} is also an internal site")
+        if not self.grid:
+            raise ValueError("grid: at least one (backbone, weighting) cell is required")
+        if self.spans is not None and (len(self.spans) != 2 or self.spans[0] > self.spans[1]):
+            raise ValueError(f"spans: expected [first, last] with first <= last, got {list(self.spans)}")
+        for name in ("target_sensitivity", "deployment_prevalence"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name}: must lie strictly between 0 and 1")
+        for name in ("image_size", "crop_size", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
 
     def trainer_custom_config(self, cell: GridCell) -> dict:
         return {"backbone": cell.backbone, "weighting": cell.weighting,

@@ -43,7 +43,7 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     serving_root = os.path.join(workdir, "serving")
 
     from cardio.components import evaluator
-    echo(evaluator.describe_gate(config.gate))
+    echo(evaluator.describe_gate(config.gate, config.external_site))
     echo(f"ImageNet weights: {weights or 'none found: random initialisation'}")
     if not os.path.exists(os.path.join(data_root, "span-1", "summary.json")):
         with progress_factory(n, "synthesising radiographs") as bar:
@@ -53,6 +53,13 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
         counts = report.read_counts(data_root)
     echo(report.format_counts(counts))
 
+    return run_and_report(config, data_root, pipeline_root, serving_root, echo, started)
+
+
+def run_and_report(config, data_root: str, pipeline_root: str, serving_root: str,
+                   echo: Callable[[str], None], started: float) -> dict:
+    """Runs the pipeline locally, then reports what a reviewer reads: crop QC, every cell's
+    evaluation per slice and push, the comparison and the served models' answers."""
     echo(f"Running the pipeline (LocalDagRunner, Beam FnApiRunner); root {pipeline_root}")
     local_runner.run(config, data_root, pipeline_root, serving_root)
 
@@ -81,3 +88,15 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     # The main job ends in serving: the pushed models answer over TF Serving's gRPC API.
     summary["serving"] = serving_demo.serve_and_predict(serving_root, data_root, echo)
     return summary
+
+
+def machine_summary(summary: dict) -> dict:
+    """The one-line JSON summary both `cardio demo` and `cardio pipeline run` end with."""
+    return {
+        "seconds": summary["seconds"], "site_auc": summary.get("site_auc"),
+        "crop_qc": summary.get("crop_qc"), "serving": summary.get("serving"),
+        "comparison": summary.get("comparison"),
+        "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"],
+                       "gate_failures": v.get("gate_failures", []),
+                       "model_card": v.get("model_card")}
+                   for k, v in summary["models"].items()}}

@@ -214,7 +214,7 @@ def analyse(cases: dict, scores: dict, models: dict, internal_sites, external_si
     champion = choose_champion(out_models, delong, alpha)
     if champion["model_name"]:   # where serving finds it (version to label `stable`)
         champion["pushed"] = models[champion["model_name"]].get("pushed")
-    sites = tuple(internal_sites) + (external_site,)
+    sites = tuple(internal_sites) + ((external_site,) if external_site else ())
     for name, info in models.items():
         out_models[name]["fairness"] = fairness(cases, scores[name], info["threshold"], sites,
                                                 min_per_class, alpha)

@@ -261,8 +261,10 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
                for g, i in groups.items()
                if min(i["positives"], i["n"] - i["positives"]) < settings["fairness_min_per_class"]],
              "The champion is chosen on internal data only (validation, then internal test). "
-             f"The external site ({settings['external_site']}) gates and reports but never "
-             "chooses.", "",
+             + (f"The external site ({settings['external_site']}) gates and reports but never "
+                "chooses." if settings["external_site"] else
+                "No external site is configured: no figure here says how the models generalise "
+                "to another hospital, and the gate judged internal data only."), "",
              "## Champion", ""]
     if champion["model_name"]:
         model = comparison["models"][champion["model_name"]]
