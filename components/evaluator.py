@@ -156,7 +156,7 @@ def create(examples, model, baseline_model, config, cell_name: str,
     return CellEvaluator(
         examples=examples, model=model, baseline_model=baseline_model,
         eval_config=eval_config(config, confidence_intervals),
-        example_splits=EVAL_SPLITS).with_id(f"Evaluator.{cell_name}")
+        example_splits=config.eval_splits).with_id(f"Evaluator.{cell_name}")
 
 
 # --- reading results -------------------------------------------------------------------------

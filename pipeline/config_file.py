@@ -104,9 +104,9 @@ _FILE_FORMS = {
 }
 
 
-def json_schema() -> dict:
-    """The file's JSON Schema: PipelineConfig's fields, their file forms, and the run's places."""
-    schema = _object_schema(PipelineConfig)
+def json_schema(cls=PipelineConfig) -> dict:
+    """The file's JSON Schema: the config class's fields, their file forms, and the run's places."""
+    schema = _object_schema(cls)
     schema["properties"].update(_FILE_FORMS)
     schema["properties"].update({p: {"type": "string", "minLength": 1} for p in PLACES})
     return schema
@@ -174,15 +174,17 @@ def parse(document: dict, source: str = "<config>", base: PipelineConfig | None 
     if not isinstance(document, dict):
         raise ConfigError(f"{source}: expected a mapping of keys to values, got "
                           f"{type(document).__name__}")
-    validator = jsonschema.Draft202012Validator(json_schema())
+    base = base or PipelineConfig()
+    schema = json_schema(type(base))
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
     if errors:
         error = errors[0]
         if error.validator == "additionalProperties" and not error.absolute_path:
-            known = ", ".join(sorted(json_schema()["properties"]))
+            known = ", ".join(sorted(schema["properties"]))
             raise ConfigError(f"{source}: {error.message}; known keys: {known}")
         raise ConfigError(f"{source}: key {_key_path(error)}: {error.message}")
-    hints = typing.get_type_hints(PipelineConfig)
+    hints = typing.get_type_hints(type(base))
     fields = {}
     for name, value in document.items():
         if name in PLACES:
@@ -192,7 +194,7 @@ def parse(document: dict, source: str = "<config>", base: PipelineConfig | None 
         except (ValueError, TypeError, KeyError) as error:
             raise ConfigError(f"{source}: key {name}: {error}") from None
     try:
-        config = dataclasses.replace(base or PipelineConfig(), **fields)
+        config = dataclasses.replace(base, **fields)
         config.validate()
     except ValueError as error:
         raise ConfigError(f"{source}: {error}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from cardio import features as F
 from cardio.components.gate import GATE_PROFILES, GateProfile  # noqa: F401  (part of the configuration's API)
 from cardio.imaging import SHIPPED_UNET_DIR, UNET_WEIGHTS_FILE
 from cardio.serving.config import BatchingConfig
@@ -70,6 +71,16 @@ class PipelineConfig:
     @property
     def sites(self) -> tuple:
         return tuple(self.internal_sites) + ((self.external_site,) if self.external_site else ())
+
+    @property
+    def splits(self) -> tuple:
+        """The splits a span has: no `external` split without an external site."""
+        return tuple(s for s in F.SPLITS if self.external_site or s != F.EXTERNAL)
+
+    @property
+    def eval_splits(self) -> list:
+        """The splits the Evaluator scores per slice: internal test, and the external site's."""
+        return [s for s in (F.TEST, F.EXTERNAL) if s in self.splits]
 
     def validate(self) -> None:
         """Raises ValueError naming the field when the values contradict each other."""

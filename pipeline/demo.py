@@ -71,7 +71,8 @@ def run_and_report(config, data_root: str, pipeline_root: str, serving_root: str
              f"raw {figures['site_auc_raw']:.3f}, cropped {figures['site_auc_cropped']:.3f}; "
              f"t-SNE: {figures['plot']}")
         summary["site_auc"] = {"raw": figures["site_auc_raw"], "cropped": figures["site_auc_cropped"]}
-        qc = report.crop_qc_counts(store, config)
+    qc = report.crop_qc_counts(store, config)
+    if qc:
         flagged = sum(c.get("flagged", 0) for c in qc.values())
         echo(f"Crop QC: {flagged} of {sum(c.get('images', 0) for c in qc.values())} radiographs "
              f"flagged and centre-cropped instead; per split: {qc}")
