@@ -16,7 +16,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from cardio.trainer import data, distribution, export, model as model_lib, operating_point
+from cardio.evaluation import calibration as calibration_metrics
+from cardio.trainer import (calibration, data, distribution, export, model as model_lib,
+                            operating_point)
 
 # Class weights of the study's two strategies: {label: weight}.
 CLASS_WEIGHTINGS = {"75-25": {0: 0.25, 1: 0.75}, "50-50": {0: 0.5, 1: 0.5}}
@@ -63,12 +65,14 @@ def count_examples(file_patterns) -> int:
 
 
 def predict(model, file_patterns, config: TrainingConfig):
+    """(labels, logits): the network's pre-sigmoid output, which does not saturate."""
+    logit = export.logit_function(model)
     ds = data.make_dataset(file_patterns, config.batch_size, config.image_size, training=False)
-    labels, probabilities = [], []
+    labels, logits = [], []
     for images, batch_labels in ds:
-        probabilities.append(model(images, training=False).numpy().reshape(-1))
+        logits.append(logit(images).numpy().reshape(-1))
         labels.append(batch_labels.numpy())
-    return np.concatenate(labels), np.concatenate(probabilities)
+    return np.concatenate(labels), np.concatenate(logits)
 
 
 def backup_dir(fn_args, config: TrainingConfig) -> str:
@@ -130,12 +134,21 @@ def train_and_export(fn_args):
                         validation_data=val_ds, class_weight=CLASS_WEIGHTINGS[config.weighting],
                         callbacks=callbacks, verbose=2)
 
-    labels, probabilities = predict(model, fn_args.eval_files, config)
+    # Platt scaling on validation; the operating threshold is chosen on the calibrated probability.
+    labels, logits = predict(model, fn_args.eval_files, config)
+    platt = calibration.fit_platt(labels, logits)
+    probabilities = platt(logits)
     threshold = operating_point.choose_threshold(labels, probabilities, config.target_sensitivity)
-    logging.info("operating threshold %.4f for validation sensitivity >= %.2f",
-                 threshold, config.target_sensitivity)
+    calibrated = {"method": "platt", "a": platt.a, "b": platt.b, "fitted_on": "validation",
+                  "validation_before": calibration_metrics.summary(
+                      labels, calibration.Platt()(logits)),
+                  "validation_after": calibration_metrics.summary(labels, probabilities)}
+    logging.info("Platt scaling a=%.4f b=%.4f; operating threshold %.4f for validation "
+                 "sensitivity >= %.2f; %s", platt.a, platt.b, threshold,
+                 config.target_sensitivity, calibrated)
 
-    unet, metadata = None, {"backbone": config.backbone, "weighting": config.weighting}
+    unet, metadata = None, {"backbone": config.backbone, "weighting": config.weighting,
+                            "calibration": calibrated}
     if config.segmenter_weights:
         from cardio.imaging import unet as unet_lib
         unet = unet_lib.load(config.segmenter_weights)
@@ -149,14 +162,14 @@ def train_and_export(fn_args):
         serving_model.set_weights(model.get_weights())
     with distribution.save_dir(fn_args.serving_model_dir, chief) as serving_dir:
         export.export(serving_model, serving_dir, config.image_size, threshold, unet,
-                      config.crop_size, metadata)
+                      config.crop_size, metadata, platt=platt)
     with distribution.save_dir(fn_args.model_run_dir, chief) as run_dir:
         model.save(os.path.join(run_dir, KERAS_MODEL_DIR), save_format="tf")
         tf.io.gfile.makedirs(run_dir)
         with tf.io.gfile.GFile(os.path.join(run_dir, "training_summary.json"), "w") as f:
             json.dump({"config": dataclasses.asdict(config), "train_examples": n_train,
                        "steps_per_epoch": steps_per_epoch, "operating_threshold": threshold,
-                       "strategy": distribution.strategy_name(strategy),
+                       "calibration": calibrated, "strategy": distribution.strategy_name(strategy),
                        "replicas": strategy.num_replicas_in_sync,
                        "epochs_run": [int(e) for e in history.epoch],
                        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}},

@@ -1,0 +1,65 @@
+"""Platt scaling fitted on validation and baked into the export; ECE, Brier and reliability."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cardio import features as F
+from cardio.evaluation import calibration as metrics
+from cardio.imaging import files
+from cardio.trainer import calibration, export, model as model_lib
+
+
+def _sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def test_platt_recovers_a_known_miscalibration():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, 20000)
+    labels = rng.random(20000) < _sigmoid(0.5 * logits - 1.0)   # the network is overconfident
+    platt = calibration.fit_platt(labels, logits)
+    assert platt.a == pytest.approx(0.5, abs=0.05) and platt.b == pytest.approx(-1.0, abs=0.08)
+    before, after = _sigmoid(logits), platt(logits)
+    assert metrics.expected_calibration_error(labels, after) < 0.02
+    assert metrics.expected_calibration_error(labels, before) > 0.15
+    assert metrics.brier(labels, after) < metrics.brier(labels, before)
+    table = metrics.reliability(labels, after)
+    assert sum(row["n"] for row in table) == len(labels)
+    assert all(abs(row["observed"] - row["mean_probability"]) < 0.05 for row in table
+               if row["n"] > 500)
+
+
+def test_saturated_logits_keep_their_order_and_a_missing_class_is_the_identity():
+    """Logits of +-60 are probabilities 0.0000 / 1.0000 in float32; Platt works on the logits."""
+    logits = np.concatenate([np.linspace(-60, -20, 50), np.linspace(-25, 40, 10)])
+    labels = np.r_[np.zeros(50), np.ones(10)]
+    probabilities = calibration.fit_platt(labels, logits)(logits)
+    assert np.all(np.isfinite(probabilities)) and np.all(np.diff(probabilities[:50]) > 0)
+    assert np.float32(_sigmoid(-40)) < 1e-16 < probabilities[25]   # no longer saturated
+    assert calibration.fit_platt(np.zeros(5), np.arange(5.0)) == calibration.Platt()
+
+
+def test_ece_is_the_bin_weighted_gap():
+    labels = np.array([0, 0, 1, 1])
+    probabilities = np.array([0.05, 0.05, 0.95, 0.55])   # bins 0, 9 and 5
+    expected = (2 * 0.05 + 1 * 0.05 + 1 * 0.45) / 4
+    assert metrics.expected_calibration_error(labels, probabilities) == pytest.approx(expected)
+
+
+def test_the_export_serves_the_calibrated_probability_and_thresholds_it(tmp_path):
+    model = model_lib.build_model("mobilenet_025", 32, "random")
+    platt = calibration.Platt(a=0.3, b=-2.0)
+    export.export(model, str(tmp_path), 32, threshold=0.12, platt=platt)
+    rng = np.random.default_rng(1)
+    pngs = [files.encode_png(rng.integers(0, 255, (48, 48), dtype=np.uint8)) for _ in range(4)]
+    examples = [tf.train.Example(features=tf.train.Features(feature={F.IMAGE: tf.train.Feature(
+        bytes_list=tf.train.BytesList(value=[png]))})).SerializeToString() for png in pngs]
+    loaded = tf.saved_model.load(str(tmp_path))
+    served = loaded.signatures[F.SERVING_EXAMPLES](examples=tf.constant(examples))
+    images = tf.stack([export.decode.preprocess(png, 32) for png in pngs])
+    logits = export.logit_function(model)(images).numpy()
+    np.testing.assert_allclose(_sigmoid(logits), model(images).numpy().ravel(), rtol=1e-5)
+    np.testing.assert_allclose(served[F.PROBABILITY].numpy(), platt(logits), rtol=1e-5)
+    np.testing.assert_array_equal(served[F.PREDICTED_LABEL].numpy(), platt(logits) >= 0.12)
+    raw = loaded.signatures[F.SERVING_DEFAULT](**{F.IMAGE_BYTES: tf.constant(pngs)})
+    np.testing.assert_allclose(raw[F.PROBABILITY].numpy(), platt(logits), rtol=1e-4)
