@@ -169,6 +169,7 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
         "training": training and {k: training.get(k) for k in (
             "config", "train_examples", "steps_per_epoch", "epochs_run")},
         "data": data_summary(examples_uri),
+        "calibration": metadata.get("calibration"),
         "operating_point": {
             "threshold": metadata.get("operating_threshold"),
             "chosen_on": "validation split",
@@ -231,6 +232,19 @@ def render_markdown(card: dict) -> str:
               if point["threshold"] is not None else "Threshold unknown.", ""]
     for name, row in sorted(point["per_site"].items()):
         lines.append(f"- {name}: " + ", ".join(f"{m} {_figure(v)}" for m, v in row.items()))
+    calibrated = card.get("calibration")
+    lines += ["", "## Calibration", ""]
+    if calibrated:
+        before, after = calibrated["validation_before"], calibrated["validation_after"]
+        lines += [f"Served probabilities are Platt-scaled: sigmoid({calibrated['a']:.4f} x logit "
+                  f"{calibrated['b']:+.4f}), fitted on the {calibrated['fitted_on']} split. "
+                  f"Validation ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier "
+                  f"{before['brier']:.4f} -> {after['brier']:.4f} (n={after['n']}). Per site "
+                  "slice: `brier_score` and `calibration` (mean probability / observed "
+                  "frequency) in the table below; reliability diagrams in the model comparison."]
+    else:
+        lines += ["Not calibrated: this export predates Platt scaling; probabilities are the "
+                  "network's own."]
     data = card["data"]
     lines += ["", "## Data", "",
               f"Sites: {', '.join(data['sites'])}. {data['examples']} examples; fingerprint "

@@ -63,3 +63,16 @@ def test_the_export_serves_the_calibrated_probability_and_thresholds_it(tmp_path
     np.testing.assert_array_equal(served[F.PREDICTED_LABEL].numpy(), platt(logits) >= 0.12)
     raw = loaded.signatures[F.SERVING_DEFAULT](**{F.IMAGE_BYTES: tf.constant(pngs)})
     np.testing.assert_allclose(raw[F.PROBABILITY].numpy(), platt(logits), rtol=1e-4)
+
+
+def test_the_comparison_reports_calibration_per_group():
+    from cardio.evaluation import comparison
+
+    rng = np.random.default_rng(2)
+    scores = rng.random(200)
+    labels = (rng.random(200) < scores).astype(int)
+    summary = comparison.group_summary(labels, scores, threshold=0.5, prevalence=0.17)
+    assert summary["calibration"]["ece"] == pytest.approx(
+        metrics.expected_calibration_error(labels, scores))
+    assert summary["calibration"]["brier"] == pytest.approx(np.mean((scores - labels) ** 2))
+    assert sum(r["n"] for r in summary["calibration"]["reliability"]) == 200
