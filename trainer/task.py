@@ -38,6 +38,7 @@ class TrainingConfig:
     lr_factor: float = 0.5                # ReduceLROnPlateau on validation loss
     lr_patience: int = 5
     augment_positives: bool = True        # the study's augmentation, cardiomegaly images only
+    positive_copies: int = 1              # augmented copies added per cardiomegaly image and epoch
     mixed_precision: bool = True          # float16 compute on GPUs
     steps_per_epoch: int | None = None    # None: one pass over the training split
     target_sensitivity: float = 0.9
@@ -62,6 +63,13 @@ class TrainingConfig:
 def count_examples(file_patterns) -> int:
     ds = tf.data.TFRecordDataset(data.list_files(file_patterns), compression_type="GZIP")
     return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+
+
+def count_positives(file_patterns) -> int:
+    ds = tf.data.TFRecordDataset(data.list_files(file_patterns), compression_type="GZIP").map(
+        lambda raw: tf.io.parse_single_example(raw, {data.F.LABEL: data.FEATURE_SPEC[data.F.LABEL]})
+        [data.F.LABEL])
+    return int(ds.reduce(np.int64(0), lambda n, label: n + label))
 
 
 def predict(model, file_patterns, config: TrainingConfig):
@@ -110,11 +118,15 @@ def train_and_export(fn_args):
                       metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)])
 
     n_train = count_examples(fn_args.train_files)
-    steps_per_epoch = config.steps_per_epoch or math.ceil(n_train / config.batch_size)
+    # An epoch is one pass over the training split plus the positives' augmented copies.
+    copies = (config.positive_copies * count_positives(fn_args.train_files)
+              if config.augment_positives else 0)
+    steps_per_epoch = config.steps_per_epoch or math.ceil((n_train + copies) / config.batch_size)
     # The global batch is split across replicas, so each step sees `batch_size` images in all.
     train_ds = data.make_dataset(fn_args.train_files, config.batch_size, config.image_size,
                                  training=True, deterministic=config.deterministic, seed=config.seed,
                                  augment_positives=config.augment_positives,
+                                 positive_copies=config.positive_copies,
                                  workers=distribution.cluster_workers())
     # Split across replicas, a short last batch can leave a replica an empty batch, which some
     # CPU kernels reject; validation loss (for the LR schedule) does without it. The operating
