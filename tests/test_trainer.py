@@ -13,6 +13,30 @@ def test_missing_weights_is_a_clear_error(tmp_path):
         model_lib.resolve_weights("densenet121", 224, str(tmp_path))
 
 
+def test_keras_cache_and_imagenet_as_users_expect_them(tmp_path, monkeypatch):
+    """~/.keras/models is looked up; `imagenet` downloads when not cached, and offline the error
+    names the file and where to put it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cache = tmp_path / ".keras" / "models"
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    from tf_keras.src.applications import mobilenet
+    monkeypatch.setattr(mobilenet.data_utils, "get_file", offline)
+    assert model_lib.resolve_weights("mobilenet_025", 128, "imagenet") == "imagenet"
+    with pytest.raises(model_lib.WeightsNotFound) as error:
+        model_lib.build_model("mobilenet_025", 128, "imagenet")
+    assert "mobilenet_2_5_224_tf_no_top.h5" in str(error.value)
+    assert str(cache) in str(error.value) and "random" in str(error.value)
+
+    cache.mkdir(parents=True)
+    (cache / "mobilenet_2_5_224_tf_no_top.h5").write_bytes(b"")
+    for weights in (None, "imagenet"):
+        assert model_lib.resolve_weights("mobilenet_025", 128, weights) == str(
+            cache / "mobilenet_2_5_224_tf_no_top.h5")
+
+
 def test_random_initialisation_only_when_asked():
     assert model_lib.resolve_weights("xception", 224, "random") is None
 
