@@ -1,12 +1,9 @@
 """Platt scaling fitted on validation and baked into the export; ECE, Brier and reliability."""
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from cardio import features as F
 from cardio.evaluation import calibration as metrics
-from cardio.imaging import files
-from cardio.trainer import calibration, export, model as model_lib
+from cardio.trainer import calibration
 
 
 def _sigmoid(z):
@@ -44,25 +41,6 @@ def test_ece_is_the_bin_weighted_gap():
     probabilities = np.array([0.05, 0.05, 0.95, 0.55])   # bins 0, 9 and 5
     expected = (2 * 0.05 + 1 * 0.05 + 1 * 0.45) / 4
     assert metrics.expected_calibration_error(labels, probabilities) == pytest.approx(expected)
-
-
-def test_the_export_serves_the_calibrated_probability_and_thresholds_it(tmp_path):
-    model = model_lib.build_model("mobilenet_025", 32, "random")
-    platt = calibration.Platt(a=0.3, b=-2.0)
-    export.export(model, str(tmp_path), 32, threshold=0.12, platt=platt)
-    rng = np.random.default_rng(1)
-    pngs = [files.encode_png(rng.integers(0, 255, (48, 48), dtype=np.uint8)) for _ in range(4)]
-    examples = [tf.train.Example(features=tf.train.Features(feature={F.IMAGE: tf.train.Feature(
-        bytes_list=tf.train.BytesList(value=[png]))})).SerializeToString() for png in pngs]
-    loaded = tf.saved_model.load(str(tmp_path))
-    served = loaded.signatures[F.SERVING_EXAMPLES](examples=tf.constant(examples))
-    images = tf.stack([export.decode.preprocess(png, 32) for png in pngs])
-    logits = export.logit_function(model)(images).numpy()
-    np.testing.assert_allclose(_sigmoid(logits), model(images).numpy().ravel(), rtol=1e-5)
-    np.testing.assert_allclose(served[F.PROBABILITY].numpy(), platt(logits), rtol=1e-5)
-    np.testing.assert_array_equal(served[F.PREDICTED_LABEL].numpy(), platt(logits) >= 0.12)
-    raw = loaded.signatures[F.SERVING_DEFAULT](**{F.IMAGE_BYTES: tf.constant(pngs)})
-    np.testing.assert_allclose(raw[F.PROBABILITY].numpy(), platt(logits), rtol=1e-4)
 
 
 def test_the_comparison_reports_calibration_per_group():
