@@ -303,12 +303,12 @@ def pipeline():
 @click.option("--data-root", default="gs://YOUR_BUCKET/cardio/data", show_default=True,
               help="Default of the data_root runtime parameter.")
 @click.option("--serving-root", default="gs://YOUR_BUCKET/cardio/serving", show_default=True)
-@click.option("--segmenter-uri", default=None,
+@click.option("--segmenter-uri", default="gs://YOUR_BUCKET/cardio/unet", show_default=True,
               help="Directory holding unet_lungs.weights.h5 (upload src/cardio/imaging/assets/ "
-                   "there; default gs://YOUR_BUCKET/cardio/unet, or the --config file's).")
-@click.option("--weights", default=None,
-              help="ImageNet weights directory inside the image, or 'random' (default "
-                   "/opt/cardio/weights, or the --config file's).")
+                   "there); with --config, the file's unless given.")
+@click.option("--weights", default="/opt/cardio/weights", show_default=True,
+              help="ImageNet weights directory inside the image, or 'random'; with --config, "
+                   "the file's unless given.")
 @click.option("--beam-runner", type=click.Choice(["in-pod", "portable", "dataflow"]),
               default="in-pod", show_default=True)
 @click.option("--beam-job-endpoint", default=None, help="HOST:PORT of the Beam job server "
@@ -328,17 +328,17 @@ def compile_(output, profile, config_file, image_repository, image_tag, pipeline
     from cardio.pipeline import kubeflow_runner
 
     config = None
-    if config_file:
+    if config_file:   # the file's values, except options given on the command line
         run_config = _load_config(config_file)
         config = run_config.config
-        given = click.get_current_context().get_parameter_source
-        if given("data_root") == click.core.ParameterSource.DEFAULT and run_config.data_root:
+        source = click.get_current_context().get_parameter_source
+        default = click.core.ParameterSource.DEFAULT
+        if source("data_root") == default and run_config.data_root:
             data_root = run_config.data_root
-        if given("serving_root") == click.core.ParameterSource.DEFAULT and run_config.serving_root:
+        if source("serving_root") == default and run_config.serving_root:
             serving_root = run_config.serving_root
-    else:
-        segmenter_uri = segmenter_uri or "gs://YOUR_BUCKET/cardio/unet"
-        weights = weights or kubeflow_runner.IMAGE_WEIGHTS_DIR
+        segmenter_uri = None if source("segmenter_uri") == default else segmenter_uri
+        weights = None if source("weights") == default else weights
     try:
         summary = kubeflow_runner.compile_profile(
             profile, os.path.abspath(output), data_root=data_root, pipeline_root=pipeline_root,
