@@ -43,8 +43,15 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     serving_root = os.path.join(workdir, "serving")
 
     from cardio.components import evaluator
+    if weights in (None, "random"):
+        # First, and loud: a model from random initialisation is a different demo.
+        echo("NO IMAGENET WEIGHTS: the models train from random initialisation (--random-init, "
+             "or no weights in --weights, $CARDIO_WEIGHTS, ../shared/weights or ~/.keras/models; "
+             "put mobilenet_2_5_224_tf_no_top.h5 in one of them). Expect lower AUCs; the demo "
+             "gate may reject the models, and then nothing is pushed or served.")
+    else:
+        echo(f"ImageNet weights: {weights}")
     echo(evaluator.describe_gate(config.gate, config.external_site))
-    echo(f"ImageNet weights: {weights or 'none found: random initialisation'}")
     if not os.path.exists(os.path.join(data_root, "span-1", "summary.json")):
         with progress_factory(n, "synthesising radiographs") as bar:
             counts = make_data(data_root, n, seed, size, config, bar.update)
