@@ -24,7 +24,11 @@ def default_weights() -> str | None:
                       os.path.join(os.path.dirname(REPO_ROOT), "shared", "weights")):
         if candidate and os.path.exists(candidate):
             return candidate
-    return None
+    from cardio.trainer import model
+    try:   # Keras's own cache, ~/.keras/models
+        return model.resolve_weights("mobilenet_025", 128, None)
+    except model.WeightsNotFound:
+        return None
 
 
 def make_data(data_root: str, n: int, seed: int, size: int | None, config, progress) -> dict:
