@@ -14,7 +14,8 @@ from cardio.data import convert
 from cardio.pipeline import configs, local_runner, outputs, report
 from cardio.serving import demo as serving_demo
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# realpath: src/cardio/pipeline is a link to the checkout's pipeline/ folder.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
 def default_weights() -> str | None:
