@@ -46,9 +46,11 @@ AUC_THRESHOLDS = 10_000
 CALIBRATION_BINS = 20
 
 
-def describe_gate(gate: GateProfile) -> str:
+def describe_gate(gate: GateProfile, external_site: str | None = "configured") -> str:
     """One line a reviewer reads before the results: what a model must reach to be pushed."""
-    return (f"Gate profile '{gate.name}': external-site AUC >= {gate.external_auc_min}, "
+    external = (f"external-site AUC >= {gate.external_auc_min}" if external_site else
+                "NO EXTERNAL SITE configured: internal criteria only")
+    return (f"Gate profile '{gate.name}': {external}, "
             f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} at "
             f"the operating threshold, AUC no more than {gate.auc_regression_tolerance} below the "
             f"cell's last blessed model (point estimates per site slice; {S.BOOTSTRAP_CI}, "
@@ -81,7 +83,8 @@ def eval_config(config, confidence_intervals: bool = True) -> tfma.EvalConfig:
     (several times the cost); the gate, which compares point estimates, decides the same."""
     gate = config.gate
     auc_floors = {site: gate.internal_auc_min for site in config.internal_sites}
-    auc_floors[config.external_site] = gate.external_auc_min
+    if config.external_site:   # without one, the internal criteria alone decide
+        auc_floors[config.external_site] = gate.external_auc_min
     auc_gates = [_per_site(site, _floor(floor, gate.auc_regression_tolerance))
                  for site, floor in auc_floors.items()]
     sensitivity_gates = [_per_site(site, _floor(gate.sensitivity_min)) for site in config.sites]
@@ -153,7 +156,7 @@ def create(examples, model, baseline_model, config, cell_name: str,
     return CellEvaluator(
         examples=examples, model=model, baseline_model=baseline_model,
         eval_config=eval_config(config, confidence_intervals),
-        example_splits=EVAL_SPLITS).with_id(f"Evaluator.{cell_name}")
+        example_splits=config.eval_splits).with_id(f"Evaluator.{cell_name}")
 
 
 # --- reading results -------------------------------------------------------------------------

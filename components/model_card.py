@@ -169,6 +169,7 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
         "training": training and {k: training.get(k) for k in (
             "config", "train_examples", "steps_per_epoch", "epochs_run")},
         "data": data_summary(examples_uri),
+        "calibration": metadata.get("calibration"),
         "operating_point": {
             "threshold": metadata.get("operating_threshold"),
             "chosen_on": "validation split",
@@ -231,6 +232,19 @@ def render_markdown(card: dict) -> str:
               if point["threshold"] is not None else "Threshold unknown.", ""]
     for name, row in sorted(point["per_site"].items()):
         lines.append(f"- {name}: " + ", ".join(f"{m} {_figure(v)}" for m, v in row.items()))
+    calibrated = card.get("calibration")
+    lines += ["", "## Calibration", ""]
+    if calibrated:
+        before, after = calibrated["validation_before"], calibrated["validation_after"]
+        lines += [f"Served probabilities are Platt-scaled: sigmoid({calibrated['a']:.4f} x logit "
+                  f"{calibrated['b']:+.4f}), fitted on the {calibrated['fitted_on']} split. "
+                  f"Validation ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier "
+                  f"{before['brier']:.4f} -> {after['brier']:.4f} (n={after['n']}). Per site "
+                  "slice: `brier_score` and `calibration` (mean probability / observed "
+                  "frequency) in the table below; reliability diagrams in the model comparison."]
+    else:
+        lines += ["Not calibrated: this export predates Platt scaling; probabilities are the "
+                  "network's own."]
     data = card["data"]
     lines += ["", "## Data", "",
               f"Sites: {', '.join(data['sites'])}. {data['examples']} examples; fingerprint "
@@ -241,8 +255,11 @@ def render_markdown(card: dict) -> str:
             lines.append(f"| {split} | {site} | {n.get('normal', 0)} | {n.get('cardiomegaly', 0)} |")
     evaluation = card["evaluation"]
     gate = evaluation["gate"]
+    external = (f"external-site AUC >= {gate['external_auc_min']}"
+                if gate.get("external_site", True) else
+                "no external site configured: internal criteria only")
     lines += ["", "## Evaluation", "",
-              f"Gate profile `{gate['name']}`: external-site AUC >= {gate['external_auc_min']}, "
+              f"Gate profile `{gate['name']}`: {external}, "
               f"internal AUC >= {gate['internal_auc_min']}, sensitivity >= {gate['sensitivity_min']}, "
               f"AUC drop vs the cell's last blessed model <= {gate['auc_regression_tolerance']}; "
               f"{evaluation['compares']}.", ""]
@@ -313,4 +330,5 @@ def create(trainer, evaluator, pusher, examples, config, cell_name: str):
         model=trainer.outputs["model"], model_run=trainer.outputs["model_run"],
         evaluation=evaluator.outputs["evaluation"], blessing=evaluator.outputs["blessing"],
         pushed_model=pusher.outputs["pushed_model"], examples=examples, grid_cell=cell_name,
-        gate=json.dumps(dataclasses.asdict(config.gate))).with_id(f"ModelCard.{cell_name}")
+        gate=json.dumps({**dataclasses.asdict(config.gate),
+                         "external_site": config.external_site})).with_id(f"ModelCard.{cell_name}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from cardio import features as F
 from cardio.components.gate import GATE_PROFILES, GateProfile  # noqa: F401  (part of the configuration's API)
 from cardio.imaging import SHIPPED_UNET_DIR, UNET_WEIGHTS_FILE
 from cardio.serving.config import BatchingConfig
@@ -37,7 +38,10 @@ class PipelineConfig:
     grid: tuple = tuple(GridCell(b, w) for b in STUDY_BACKBONES for w in STUDY_WEIGHTINGS)
     spans: tuple | None = None             # (first, last) span to read; None: the newest
     internal_sites: tuple = ("site-a",)
-    external_site: str = "site-b"
+    # None: no external site; the gate then judges the internal test slices only, and says so.
+    external_site: str | None = "site-b"
+    # Projections a span may hold (the study: PA only); a span with another view is refused.
+    views: tuple = ("PA",)
     gate: GateProfile = GATE_PROFILES["study"]
     image_size: int = 224
     weights: str | None = None             # ImageNet weights file or cache directory
@@ -47,6 +51,9 @@ class PipelineConfig:
     lr_factor: float = 0.5                 # ReduceLROnPlateau on validation loss
     lr_patience: int = 5
     augment_positives: bool = True         # rotation, shift, shear, scale, flip; cardiomegaly only
+    # Augmented copies added per cardiomegaly image and epoch (kept beside the original). The
+    # study gives no factor; 1 doubles the positives, e.g. 81 -> 162 of 3,460 NIH training images.
+    positive_copies: int = 1
     mixed_precision: bool = True           # float16 compute when training on GPUs
     steps_per_epoch: int | None = None     # None: one pass over the training split per epoch
     target_sensitivity: float = 0.9
@@ -73,7 +80,34 @@ class PipelineConfig:
 
     @property
     def sites(self) -> tuple:
-        return tuple(self.internal_sites) + (self.external_site,)
+        return tuple(self.internal_sites) + ((self.external_site,) if self.external_site else ())
+
+    @property
+    def splits(self) -> tuple:
+        """The splits a span has: no `external` split without an external site."""
+        return tuple(s for s in F.SPLITS if self.external_site or s != F.EXTERNAL)
+
+    @property
+    def eval_splits(self) -> list:
+        """The splits the Evaluator scores per slice: internal test, and the external site's."""
+        return [s for s in (F.TEST, F.EXTERNAL) if s in self.splits]
+
+    def validate(self) -> None:
+        """Raises ValueError naming the field when the values contradict each other."""
+        if not self.internal_sites:
+            raise ValueError("internal_sites: at least one internal site is required")
+        if self.external_site in self.internal_sites:
+            raise ValueError(f"external_site: {self.external_site!r} is also an internal site")
+        if not self.grid:
+            raise ValueError("grid: at least one (backbone, weighting) cell is required")
+        if self.spans is not None and (len(self.spans) != 2 or self.spans[0] > self.spans[1]):
+            raise ValueError(f"spans: expected [first, last] with first <= last, got {list(self.spans)}")
+        for name in ("target_sensitivity", "deployment_prevalence"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name}: must lie strictly between 0 and 1")
+        for name in ("image_size", "crop_size", "epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1")
 
     def trainer_custom_config(self, cell: GridCell) -> dict:
         return {"backbone": cell.backbone, "weighting": cell.weighting,
@@ -81,6 +115,7 @@ class PipelineConfig:
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "lr_factor": self.lr_factor, "lr_patience": self.lr_patience,
                 "augment_positives": self.augment_positives,
+                "positive_copies": self.positive_copies,
                 "mixed_precision": self.mixed_precision, "steps_per_epoch": self.steps_per_epoch,
                 "target_sensitivity": self.target_sensitivity, "seed": self.seed,
                 "deterministic": self.deterministic, "crop_size": self.crop_size,

@@ -14,7 +14,8 @@ from cardio.data import convert
 from cardio.pipeline import configs, local_runner, outputs, report
 from cardio.serving import demo as serving_demo
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# realpath: src/cardio/pipeline is a link to the checkout's pipeline/ folder.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 
 
 def default_weights() -> str | None:
@@ -24,7 +25,11 @@ def default_weights() -> str | None:
                       os.path.join(os.path.dirname(REPO_ROOT), "shared", "weights")):
         if candidate and os.path.exists(candidate):
             return candidate
-    return None
+    from cardio.trainer import model
+    try:   # Keras's own cache, ~/.keras/models
+        return model.resolve_weights("mobilenet_025", 128, None)
+    except model.WeightsNotFound:
+        return None
 
 
 def make_data(data_root: str, n: int, seed: int, size: int | None, config, progress) -> dict:
@@ -43,8 +48,15 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     serving_root = os.path.join(workdir, "serving")
 
     from cardio.components import evaluator
-    echo(evaluator.describe_gate(config.gate))
-    echo(f"ImageNet weights: {weights or 'none found: random initialisation'}")
+    if weights in (None, "random"):
+        # First, and loud: a model from random initialisation is a different demo.
+        echo("NO IMAGENET WEIGHTS: the models train from random initialisation (--random-init, "
+             "or no weights in --weights, $CARDIO_WEIGHTS, ../shared/weights or ~/.keras/models; "
+             "put mobilenet_2_5_224_tf_no_top.h5 in one of them). Expect lower AUCs; the demo "
+             "gate may reject the models, and then nothing is pushed or served.")
+    else:
+        echo(f"ImageNet weights: {weights}")
+    echo(evaluator.describe_gate(config.gate, config.external_site))
     if not os.path.exists(os.path.join(data_root, "span-1", "summary.json")):
         with progress_factory(n, "synthesising radiographs") as bar:
             counts = make_data(data_root, n, seed, size, config, bar.update)
@@ -53,6 +65,13 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
         counts = report.read_counts(data_root)
     echo(report.format_counts(counts))
 
+    return run_and_report(config, data_root, pipeline_root, serving_root, echo, started)
+
+
+def run_and_report(config, data_root: str, pipeline_root: str, serving_root: str,
+                   echo: Callable[[str], None], started: float) -> dict:
+    """Runs the pipeline locally, then reports what a reviewer reads: crop QC, every cell's
+    evaluation per slice and push, the comparison and the served models' answers."""
     echo(f"Running the pipeline (LocalDagRunner, Beam FnApiRunner); root {pipeline_root}")
     local_runner.run(config, data_root, pipeline_root, serving_root)
 
@@ -64,7 +83,8 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
              f"raw {figures['site_auc_raw']:.3f}, cropped {figures['site_auc_cropped']:.3f}; "
              f"t-SNE: {figures['plot']}")
         summary["site_auc"] = {"raw": figures["site_auc_raw"], "cropped": figures["site_auc_cropped"]}
-        qc = report.crop_qc_counts(store, config)
+    qc = report.crop_qc_counts(store, config)
+    if qc:
         flagged = sum(c.get("flagged", 0) for c in qc.values())
         echo(f"Crop QC: {flagged} of {sum(c.get('images', 0) for c in qc.values())} radiographs "
              f"flagged and centre-cropped instead; per split: {qc}")
@@ -81,3 +101,15 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     # The main job ends in serving: the pushed models answer over TF Serving's gRPC API.
     summary["serving"] = serving_demo.serve_and_predict(serving_root, data_root, echo)
     return summary
+
+
+def machine_summary(summary: dict) -> dict:
+    """The one-line JSON summary both `cardio demo` and `cardio pipeline run` end with."""
+    return {
+        "seconds": summary["seconds"], "site_auc": summary.get("site_auc"),
+        "crop_qc": summary.get("crop_qc"), "serving": summary.get("serving"),
+        "comparison": summary.get("comparison"),
+        "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"],
+                       "gate_failures": v.get("gate_failures", []),
+                       "model_card": v.get("model_card")}
+                   for k, v in summary["models"].items()}}

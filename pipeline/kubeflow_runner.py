@@ -278,11 +278,16 @@ def compile_profile(profile: str, output_file: str, data_root: str, pipeline_roo
                     tag: str = DEFAULT_TAG, weights: str = IMAGE_WEIGHTS_DIR,
                     beam_runner: str = "in-pod", beam_job_endpoint: str | None = None,
                     beam_extra: tuple = (), training: str = "in-pod", trainer_gpus: int = 1,
-                    tfjob_workers: int = 2, gpu_type: str = Resources.gpu_type) -> dict:
-    """`cardio pipeline compile`: one profile to a PipelineJob JSON and a PipelineSpec YAML."""
+                    tfjob_workers: int = 2, gpu_type: str = Resources.gpu_type,
+                    config: PipelineConfig | None = None) -> dict:
+    """`cardio pipeline compile`: one profile (or a configuration file's `config`) to a
+    PipelineJob JSON and a PipelineSpec YAML. `segmenter_uri` and `weights` override the
+    configuration's when given."""
     cpu_image, gpu_image = images(repository, tag)
-    config = dataclasses.replace(profile_config(profile), segmenter_uri=segmenter_uri,
-                                 weights=weights)
+    config = config or profile_config(profile)
+    config = dataclasses.replace(
+        config, segmenter_uri=config.segmenter_uri if segmenter_uri is None else segmenter_uri,
+        weights=config.weights if weights is None else weights)
     resources = Resources(trainer_gpus=trainer_gpus, gpu_type=gpu_type)
     beam_args = beam_pipeline_args(beam_runner, cpu_image, beam_job_endpoint, tuple(beam_extra),
                                    workers=resources.beam_workers)

@@ -1,7 +1,10 @@
 """Runs the pipeline on this machine: LocalDagRunner, SQLite MLMD, Beam's in-process FnApiRunner."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import time
 
 from tfx import v1 as tfx
 
@@ -22,4 +25,37 @@ def run(config: PipelineConfig, data_root: str, pipeline_root: str, serving_root
         schema_file=schema_file,
         metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
             metadata_path(pipeline_root)))
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    with component_progress(len(pipeline.components)):
+        tfx.orchestration.LocalDagRunner().run(pipeline)
+
+
+@contextlib.contextmanager
+def component_progress(total: int):
+    """Progress on stderr: LocalDagRunner's 'Component X is running/finished' lines (absl INFO),
+    numbered and timed, and nothing else of its INFO chatter."""
+    started, done = time.time(), [0]
+
+    def keep(record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return True
+        if record.msg in ("Component %s is running.", "Component %s is finished."):
+            finished = record.msg.endswith("finished.")
+            done[0] += finished
+            record.msg = (f"[{done[0]}/{total} done, {time.time() - started:.0f} s] "
+                          f"{record.args[0]} {'finished' if finished else 'running'}")
+            record.args = ()
+            return True
+        return False
+
+    logger = logging.getLogger("absl")
+    level = logger.level
+    handlers = logger.handlers or logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(keep)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        for handler in handlers:
+            handler.removeFilter(keep)

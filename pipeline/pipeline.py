@@ -23,11 +23,11 @@ from cardio.components.lung_crop import LungCrop
 from cardio.pipeline.configs import PipelineConfig
 
 
-def example_gen_input_config():
+def example_gen_input_config(splits=F.SPLITS):
     """One split per directory of the newest `span-{SPAN}` (see cardio/data/convert.py)."""
     return tfx.proto.Input(splits=[
         tfx.proto.Input.Split(name=split, pattern=f"span-{{SPAN}}/{split}/*")
-        for split in F.SPLITS])
+        for split in splits])
 
 
 def span_range_config(spans):
@@ -44,7 +44,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                     metadata_connection_config=None) -> tfx.dsl.Pipeline:
     # Radiograph TFRecords of the newest span (or the configured span range), split by directory.
     example_gen = tfx.components.ImportExampleGen(
-        input_base=data_root, input_config=example_gen_input_config(),
+        input_base=data_root, input_config=example_gen_input_config(config.splits),
         range_config=span_range_config(config.spans))
     # The curated schema (schemas/, with the deployment's sites), not one inferred from the span.
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
@@ -78,11 +78,12 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                              output_size=config.crop_size)
         lung_crop.add_upstream_node(anomaly_gate)
         lung_crop.add_upstream_node(drift_gate)
-        # t-SNE by site before and after cropping, and how separable the sites are (AUC).
-        crop_report = CropReport(raw_examples=examples,
-                                 cropped_examples=lung_crop.outputs["cropped_examples"])
+        components += [segmenter, lung_crop]
+        if len(config.sites) > 1:
+            # t-SNE by site before and after cropping, and how separable the sites are (AUC).
+            components.append(CropReport(raw_examples=examples,
+                                         cropped_examples=lung_crop.outputs["cropped_examples"]))
         examples = lung_crop.outputs["cropped_examples"]
-        components += [segmenter, lung_crop, crop_report]
 
     trained = {}   # every cell's model, training run, blessing and push, for the comparison
     for cell in config.grid:

@@ -13,6 +13,30 @@ def test_missing_weights_is_a_clear_error(tmp_path):
         model_lib.resolve_weights("densenet121", 224, str(tmp_path))
 
 
+def test_keras_cache_and_imagenet_as_users_expect_them(tmp_path, monkeypatch):
+    """~/.keras/models is looked up; `imagenet` downloads when not cached, and offline the error
+    names the file and where to put it."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cache = tmp_path / ".keras" / "models"
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    from tf_keras.src.applications import mobilenet
+    monkeypatch.setattr(mobilenet.data_utils, "get_file", offline)
+    assert model_lib.resolve_weights("mobilenet_025", 128, "imagenet") == "imagenet"
+    with pytest.raises(model_lib.WeightsNotFound) as error:
+        model_lib.build_model("mobilenet_025", 128, "imagenet")
+    assert "mobilenet_2_5_224_tf_no_top.h5" in str(error.value)
+    assert str(cache) in str(error.value) and "random" in str(error.value)
+
+    cache.mkdir(parents=True)
+    (cache / "mobilenet_2_5_224_tf_no_top.h5").write_bytes(b"")
+    for weights in (None, "imagenet"):
+        assert model_lib.resolve_weights("mobilenet_025", 128, weights) == str(
+            cache / "mobilenet_2_5_224_tf_no_top.h5")
+
+
 def test_random_initialisation_only_when_asked():
     assert model_lib.resolve_weights("xception", 224, "random") is None
 
@@ -73,8 +97,25 @@ def test_input_pipeline_augments_only_positives_and_is_deterministic(tiny_span):
     positives = [x for x, y in zip(x1, y1) if y == 1]
     assert positives and negatives
     assert all(x.numpy().tobytes() in originals for x in negatives)
-    assert not any(x.numpy().tobytes() in originals for x in positives)
+    # Each cardiomegaly image is kept, and one augmented copy of it is added.
+    kept = [x for x in positives if x.numpy().tobytes() in originals]
+    assert len(kept) == int(sum(y0)) and len(positives) == 2 * len(kept)
     assert x1.shape[1:] == (64, 64, 3) and float(tf.reduce_max(x1)) <= 255.0
+
+
+@pytest.mark.parametrize("copies", [0, 3])
+def test_augmented_copies_change_the_class_ratio_per_epoch(tiny_span, copies):
+    """The study's augmentation adds cardiomegaly copies: one epoch holds every original image
+    and `copies` augmented copies of each positive, so the class ratio moves towards balance."""
+    pattern = str(tiny_span / "span-1" / "*" / "*.tfrecord.gz")
+    _, y0 = next(iter(data.make_dataset(pattern, 256, 32, training=False)))
+    epoch = data.make_dataset(pattern, 256, 32, training=True, repeat=False, seed=1,
+                              positive_copies=copies, augment_positives=True)
+    labels = np.concatenate([y.numpy() for _, y in epoch])
+    positives, negatives = int(y0.numpy().sum()), int((y0.numpy() == 0).sum())
+    assert positives and negatives
+    assert (int(labels.sum()), int((labels == 0).sum())) == ((1 + copies) * positives, negatives)
+    assert task.count_positives(pattern) == positives
 
 
 def test_every_pipeline_setting_reaches_the_trainer():

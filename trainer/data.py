@@ -1,7 +1,9 @@
 """tf.data input pipeline over the radiograph TFRecords.
 
 Parallel read and decode, shuffle, prefetch; augmentation runs on the CPU inside the pipeline and
-only on cardiomegaly images (the study's way of reducing the class imbalance).
+only on cardiomegaly images: each one is kept and `positive_copies` augmented copies of it are
+added, every epoch (the study augmented cardiomegaly images "to reduce the training set
+imbalance", which only adding copies does).
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ def random_affine(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool,
                  deterministic: bool = False, seed: int = 0, augment_positives: bool = True,
                  repeat: bool | None = None, drop_remainder: bool = False,
-                 workers: int = 1) -> tf.data.Dataset:
+                 workers: int = 1, positive_copies: int = 1) -> tf.data.Dataset:
     """Yields (images [N, size, size, 3] in 0-255, labels [N] float32).
 
     `workers`: training processes sharing the data (MultiWorkerMirroredStrategy). Each reads its
@@ -65,18 +67,25 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
     if repeat if repeat is not None else training:
         ds = ds.repeat()
 
-    def parse(serialized):
+    def parse_and_decode(serialized):
         parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
         return decode.preprocess(parsed[F.IMAGE], image_size), tf.cast(parsed[F.LABEL], tf.float32)
 
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not training)
-    if training and augment_positives:
-        # Stateless seeds from a counter keep a deterministic run reproducible.
-        ds = ds.enumerate().map(
-            lambda i, xy: (tf.cond(xy[1] > 0.5,
-                                   lambda: random_affine(xy[0], tf.stack([tf.cast(seed, tf.int64), i])),
-                                   lambda: xy[0]), xy[1]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    ds = ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not training)
+    if training and augment_positives and positive_copies > 0:
+        # Every cardiomegaly image is followed by its augmented copies. Stateless seeds from a
+        # counter keep a deterministic run reproducible.
+        def with_copies(i, image, label):
+            copies = tf.where(label > 0.5, positive_copies, 0)
+            return tf.data.Dataset.range(tf.cast(copies, tf.int64) + 1).map(
+                lambda j: (tf.cond(j > 0, lambda: random_affine(
+                    image, tf.stack([tf.cast(seed, tf.int64), i * (positive_copies + 1) + j])),
+                    lambda: image), label))
+
+        ds = ds.enumerate().interleave(lambda i, xy: with_copies(i, *xy), cycle_length=1,
+                                       deterministic=True)
+        # Spread an image's copies over several batches (a small buffer: decoded images).
+        ds = ds.shuffle(64, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     options = tf.data.Options()
     options.deterministic = deterministic

@@ -11,11 +11,14 @@ Signatures:
                     in assets.extra/tf_serving_warmup_requests.
   explain           serving_default's input and outputs plus Grad-CAM and guided-backprop maps
                     and the crop the classifier saw (cardio.imaging.saliency; `cardio explain` reads it).
-The operating threshold chosen on validation is baked in, so the blessed model is the served one.
+The Platt scaling fitted on validation (trainer/calibration.py) and the operating threshold chosen
+on the calibrated probability are baked in, so the blessed model is the served one: every signature
+returns the calibrated probability.
 """
 from __future__ import annotations
 
 import tensorflow as tf
+import tf_keras as keras
 
 from cardio import features as F
 from cardio.imaging import crop, decode
@@ -24,18 +27,28 @@ from cardio.trainer import signatures
 
 class CardioServingModule(tf.Module):
     def __init__(self, model, image_size: int, threshold: float, unet=None, crop_size: int = 0,
-                 max_pixels: int = decode.MAX_SERVING_PIXELS):
+                 max_pixels: int = decode.MAX_SERVING_PIXELS, platt=None):
         super().__init__(name="cardio")
         self.max_pixels = max_pixels   # images whose header declares more are refused undecoded
         self.model = model
+        self.logit = logit_function(model)
+        # Platt scaling fitted on validation (trainer/calibration.py): served probabilities are
+        # calibrated, and the threshold applies to them.
+        self.platt_a = tf.Variable(platt.a if platt else 1.0, trainable=False, dtype=tf.float32,
+                                   name="platt_a")
+        self.platt_b = tf.Variable(platt.b if platt else 0.0, trainable=False, dtype=tf.float32,
+                                   name="platt_b")
         self.unet = unet
         self.image_size = image_size
         self.crop_size = crop_size
         self.threshold = tf.Variable(threshold, trainable=False, dtype=tf.float32, name="threshold")
 
+    def calibrated(self, logit):
+        return tf.sigmoid(self.platt_a * logit + self.platt_b)
+
     def _classify(self, images):
-        """[N, size, size, 3] classifier inputs -> probability and label."""
-        probability = tf.reshape(self.model(images, training=False), [-1])
+        """[N, size, size, 3] classifier inputs -> calibrated probability and label."""
+        probability = self.calibrated(self.logit(images))
         return {F.PROBABILITY: probability,
                 F.PREDICTED_LABEL: tf.cast(probability >= self.threshold, tf.int64)}
 
@@ -85,9 +98,20 @@ class CardioServingModule(tf.Module):
 
 
 
+def logit_function(model):
+    """images -> [N] logits: the classifier's output Dense layer without its sigmoid."""
+    head = model.layers[-1]
+    features = keras.Model(model.inputs, head.input, name="logit_features")
+
+    def logit(images):
+        x = tf.cast(features(images, training=False), tf.float32)
+        return tf.reshape(tf.matmul(x, head.kernel) + head.bias, [-1])
+    return logit
+
+
 def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
            crop_size: int = 0, metadata: dict | None = None,
-           max_pixels: int = decode.MAX_SERVING_PIXELS):
+           max_pixels: int = decode.MAX_SERVING_PIXELS, platt=None):
     """Saves the serving SavedModel; `metadata` (the embedded U-Net's licence among it) goes to
     assets.extra/cardio_metadata.json, which travels with every copy TF Serving loads.
     `max_pixels` is baked into the signatures: an image whose header declares more pixels is
@@ -97,7 +121,8 @@ def export(model, export_dir: str, image_size: int, threshold: float, unet=None,
 
     from tf_keras.src.saving.legacy.saved_model.utils import keras_option_scope
 
-    module = CardioServingModule(model, image_size, threshold, unet, crop_size, max_pixels)
+    module = CardioServingModule(model, image_size, threshold, unet, crop_size, max_pixels,
+                                 platt)
     # Servers and TFMA call the signatures only: skip tracing every Keras layer's call function
     # for Keras's own reloading, which costs minutes on DenseNet121 and EfficientNetB2.
     with keras_option_scope(save_traces=False):

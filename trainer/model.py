@@ -1,8 +1,10 @@
 """Model factory: an ImageNet backbone with the study's 3-layer MLP head.
 
-ImageNet weights are never downloaded: they come from a local file, or from a cache directory
-holding the file under the name Keras itself uses. With neither, `WeightsNotFound` says where it
-looked; random initialisation happens only when asked for with `weights="random"`.
+ImageNet weights come from a local file, or from a cache directory holding the file under the
+name Keras itself uses (the given directory, then Keras's own cache `~/.keras/models`).
+`weights="imagenet"` looks in Keras's cache and, when the file is not there, lets Keras download it
+(where a network exists). With none of these, `WeightsNotFound` says where it looked and where to
+put the file; random initialisation happens only when asked for with `weights="random"`.
 """
 from __future__ import annotations
 
@@ -41,6 +43,11 @@ def resolve_weights(backbone: str, image_size: int, weights: str | None) -> str 
     """Returns the weights file to load, None for explicit random initialisation."""
     if weights == "random":
         return None
+    if weights == "imagenet":
+        try:
+            return resolve_weights(backbone, image_size, None)
+        except WeightsNotFound:
+            return "imagenet"   # not cached: keras.applications downloads it
     spec = BACKBONES[backbone]
     # MobileNet's files are per input size; its convolutions fit any size, so 224 is a fallback.
     names = dict.fromkeys(spec.weights_file.format(size=s) for s in (image_size, 224))
@@ -82,9 +89,21 @@ def build_model(backbone: str, image_size: int = 224, weights: str | None = None
         raise ValueError(f"unknown backbone {backbone!r}; choose from {sorted(BACKBONES)}")
     spec = BACKBONES[backbone]
     weights_path = resolve_weights(backbone, image_size, weights)
-    base = getattr(keras.applications, spec.constructor)(
-        include_top=False, weights=None, input_shape=(image_size, image_size, 3), pooling="avg",
-        **dict(spec.kwargs))
+    constructor = getattr(keras.applications, spec.constructor)
+    base_kwargs = dict(include_top=False, input_shape=(image_size, image_size, 3), pooling="avg",
+                       **dict(spec.kwargs))
+    if weights_path == "imagenet":
+        try:
+            base = constructor(weights="imagenet", **base_kwargs)
+        except Exception as error:   # keras.utils.get_file raises a bare Exception offline
+            cache = os.path.expanduser("~/.keras/models")
+            raise WeightsNotFound(
+                f"ImageNet weights for {backbone} could not be downloaded ({error}). Offline, put "
+                f"{spec.weights_file.format(size=224)} in {cache} (or a directory passed as the "
+                f"weights path), or use weights 'random'.") from None
+        weights_path = None
+    else:
+        base = constructor(weights=None, **base_kwargs)
     if weights_path:
         base.load_weights(weights_path)
     inputs = keras.Input((image_size, image_size, 3), name="image")

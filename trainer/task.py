@@ -16,7 +16,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from cardio.trainer import data, distribution, export, model as model_lib, operating_point
+from cardio.evaluation import calibration as calibration_metrics
+from cardio.trainer import (calibration, data, distribution, export, model as model_lib,
+                            operating_point)
 
 # Class weights of the study's two strategies: {label: weight}.
 CLASS_WEIGHTINGS = {"75-25": {0: 0.25, 1: 0.75}, "50-50": {0: 0.5, 1: 0.5}}
@@ -36,6 +38,7 @@ class TrainingConfig:
     lr_factor: float = 0.5                # ReduceLROnPlateau on validation loss
     lr_patience: int = 5
     augment_positives: bool = True        # the study's augmentation, cardiomegaly images only
+    positive_copies: int = 1              # augmented copies added per cardiomegaly image and epoch
     mixed_precision: bool = True          # float16 compute on GPUs
     steps_per_epoch: int | None = None    # None: one pass over the training split
     target_sensitivity: float = 0.9
@@ -62,13 +65,22 @@ def count_examples(file_patterns) -> int:
     return int(ds.reduce(np.int64(0), lambda n, _: n + 1))
 
 
+def count_positives(file_patterns) -> int:
+    ds = tf.data.TFRecordDataset(data.list_files(file_patterns), compression_type="GZIP").map(
+        lambda raw: tf.io.parse_single_example(raw, {data.F.LABEL: data.FEATURE_SPEC[data.F.LABEL]})
+        [data.F.LABEL])
+    return int(ds.reduce(np.int64(0), lambda n, label: n + label))
+
+
 def predict(model, file_patterns, config: TrainingConfig):
+    """(labels, logits): the network's pre-sigmoid output, which does not saturate."""
+    logit = export.logit_function(model)
     ds = data.make_dataset(file_patterns, config.batch_size, config.image_size, training=False)
-    labels, probabilities = [], []
+    labels, logits = [], []
     for images, batch_labels in ds:
-        probabilities.append(model(images, training=False).numpy().reshape(-1))
+        logits.append(logit(images).numpy().reshape(-1))
         labels.append(batch_labels.numpy())
-    return np.concatenate(labels), np.concatenate(probabilities)
+    return np.concatenate(labels), np.concatenate(logits)
 
 
 def backup_dir(fn_args, config: TrainingConfig) -> str:
@@ -106,11 +118,15 @@ def train_and_export(fn_args):
                       metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)])
 
     n_train = count_examples(fn_args.train_files)
-    steps_per_epoch = config.steps_per_epoch or math.ceil(n_train / config.batch_size)
+    # An epoch is one pass over the training split plus the positives' augmented copies.
+    copies = (config.positive_copies * count_positives(fn_args.train_files)
+              if config.augment_positives else 0)
+    steps_per_epoch = config.steps_per_epoch or math.ceil((n_train + copies) / config.batch_size)
     # The global batch is split across replicas, so each step sees `batch_size` images in all.
     train_ds = data.make_dataset(fn_args.train_files, config.batch_size, config.image_size,
                                  training=True, deterministic=config.deterministic, seed=config.seed,
                                  augment_positives=config.augment_positives,
+                                 positive_copies=config.positive_copies,
                                  workers=distribution.cluster_workers())
     # Split across replicas, a short last batch can leave a replica an empty batch, which some
     # CPU kernels reject; validation loss (for the LR schedule) does without it. The operating
@@ -130,12 +146,21 @@ def train_and_export(fn_args):
                         validation_data=val_ds, class_weight=CLASS_WEIGHTINGS[config.weighting],
                         callbacks=callbacks, verbose=2)
 
-    labels, probabilities = predict(model, fn_args.eval_files, config)
+    # Platt scaling on validation; the operating threshold is chosen on the calibrated probability.
+    labels, logits = predict(model, fn_args.eval_files, config)
+    platt = calibration.fit_platt(labels, logits)
+    probabilities = platt(logits)
     threshold = operating_point.choose_threshold(labels, probabilities, config.target_sensitivity)
-    logging.info("operating threshold %.4f for validation sensitivity >= %.2f",
-                 threshold, config.target_sensitivity)
+    calibrated = {"method": "platt", "a": platt.a, "b": platt.b, "fitted_on": "validation",
+                  "validation_before": calibration_metrics.summary(
+                      labels, calibration.Platt()(logits)),
+                  "validation_after": calibration_metrics.summary(labels, probabilities)}
+    logging.info("Platt scaling a=%.4f b=%.4f; operating threshold %.4f for validation "
+                 "sensitivity >= %.2f; %s", platt.a, platt.b, threshold,
+                 config.target_sensitivity, calibrated)
 
-    unet, metadata = None, {"backbone": config.backbone, "weighting": config.weighting}
+    unet, metadata = None, {"backbone": config.backbone, "weighting": config.weighting,
+                            "calibration": calibrated}
     if config.segmenter_weights:
         from cardio.imaging import unet as unet_lib
         unet = unet_lib.load(config.segmenter_weights)
@@ -149,14 +174,14 @@ def train_and_export(fn_args):
         serving_model.set_weights(model.get_weights())
     with distribution.save_dir(fn_args.serving_model_dir, chief) as serving_dir:
         export.export(serving_model, serving_dir, config.image_size, threshold, unet,
-                      config.crop_size, metadata)
+                      config.crop_size, metadata, platt=platt)
     with distribution.save_dir(fn_args.model_run_dir, chief) as run_dir:
         model.save(os.path.join(run_dir, KERAS_MODEL_DIR), save_format="tf")
         tf.io.gfile.makedirs(run_dir)
         with tf.io.gfile.GFile(os.path.join(run_dir, "training_summary.json"), "w") as f:
             json.dump({"config": dataclasses.asdict(config), "train_examples": n_train,
                        "steps_per_epoch": steps_per_epoch, "operating_threshold": threshold,
-                       "strategy": distribution.strategy_name(strategy),
+                       "calibration": calibrated, "strategy": distribution.strategy_name(strategy),
                        "replicas": strategy.num_replicas_in_sync,
                        "epochs_run": [int(e) for e in history.epoch],
                        "history": {k: [float(v) for v in vs] for k, vs in history.history.items()}},

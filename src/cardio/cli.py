@@ -149,14 +149,7 @@ def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, se
         overrides["epochs"] = epochs
     summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo, _progress,
                            **overrides)
-    click.echo(json.dumps({
-        "seconds": summary["seconds"], "site_auc": summary.get("site_auc"),
-        "crop_qc": summary.get("crop_qc"), "serving": summary.get("serving"),
-        "comparison": summary.get("comparison"),
-        "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"],
-                       "gate_failures": v.get("gate_failures", []),
-                       "model_card": v.get("model_card")}
-                   for k, v in summary["models"].items()}}))
+    click.echo(json.dumps(demo_lib.machine_summary(summary)))
 
 
 @main.group()
@@ -419,6 +412,10 @@ def pipeline():
                    "Pipelines and schema.pbtxt are written beside it.")
 @click.option("--profile", type=click.Choice(["study", "demo"]), default="study", show_default=True,
               help="Grid and gate: they shape the DAG, so each profile is its own pipeline.")
+@click.option("--config", "config_file", default=None,
+              help="Pipeline configuration file (YAML) instead of --profile: its grid, gate, "
+                   "sites and recipe; its data_root/serving_root unless given here. Shipped: "
+                   "study, demo, nih.")
 @click.option("--image-repository", default="ghcr.io/cardio-pipeline/cardio", show_default=True)
 @click.option("--image-tag", default=None, help="Image tag (default: the package version); the "
               "Trainers run TAG-gpu.")
@@ -427,9 +424,11 @@ def pipeline():
               help="Default of the data_root runtime parameter.")
 @click.option("--serving-root", default="gs://YOUR_BUCKET/cardio/serving", show_default=True)
 @click.option("--segmenter-uri", default="gs://YOUR_BUCKET/cardio/unet", show_default=True,
-              help="Directory holding unet_lungs.weights.h5 (upload src/cardio/imaging/assets/ there).")
+              help="Directory holding unet_lungs.weights.h5 (upload src/cardio/imaging/assets/ "
+                   "there); with --config, the file's unless given.")
 @click.option("--weights", default="/opt/cardio/weights", show_default=True,
-              help="ImageNet weights directory inside the image, or 'random'.")
+              help="ImageNet weights directory inside the image, or 'random'; with --config, "
+                   "the file's unless given.")
 @click.option("--beam-runner", type=click.Choice(["in-pod", "portable", "dataflow"]),
               default="in-pod", show_default=True)
 @click.option("--beam-job-endpoint", default=None, help="HOST:PORT of the Beam job server "
@@ -442,12 +441,24 @@ def pipeline():
 @click.option("--tfjob-workers", default=2, show_default=True, help="TFJob replicas (chief included).")
 @click.option("--gpu-type", default="nvidia.com/gpu", show_default=True,
               help="GPU resource name (Kubernetes) or accelerator type (Vertex, e.g. NVIDIA_L4).")
-def compile_(output, profile, image_repository, image_tag, pipeline_root, data_root, serving_root,
-             segmenter_uri, weights, beam_runner, beam_job_endpoint, beam_extra, training,
-             trainer_gpus, tfjob_workers, gpu_type):
+def compile_(output, profile, config_file, image_repository, image_tag, pipeline_root, data_root,
+             serving_root, segmenter_uri, weights, beam_runner, beam_job_endpoint, beam_extra,
+             training, trainer_gpus, tfjob_workers, gpu_type):
     """Compile the pipeline for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
     from cardio.pipeline import kubeflow_runner
 
+    config = None
+    if config_file:   # the file's values, except options given on the command line
+        run_config = _load_config(config_file)
+        config = run_config.config
+        source = click.get_current_context().get_parameter_source
+        default = click.core.ParameterSource.DEFAULT
+        if source("data_root") == default and run_config.data_root:
+            data_root = run_config.data_root
+        if source("serving_root") == default and run_config.serving_root:
+            serving_root = run_config.serving_root
+        segmenter_uri = None if source("segmenter_uri") == default else segmenter_uri
+        weights = None if source("weights") == default else weights
     try:
         summary = kubeflow_runner.compile_profile(
             profile, os.path.abspath(output), data_root=data_root, pipeline_root=pipeline_root,
@@ -455,12 +466,41 @@ def compile_(output, profile, image_repository, image_tag, pipeline_root, data_r
             repository=image_repository, tag=image_tag or kubeflow_runner.DEFAULT_TAG,
             weights=weights, beam_runner=beam_runner, beam_job_endpoint=beam_job_endpoint,
             beam_extra=beam_extra, training=training, trainer_gpus=trainer_gpus,
-            tfjob_workers=tfjob_workers, gpu_type=gpu_type)
+            tfjob_workers=tfjob_workers, gpu_type=gpu_type, config=config)
     except ValueError as error:
         raise click.UsageError(str(error))
     click.echo(f"upload {summary['schema']} to {summary['schema_uri']} before the first run",
                err=True)
     click.echo(json.dumps(summary))
+
+
+def _load_config(path: str):
+    from cardio.pipeline import config_file
+
+    try:
+        return config_file.load(path)
+    except config_file.ConfigError as error:
+        raise click.UsageError(str(error))
+
+
+@pipeline.command("run")
+@click.option("--config", "config_file", required=True,
+              help="Pipeline configuration file (YAML), or a shipped one: study, demo, nih.")
+@click.option("--data-root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Converted spans (span-N/<split>/); default: the file's data_root.")
+@click.option("--workdir", default=None, type=click.Path(file_okay=False),
+              help="Pipeline artifacts, MLMD and (unless the file says) pushed models; "
+                   "default: the file's workdir.")
+def run_(config_file, data_root, workdir):
+    """Run a configuration file's pipeline on this machine (LocalDagRunner)."""
+    from cardio.pipeline import demo as demo_lib, preflight, run as run_lib
+
+    run_config = run_lib.with_places(_load_config(config_file), data_root, workdir)
+    try:
+        summary = run_lib.run(run_config, click.echo)
+    except preflight.SpanError as error:
+        raise click.ClickException(str(error))
+    click.echo(json.dumps({"config": summary["config"], **demo_lib.machine_summary(summary)}))
 
 
 _kfp_host = click.option("--host", required=True, envvar="KFP_HOST",

@@ -17,7 +17,7 @@ import itertools
 import numpy as np
 
 from cardio import features as F
-from cardio.evaluation import statistics as S
+from cardio.evaluation import calibration, statistics as S
 
 VALIDATION, TEST, EXTERNAL = F.VALIDATION, F.TEST, F.EXTERNAL
 STUDY_THRESHOLD = 0.5    # the study reported its metrics at 0.5
@@ -48,6 +48,9 @@ def group_summary(labels, scores, threshold: float, prevalence: float) -> dict:
     positives, negatives = S.class_counts(labels)
     summary = {"n": int(len(labels)), "positives": positives, "negatives": negatives,
                **S.auc_with_ci(labels, scores)}
+    # The served probabilities are calibrated (Platt, on validation): how well, per group.
+    summary["calibration"] = {**calibration.summary(labels, scores),
+                              "reliability": calibration.reliability(labels, scores)}
     for key, t in (("operating", threshold), ("study_0.5", STUDY_THRESHOLD)):
         metrics = S.threshold_metrics(labels, scores, t)
         metrics["deployment"] = S.predictive_values(metrics["sensitivity"],
@@ -214,7 +217,7 @@ def analyse(cases: dict, scores: dict, models: dict, internal_sites, external_si
     champion = choose_champion(out_models, delong, alpha)
     if champion["model_name"]:   # where serving finds it (version to label `stable`)
         champion["pushed"] = models[champion["model_name"]].get("pushed")
-    sites = tuple(internal_sites) + (external_site,)
+    sites = tuple(internal_sites) + ((external_site,) if external_site else ())
     for name, info in models.items():
         out_models[name]["fairness"] = fairness(cases, scores[name], info["threshold"], sites,
                                                 min_per_class, alpha)

@@ -200,6 +200,36 @@ def _models_table(comparison: dict, group: str) -> list:
     return lines
 
 
+def plot_reliability(comparison: dict, name: str, path: str):
+    """Reliability diagram of one model: observed frequency against mean served probability per
+    bin, one line per group (site slice), the diagonal for perfect calibration."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="#aab7b8", linestyle="--", label="perfectly calibrated")
+    for group, s in comparison["models"][name]["groups"].items():
+        rows = s.get("calibration", {}).get("reliability", [])
+        if rows:
+            ax.plot([r["mean_probability"] for r in rows], [r["observed"] for r in rows],
+                    marker="o", label=f"{group} (ECE {s['calibration']['ece']:.3f})")
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    ax.set_xlabel("mean served (calibrated) probability"), ax.set_ylabel("observed frequency")
+    ax.set_title(f"{name}: reliability")
+    ax.legend(fontsize=7, loc="upper left")
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _calibration_table(comparison: dict) -> list:
+    lines = ["| model | group | n | ECE | Brier |", "|---|---|---|---|---|"]
+    for name, model in sorted(comparison["models"].items()):
+        for group, s in model["groups"].items():
+            c = s.get("calibration")
+            if c:
+                lines.append(f"| {name} | {group} | {c['n']} | {_f(c['ece'])} | {_f(c['brier'])} |")
+    return lines
+
+
 def _delong_table(comparison: dict) -> list:
     if not comparison["delong"]:
         return ["Only one model was trained: there is no pair to compare."]
@@ -261,8 +291,10 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
                for g, i in groups.items()
                if min(i["positives"], i["n"] - i["positives"]) < settings["fairness_min_per_class"]],
              "The champion is chosen on internal data only (validation, then internal test). "
-             f"The external site ({settings['external_site']}) gates and reports but never "
-             "chooses.", "",
+             + (f"The external site ({settings['external_site']}) gates and reports but never "
+                "chooses." if settings["external_site"] else
+                "No external site is configured: no figure here says how the models generalise "
+                "to another hospital, and the gate judged internal data only."), "",
              "## Champion", ""]
     if champion["model_name"]:
         model = comparison["models"][champion["model_name"]]
@@ -286,6 +318,16 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
         lines += _models_table(comparison, group) + [""]
     lines += [f"### {C.VALIDATION} (chooses the champion)", ""]
     lines += _models_table(comparison, C.VALIDATION) + [""]
+
+    lines += ["## Calibration", "",
+              "The served probability is Platt-scaled on validation by the Trainer. Expected "
+              "calibration error (10 equal-width bins) and Brier score per group; the reliability "
+              "diagrams plot observed frequency against the mean probability per bin. A class-"
+              "balanced test split has a higher prevalence than validation, so its calibration "
+              "is not the deployment's.", ""]
+    lines += _calibration_table(comparison) + [""]
+    lines += [f"![reliability of {name}]({path})"
+              for name, path in sorted(figures.get("reliability", {}).items())] + [""]
 
     lines += ["## DeLong tests, every pair", "",
               "Two-sided DeLong tests of equal AUC on the same images (MLstatkit); `pair` says "
@@ -353,7 +395,10 @@ def write(comparison: dict, out_dir: str, overlays: dict | None = None,
     if champion:
         figures["operating"] = OPERATING_PNG
         plot_operating_point(comparison, champion, os.path.join(out_dir, OPERATING_PNG))
+    figures["reliability"] = {}
     for name, model in comparison["models"].items():
+        figures["reliability"][name] = f"reliability_{name}.png"
+        plot_reliability(comparison, name, os.path.join(out_dir, figures["reliability"][name]))
         figures["fairness"][name] = f"fairness_{name}.png"
         plot_fairness(model["fairness"], name, os.path.join(out_dir, figures["fairness"][name]))
     text = markdown(comparison, figures, overlays, overlay_note)

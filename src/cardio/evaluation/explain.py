@@ -96,7 +96,7 @@ def load(model_dir: str) -> ExplainModel:
     return ExplainModel(model_dir, loaded, metadata)
 
 
-def decode(name: str, encoded: bytes) -> np.ndarray:
+def decode_image(name: str, encoded: bytes) -> np.ndarray:
     """Encoded PNG/JPEG -> float [H, W] in [0, 1], exactly as serving decodes it."""
     try:
         return decode_radiograph(tf.constant(encoded)).numpy()[..., 0]
@@ -111,7 +111,7 @@ def explain(model, images, batch_size: int = BATCH) -> list[Explanation]:
     decoded first, so an unreadable one fails before any work, naming it."""
     model = load(model) if isinstance(model, str) else model
     images = list(images)
-    originals = [decode(name, encoded) for name, encoded in images]
+    originals = [decode_image(name, encoded) for name, encoded in images]
     results = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
@@ -317,7 +317,7 @@ def read_file(path: str) -> bytes:
         return normalised_png(path)   # DicomError names the file and the reason
     with open(path, "rb") as f:
         encoded = f.read()
-    decode(path, encoded)             # fail here, naming the file, not inside a batch
+    decode_image(path, encoded)       # fail here, naming the file, not inside a batch
     return encoded
 
 

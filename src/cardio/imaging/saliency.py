@@ -205,7 +205,8 @@ def signature(module, box_key: str, qc_key: str):
                                  tf.TensorSpec([4], tf.float32),
                                  tf.TensorSpec([len(crop.QC_FLAGS)], tf.bool)))
         logit, cam, guided_backprop = explainer.explain(images)
-        probability = tf.sigmoid(logit)
+        # The served (calibrated) probability when the module has a calibration.
+        probability = module.calibrated(logit) if hasattr(module, "calibrated") else tf.sigmoid(logit)
         return {F.PROBABILITY: probability,
                 F.PREDICTED_LABEL: tf.cast(probability >= module.threshold, tf.int64),
                 box_key: boxes, qc_key: tf.cast(flags, tf.int64),

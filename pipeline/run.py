@@ -1,0 +1,45 @@
+"""`cardio pipeline run --config FILE`: one configuration file's pipeline on this machine.
+
+The same steps as the demo after its data is made: check the span against the configuration,
+run the pipeline (LocalDagRunner), report per slice, compare, serve (demo.run_and_report).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Callable
+
+from cardio.pipeline import demo, preflight
+from cardio.pipeline.config_file import RunConfig
+
+
+def run(run_config: RunConfig, echo: Callable[[str], None]) -> dict:
+    from cardio.components import evaluator
+
+    started = time.time()
+    if not run_config.data_root:
+        raise preflight.SpanError(f"{run_config.source}: no data_root in the file; pass --data-root")
+    if not run_config.workdir:
+        raise preflight.SpanError(f"{run_config.source}: no workdir in the file; pass --workdir")
+    config = run_config.config
+    echo(f"Configuration {run_config.source}: {len(config.grid)} model(s) "
+         f"({', '.join(c.name for c in config.grid)}); internal sites "
+         f"{', '.join(config.internal_sites)}; external site {config.external_site or 'none'}")
+    echo(evaluator.describe_gate(config.gate, config.external_site))
+    echo(f"ImageNet weights: {config.weights or 'none: random initialisation'}")
+    echo(f"Lung crop: {'U-Net ' + config.segmenter_uri if config.segmenter_uri else 'OFF'}")
+    found = preflight.check(config, run_config.data_root)   # refuses unknown sites before any run
+    for span, counts in found.items():
+        echo(f"span-{span}: sites {counts['site']}, views {counts['view']}")
+    summary = demo.run_and_report(config, run_config.data_root, run_config.pipeline_root,
+                                  run_config.serving_dir, echo, started)
+    summary["config"] = run_config.source
+    return summary
+
+
+def with_places(run_config: RunConfig, data_root: str | None, workdir: str | None) -> RunConfig:
+    """The command line's --data-root and --workdir override the file's."""
+    changes = {k: os.path.abspath(v) for k, v in (("data_root", data_root), ("workdir", workdir))
+               if v}
+    return dataclasses.replace(run_config, **changes)
