@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from cardio import features as F
 from cardio.data import convert
-from cardio.trainer import export, model as model_lib
+from cardio.trainer import model as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from cardio.components import evaluator, model_card
 from cardio.evaluation import statistics as S
 from cardio.imaging import crop, decode
 from cardio.pipeline import configs, local_runner, outputs, report
-from cardio.trainer import export, task
+from cardio.trainer import task
 
 CELL = configs.demo_config(None).grid[0]
 PIPELINE = configs.demo_config(None).pipeline_name

@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from cardio import imaging
-from cardio.components import crop_report, lung_crop
+from cardio.components import crop_report
 from cardio.imaging import unet
 
 

@@ -16,7 +16,6 @@ import collections
 import csv
 import dataclasses
 import functools
-import io
 import json
 import multiprocessing
 import os
@@ -24,7 +23,6 @@ import shutil
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from cardio import features as F
 from cardio.data import splits, synth
@@ -132,7 +130,7 @@ def _load(loader, candidate):
     """Runs in a worker: (png bytes or (png bytes, extra features), None) or (None, reason)."""
     try:
         return loader(candidate), None
-    except FileNotFoundError as error:
+    except FileNotFoundError:
         return None, "missing file"
     except ImageError as error:
         return None, str(error)

@@ -17,6 +17,7 @@ import re
 import numpy as np
 import tensorflow as tf
 
+from cardio import features as F
 from cardio.imaging import crop, saliency
 from cardio.imaging.decode import decode_radiograph
 
@@ -145,7 +146,6 @@ def heart_mass_ratios(model, file_pattern: str, limit: int = 32) -> dict:
     the heart mask, as `cardio data synth` writes): `mass_ratio` on the heart for up to `limit`
     cardiomegaly images, through the model's own crop. A model that found the evidence has a
     mean well above 1."""
-    from cardio import features as F
 
     model = load(model) if isinstance(model, str) else model
     files = sorted(tf.io.gfile.glob(file_pattern))
