@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from cardio import features as F
 from cardio.data import convert
-from cardio.trainer import model as model_lib
+from cardio.trainer import export, model as model_lib
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,10 @@ def test_two_worker_multi_worker_mirrored_strategy(span, tmp_path):
     model.set_weights([chief_weights[f"arr_{i}"] for i in range(len(chief_weights.files))])
     image = _first_image(span)
     from cardio.imaging import decode
-    expected = model(decode.preprocess(tf.constant(image), CONFIG["image_size"])[tf.newaxis])
-    served = tf.saved_model.load(args["serving_model_dir"]).signatures[F.SERVING_DEFAULT]
-    probability = served(image_bytes=tf.constant([image]))["probability"]
-    np.testing.assert_allclose(probability.numpy(), np.reshape(expected, [-1]), atol=1e-5)
+    logit = export.logit_function(model)(
+        decode.preprocess(tf.constant(image), CONFIG["image_size"])[tf.newaxis]).numpy()
+    loaded = tf.saved_model.load(args["serving_model_dir"])
+    # Served: the trained weights' logit through the Trainer's Platt calibration.
+    expected = 1.0 / (1.0 + np.exp(-(loaded.platt_a.numpy() * logit + loaded.platt_b.numpy())))
+    probability = loaded.signatures[F.SERVING_DEFAULT](image_bytes=tf.constant([image]))["probability"]
+    np.testing.assert_allclose(probability.numpy(), expected, atol=1e-5)

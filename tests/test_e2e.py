@@ -11,7 +11,7 @@ from cardio.components import evaluator, model_card
 from cardio.evaluation import statistics as S
 from cardio.imaging import crop, decode
 from cardio.pipeline import configs, local_runner, outputs, report
-from cardio.trainer import task
+from cardio.trainer import export, task
 
 CELL = configs.demo_config(None).grid[0]
 PIPELINE = configs.demo_config(None).pipeline_name
@@ -88,7 +88,7 @@ def test_evaluation_is_per_site_and_never_pools_sites(e2e):
     assert result.plots, "the calibration plot is missing"
     # The demo prints the same table, with the gate profile and the CIs.
     assert "site=site-b" in e2e.stdout and "Gate profile 'demo'" in e2e.stdout
-    assert "95% bootstrap CI" in e2e.stdout
+    assert S.BOOTSTRAP_CI in e2e.stdout
 
 
 def test_blessed_model_is_pushed_in_tf_serving_layout(e2e):
@@ -154,7 +154,12 @@ def test_pushed_model_matches_the_trained_keras_model(e2e):
     keras_model = tf.keras.models.load_model(os.path.join(model_run.uri, task.KERAS_MODEL_DIR))
     size = keras_model.input_shape[1]
     batch = tf.stack([decode.preprocess(tf.constant(_image(e)), size) for e in cropped])
-    expected = keras_model(batch, training=False).numpy().reshape(-1)
+    # The export serves the Trainer's Platt-calibrated probability of the Keras model's logit.
+    logits = export.logit_function(keras_model)(batch).numpy()
+    np.testing.assert_allclose(tf.sigmoid(logits).numpy(),
+                               keras_model(batch, training=False).numpy().reshape(-1), atol=1e-5)
+    a, b = served.platt_a.numpy(), served.platt_b.numpy()
+    expected = 1.0 / (1.0 + np.exp(-(a * logits + b)))
 
     np.testing.assert_allclose(probabilities, expected, atol=1e-5)
     assert np.ptp(probabilities) > 1e-4, "different images must give different outputs"
