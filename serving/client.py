@@ -42,6 +42,21 @@ class ImageError(ValueError):
     pass
 
 
+def fill_model_spec(spec, model: str, version: int | None = None, label: str | None = None,
+                    signature: str = ""):
+    """A request's ModelSpec, as TF Serving reads it: a version or a label (not both), or
+    neither for the newest version."""
+    spec.name = model
+    if version is not None and label is not None:
+        raise ValueError("name a version or a label, not both")
+    if version is not None:
+        spec.version.value = version
+    elif label is not None:
+        spec.version_label = label
+    if signature:
+        spec.signature_name = signature
+
+
 def read_image(path: str) -> bytes:
     """A file as the model takes it: PNG and JPEG as they are, DICOM converted to PNG."""
     with open(path, "rb") as f:
@@ -107,23 +122,11 @@ class Client:
                     raise
                 time.sleep(min(0.5 * 2 ** attempt, 8.0))
 
-    @staticmethod
-    def _spec(spec, model: str, version: int | None, label: str | None, signature: str = ""):
-        spec.name = model
-        if version is not None and label is not None:
-            raise ValueError("name a version or a label, not both")
-        if version is not None:
-            spec.version.value = version
-        elif label is not None:
-            spec.version_label = label
-        if signature:
-            spec.signature_name = signature
-
     def predict_raw(self, inputs: dict, model: str, version: int | None = None,
                     label: str | None = None, signature: str = "serving_default",
                     output_filter=()) -> predict_pb2.PredictResponse:
         request = predict_pb2.PredictRequest(output_filter=list(output_filter))
-        self._spec(request.model_spec, model, version, label, signature)
+        fill_model_spec(request.model_spec, model, version, label, signature)
         for name, value in inputs.items():
             request.inputs[name].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto)
                                           else tf.make_tensor_proto(value))
@@ -153,7 +156,7 @@ class Client:
                  label: str | None = None, signature: str = "classify") -> list[dict]:
         """{class name: score} per image, through TF Serving's Classify API."""
         request = classification_pb2.ClassificationRequest()
-        self._spec(request.model_spec, model, version, label, signature)
+        fill_model_spec(request.model_spec, model, version, label, signature)
         for image in images:
             request.input.example_list.examples.add().features.feature[
                 "image"].bytes_list.value.append(image)
@@ -164,7 +167,7 @@ class Client:
     def metadata(self, model: str, version: int | None = None, label: str | None = None):
         """The model's SignatureDefMap."""
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request.model_spec, model, version, label)
+        fill_model_spec(request.model_spec, model, version, label)
         response = self._call(self.predictions.GetModelMetadata, request)
         signatures = get_model_metadata_pb2.SignatureDefMap()
         response.metadata["signature_def"].Unpack(signatures)
@@ -173,7 +176,7 @@ class Client:
     def status(self, model: str, version: int | None = None, label: str | None = None) -> dict:
         """{version: state name} for the model's versions."""
         request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request.model_spec, model, version, label)
+        fill_model_spec(request.model_spec, model, version, label)
         response = self._call(self.models.GetModelStatus, request)
         states = get_model_status_pb2.ModelVersionStatus.State
         return {s.version: states.Name(s.state) for s in response.model_version_status}

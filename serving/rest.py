@@ -37,6 +37,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from cardio.serving import service
+from cardio.serving.client import fill_model_spec
 from cardio.serving.errors import ServingError
 
 log = logging.getLogger("cardio.serve")
@@ -213,25 +214,16 @@ class RestApi:
         # --rest_api_num_threads: at most this many requests are handled at once.
         self._slots = threading.BoundedSemaphore(num_threads) if num_threads > 0 else None
 
-    def _spec(self, target, model, version, label, signature_name=""):
-        target.name = model
-        if version is not None:
-            target.version.value = version
-        elif label is not None:
-            target.version_label = label
-        if signature_name:
-            target.signature_name = signature_name
-
     def status(self, model, version=None, label=None, **_):
         request = get_model_status_pb2.GetModelStatusRequest()
-        self._spec(request.model_spec, model, version, label)
+        fill_model_spec(request.model_spec, model, version, label)
         response = service.model_status(self.manager, request.model_spec)
         return json_format.MessageToDict(response, preserving_proto_field_name=True,
                                          always_print_fields_with_no_presence=True)
 
     def metadata(self, model, version=None, label=None, **_):
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        self._spec(request.model_spec, model, version, label)
+        fill_model_spec(request.model_spec, model, version, label)
         response = service.model_metadata(self.manager.resolve(request.model_spec), request)
         return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
@@ -241,7 +233,7 @@ class RestApi:
         signature_name = body.get("signature_name", "")
         if method == "predict":
             request = predict_pb2.PredictRequest()
-            self._spec(request.model_spec, model, version, label, signature_name)
+            fill_model_spec(request.model_spec, model, version, label, signature_name)
             servable = self.manager.resolve(request.model_spec)
             signature = servable.signature(signature_name)
             for alias, proto in predict_request(body, signature).items():
@@ -250,7 +242,7 @@ class RestApi:
         kind = (classification_pb2.ClassificationRequest if method == "classify"
                 else regression_pb2.RegressionRequest)
         request = kind()
-        self._spec(request.model_spec, model, version, label, signature_name)
+        fill_model_spec(request.model_spec, model, version, label, signature_name)
         examples_input(body, request.input)
         servable = self.manager.resolve(request.model_spec)
         if method == "classify":
