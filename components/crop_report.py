@@ -21,7 +21,7 @@ from cardio.imaging import decode
 
 class DatasetReport(Artifact):
     """A report about a dataset (plots and figures), for people to look at."""
-    TYPE_NAME = "cardio.DatasetReport"  # namespaced, as KFP v2 schema titles must be
+    TYPE_NAME = "cardio.DatasetReport"  # KFP schema title: cardio/__init__.py resolves it
 
 
 THUMBNAIL = 32

@@ -64,7 +64,7 @@ LIMITATIONS = (
 
 class ModelCardArtifact(Artifact):
     """A model card (Markdown for people, JSON for machines)."""
-    TYPE_NAME = "cardio.ModelCard"  # namespaced, as KFP v2 schema titles must be
+    TYPE_NAME = "cardio.ModelCard"  # KFP schema title: cardio/__init__.py resolves it
 
 
 def source_revision(repo_dir: str | None = None) -> str:

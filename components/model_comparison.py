@@ -49,7 +49,7 @@ BATCH = 32
 
 class ModelComparisonArtifact(Artifact):
     """comparison.json, the comparison report and its figures."""
-    TYPE_NAME = "cardio.ModelComparison"   # namespaced, as KFP v2 schema titles must be
+    TYPE_NAME = "cardio.ModelComparison"   # KFP schema title: cardio/__init__.py resolves it
 
 
 def input_key(role: str, cell_name: str) -> str:

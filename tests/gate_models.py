@@ -68,8 +68,9 @@ def write_examples(uri: str, n: int = 40, seed: int = 0) -> dict:
     return written
 
 
-def build(weights, gain: float = 8.0) -> keras.Model:
-    """The classifier shape trainer.model builds, with fixed weights reading the band means."""
+def build(weights, gain: float = 8.0, offset: float = 0.0) -> keras.Model:
+    """The classifier shape trainer.model builds, with fixed weights reading the band means;
+    `offset` shifts every logit (a large negative one saturates the probabilities)."""
     inputs = keras.Input((SIZE, SIZE, 3))
     scaled = keras.layers.Rescaling(1.0 / 255.0)(inputs)
     backbone_input = keras.Input((SIZE, SIZE, 3))
@@ -83,7 +84,7 @@ def build(weights, gain: float = 8.0) -> keras.Model:
         kernel[:, band * BAND:(band + 1) * BAND, 0, band] = 1.0 / (SIZE * BAND)
     conv.set_weights([kernel])
     w = np.asarray(weights, np.float32)
-    head.set_weights([(gain * w).reshape(3, 1), np.array([-gain * w.sum() / 2], np.float32)])
+    head.set_weights([(gain * w).reshape(3, 1), np.array([offset - gain * w.sum() / 2], np.float32)])
     return model
 
 

@@ -8,7 +8,7 @@ import pytest
 from sklearn import metrics as skm
 
 from cardio import features as F
-from cardio.evaluation import comparison as C, comparison_report as R
+from cardio.evaluation import comparison as C, comparison_report as R, statistics as S
 
 INTERNAL, EXTERNAL_SITE = ("site-a",), "site-b"
 
@@ -169,3 +169,16 @@ def test_report_has_roc_curves_delong_table_and_fairness_chart(tmp_path):
     assert "**cardio-a-75-25** (champion)" in text
     assert "not available yet" in text
     assert "<table>" in open(paths["html"]).read()
+
+
+def test_champion_reason_when_validation_lacks_a_class():
+    """A small run's validation split may hold no cardiomegaly: AUC undefined, said so, and the
+    only blessed model is still the champion (it was a crash in the compiled pipeline's run)."""
+    models = {"m": {"blessed": True, "groups": {
+        C.VALIDATION: {"auc": None, "ci": [None, None]},
+        C.TEST: {"auc": 0.8, "ci": [0.7, 0.9]}}}}
+    champion = C.choose_champion(models, delong=[])
+    assert champion["model_name"] == "m"
+    assert "undefined (the split lacks a class)" in champion["reason"]
+    models["m"]["groups"][C.VALIDATION] = {"auc": 0.75, "ci": [0.6, 0.9]}
+    assert f"0.750 ({S.DELONG_CI} 0.600-0.900)" in C.choose_champion(models, [])["reason"]

@@ -6,6 +6,7 @@ import json
 import os
 
 import gate_models
+import numpy as np
 import pytest
 from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import base_beam_executor
@@ -137,3 +138,32 @@ def test_gate_profiles_are_named_and_the_study_is_the_default():
     line = evaluator.describe_gate(configs.GATE_PROFILES["demo"])
     assert "'demo'" in line and "point estimates" in line
     assert dataclasses.asdict(configs.GATE_PROFILES["demo"])["auc_regression_tolerance"] > 0
+
+
+def test_the_gates_auc_is_exact_on_saturated_scores(tmp_path, data):
+    """A model whose probabilities are saturated (logits -24..-4: most below 1e-4, as the demo's
+    uncalibrated models gave): the AUC the gate reads (TFMA, the Evaluator's configuration) and
+    the Trainer's Keras AUC both match the exact rank AUC; evenly spaced thresholds do not."""
+    import tf_keras as keras
+    from sklearn.metrics import roc_auc_score
+
+    from cardio.evaluation import statistics as S
+    from cardio.trainer import export
+
+    model = gate_models.build(gate_models.GOOD, gain=20.0, offset=-14.0)
+    export.export(model, str(tmp_path / "saturated" / "Format-Serving"), gate_models.SIZE, 1e-4)
+    result = evaluate(tmp_path, data[0], str(tmp_path / "saturated"), STUDY)
+    slices = evaluator.metrics_with_intervals(evaluator.load(result["evaluation"]))
+    for split, site in gate_models.SITES.items():
+        images, labels = data[1][split]
+        scores = gate_models.probabilities(model, images)
+        assert np.median(scores) < 1e-4
+        exact = roc_auc_score(labels, scores)
+        assert exact > 0.9
+        assert slices[f"site={site}"]["auc"]["value"] == pytest.approx(exact, abs=1e-3), site
+        trainers = keras.metrics.AUC(thresholds=S.AUC_THRESHOLDS)
+        trainers.update_state(labels, scores)
+        assert float(trainers.result()) == pytest.approx(exact, abs=1e-3), site
+        evenly = keras.metrics.AUC(num_thresholds=10_000)
+        evenly.update_state(labels, scores)
+        assert exact - float(evenly.result()) > 0.05, site

@@ -292,3 +292,24 @@ def test_a_span_range_fixed_at_compile_time_has_no_range_parameter(tmp_path):
     assert range_config[0] == "constant"
     assert json.loads(range_config[1])["static_range"] == {"start_span_number": 2,
                                                            "end_span_number": 3}
+
+
+def test_every_artifact_type_resolves_to_its_class_in_the_kubeflow_entrypoint(compiled):
+    """TFX's Kubeflow V2 entrypoint rebuilds each artifact from its schema title alone (custom
+    types: the title is imported as a class path), in every task's pod."""
+    from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_entrypoint_utils as entry
+    from tfx.types.artifact import Artifact
+    from tfx.utils import import_utils
+
+    job, _, _ = compiled("study", "in-pod")
+    titles = set()
+    for component in job["pipelineSpec"]["components"].values():
+        for kind in ("inputDefinitions", "outputDefinitions"):
+            for spec in component.get(kind, {}).get("artifacts", {}).values():
+                schema = json_format.ParseDict(spec["artifactType"],
+                                               pipeline_spec_pb2.ArtifactTypeSchema())
+                cls = import_utils.import_class_by_path(entry._retrieve_class_path(schema))
+                title = yaml.safe_load(schema.instance_schema)["title"]
+                assert issubclass(cls, Artifact) and cls.TYPE_NAME in (title, title[4:]), title
+                titles.add(title)
+    assert {"cardio.DatasetReport", "cardio.ModelCard", "cardio.ModelComparison"} <= titles

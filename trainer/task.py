@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from cardio.evaluation import calibration as calibration_metrics
+from cardio.evaluation import calibration as calibration_metrics, statistics as S
 from cardio.trainer import (calibration, data, distribution, export, model as model_lib,
                             operating_point)
 
@@ -115,7 +115,7 @@ def train_and_export(fn_args):
         model = model_lib.build_model(config.backbone, config.image_size, config.weights)
         model.compile(optimizer=keras.optimizers.RMSprop(config.learning_rate),
                       loss=keras.losses.BinaryCrossentropy(),
-                      metrics=[keras.metrics.AUC(name="auc", num_thresholds=1000)])
+                      metrics=[keras.metrics.AUC(name="auc", thresholds=S.AUC_THRESHOLDS)])
 
     n_train = count_examples(fn_args.train_files)
     # An epoch is one pass over the training split plus the positives' augmented copies.

@@ -93,6 +93,14 @@ def delong_p(delong: list, group: str, a: str, b: str):
     return None
 
 
+def _auc_text(group: dict) -> str:
+    """An AUC with its DeLong CI, or why there is none (a split without both classes)."""
+    if group.get("auc") is None:
+        return "undefined (the split lacks a class)"
+    lower, upper = group["ci"]
+    return f"{group['auc']:.3f} ({S.DELONG_CI} {lower:.3f}-{upper:.3f})"
+
+
 def choose_champion(models: dict, delong: list, alpha: float = ALPHA) -> dict:
     """The model to push, chosen on internal data only.
 
@@ -116,14 +124,14 @@ def choose_champion(models: dict, delong: list, alpha: float = ALPHA) -> dict:
     v, t = models[champion]["groups"][VALIDATION], models[champion]["groups"].get(TEST, {})
     if len(tied) == 1:
         reason = (f"Highest validation AUC among {len(blessed)} blessed model(s): "
-                  f"{v['auc']:.3f} (95% CI {v['ci'][0]:.3f}-{v['ci'][1]:.3f})")
+                  f"{_auc_text(v)}")
         if len(blessed) > 1:
             reason += f"; every other blessed model is lower with DeLong p < {alpha}"
         reason += "."
     else:
         reason = (f"Validation AUC could not separate {', '.join(tied)} (DeLong p >= {alpha} "
                   f"against the best, {best}); of these, the highest internal test AUC: "
-                  f"{t.get('auc', float('nan')):.3f} (validation {v['auc']:.3f}).")
+                  f"{_auc_text(t)} (validation {_auc_text(v)}).")
     unblessed = sorted(set(models) - set(blessed))
     if unblessed:
         reason += f" Not blessed, so not eligible: {', '.join(unblessed)}."

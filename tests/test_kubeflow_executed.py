@@ -1,0 +1,157 @@
+"""The compiled pipeline, executed: the PipelineSpec that `cardio pipeline compile` writes runs
+here task by task, each through its own container command and a launcher-style ExecutorInput
+(tests/kfp_harness.py), with the run's parameters, the importer, artifact passing and the spec's
+own pipeline root. Its blessing and pushed model must be the LocalDagRunner run's on the same
+data and configuration: the same pipeline, orchestrated two ways."""
+import dataclasses
+import glob
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kfp_harness
+from cardio import features as F
+from cardio.components import evaluator
+from cardio.components.gate import GateProfile
+from cardio.data import convert
+from cardio.pipeline import configs, kubeflow_runner, local_runner, outputs, report
+from cardio.serving import demo as serving_demo
+from cardio.trainer import task
+
+CELL = configs.GridCell("mobilenet_025", "75-25")
+# Every model passes: what is compared here is the orchestration, not the model's quality (the
+# demo's gate is the e2e run's business). The gate still runs and writes its blessing.
+PLUMBING_GATE = GateProfile("plumbing", external_auc_min=0.0, internal_auc_min=0.0,
+                            sensitivity_min=0.0, auc_regression_tolerance=1.0)
+# Given at run time; the compiled defaults are the configuration's (5 epochs, 1e-3).
+RUN_EPOCHS, RUN_LEARNING_RATE = 2, 0.002
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("executed")
+    config = dataclasses.replace(
+        configs.demo_config("random"), pipeline_name="cardio-executed", grid=(CELL,),
+        gate=PLUMBING_GATE, image_size=64, crop_size=128, epochs=5, batch_size=8,
+        deterministic=True)
+    data = tmp / "data"
+    convert.write_synthetic(str(data), 96, seed=11, size=128, span=1,
+                            external_sites=(config.external_site,), workers=1)
+
+    # Compiled for a root on this machine, with the run's Beam args (in-process, as the local
+    # run's), and a data root the run overrides.
+    root = tmp / "kfp-root"
+    compiled = kubeflow_runner.compile_pipeline(
+        config, str(tmp / "compiled" / "cardio.json"), data_root="/compile-time/data",
+        pipeline_root=str(root), serving_root=str(tmp / "kfp-serving"),
+        image="registry.example/cardio:1", beam_args=list(config.beam_pipeline_args))
+    # The operator's upload step (`compile` prints it): the schema to where the spec reads it.
+    schema = Path(kubeflow_runner.schema_uri(str(root)))
+    schema.parent.mkdir(parents=True)
+    shutil.copy(tmp / "compiled" / "schema.pbtxt", schema)
+    executed = kfp_harness.run(
+        kubeflow_runner.pipeline_spec_path(compiled),
+        {kubeflow_runner.DATA_ROOT: str(data), kubeflow_runner.EPOCHS: RUN_EPOCHS,
+         kubeflow_runner.LEARNING_RATE: RUN_LEARNING_RATE},
+        str(tmp / "pods"))
+
+    local_config = dataclasses.replace(config, epochs=RUN_EPOCHS, learning_rate=RUN_LEARNING_RATE)
+    local_runner.run(local_config, str(data), str(tmp / "local-root"), str(tmp / "local-serving"))
+    return dict(tmp=tmp, config=local_config, executed=executed, data=data)
+
+
+def _blessed(artifact: dict) -> bool:
+    return int(artifact["metadata"].get("blessed", 0)) == 1
+
+
+def _local_store(runs):
+    return outputs.open_store(local_runner.metadata_path(str(runs["tmp"] / "local-root")))
+
+
+def test_every_task_ran_under_the_specs_pipeline_root(runs):
+    executed = runs["executed"]
+    spec = kfp_harness.load_spec(str(runs["tmp"] / "compiled" / "cardio.yaml"))
+    assert set(executed.tasks) == set(spec["root"]["dag"]["tasks"])
+    assert executed.pipeline_root == str(runs["tmp"] / "kfp-root")
+    for task in executed.tasks.values():
+        if task.kind == "container":
+            for artifacts in task.outputs.values():
+                assert artifacts[0]["uri"].startswith(executed.pipeline_root + "/"), task.name
+    assert executed.tasks["LungSegmenter"].kind == "importer"
+
+
+def test_runtime_parameters_reach_the_tasks(runs):
+    executed = runs["executed"]
+    example_gen = executed.tasks["ImportExampleGen"].executor_input["inputs"]["parameterValues"]
+    assert example_gen["input_base"] == str(runs["data"])
+    # ExampleGen's driver (the lifecycle hook) resolved the span before the executor ran.
+    examples = executed.artifact("ImportExampleGen", "examples")
+    assert int(examples["metadata"]["span"]) == 1
+    model_run = executed.artifact(f"Trainer.{CELL.name}", "model_run")["uri"]
+    summary = json.loads(Path(model_run, "training_summary.json").read_text())
+    assert len(summary["epochs_run"]) == RUN_EPOCHS
+    assert summary["config"]["learning_rate"] == RUN_LEARNING_RATE
+
+
+def test_blessing_matches_the_local_run(runs):
+    executed = runs["executed"]
+    blessing = executed.artifact(f"Evaluator.{CELL.name}", "blessing")
+    local = outputs.latest_output(_local_store(runs), runs["config"].pipeline_name,
+                                  f"Evaluator.{CELL.name}", "blessing")
+    assert _blessed(blessing) is True
+    assert local.custom_properties["blessed"].int_value == 1
+    # The same evaluation: per-site AUCs of the two Evaluators agree.
+    ours = report.slice_metrics(evaluator.load(
+        executed.artifact(f"Evaluator.{CELL.name}", "evaluation")["uri"]))
+    local_eval = outputs.latest_output(_local_store(runs), runs["config"].pipeline_name,
+                                       f"Evaluator.{CELL.name}", "evaluation")
+    theirs = report.slice_metrics(evaluator.load(local_eval.uri))
+    assert set(ours) == set(theirs) and {"site=site-a", "site=site-b"} <= set(ours)
+    for name in ours:
+        assert ours[name]["example_count"] == theirs[name]["example_count"], name
+        assert ours[name]["auc"] == pytest.approx(theirs[name]["auc"], abs=1e-3), name
+
+
+def test_pushed_model_matches_the_local_run(runs):
+    """The same weights, trained in a pod from the compiled spec and in process by
+    LocalDagRunner (deterministic training on the same data), and the same served answers."""
+    executed = runs["executed"]
+    pushed = executed.artifact(f"Pusher.{CELL.name}", "pushed_model")
+    assert int(pushed["metadata"]["pushed"]) == 1
+    ours = pushed["metadata"]["pushed_destination"]
+    theirs = glob.glob(str(runs["tmp"] / "local-serving" / CELL.name / "*"))
+    assert ours.startswith(str(runs["tmp"] / "kfp-serving" / CELL.name)) and len(theirs) == 1
+    assert os.path.isfile(os.path.join(ours, "saved_model.pb"))
+
+    local_run = outputs.latest_output(_local_store(runs), runs["config"].pipeline_name,
+                                      f"Trainer.{CELL.name}", "model_run").uri
+    trained = [tf.keras.models.load_model(os.path.join(uri, task.KERAS_MODEL_DIR)).get_weights()
+               for uri in (executed.artifact(f"Trainer.{CELL.name}", "model_run")["uri"],
+                           local_run)]
+    assert len(trained[0]) == len(trained[1]) > 100
+    for ours_w, theirs_w in zip(*trained):
+        np.testing.assert_allclose(ours_w, theirs_w, atol=1e-6)
+
+    images = [i["image"] for i in serving_demo.sample_images(str(runs["data"]), per_site=4)]
+    answers = []
+    for version_dir in (ours, theirs[0]):
+        served = tf.saved_model.load(version_dir)
+        answers.append(served.signatures[F.SERVING_DEFAULT](
+            **{F.IMAGE_BYTES: tf.constant(images)})[F.PROBABILITY].numpy())
+        answers.append([served.platt_a.numpy(), served.platt_b.numpy(), served.threshold.numpy()])
+    np.testing.assert_allclose(answers[0], answers[2], atol=1e-6)
+    np.testing.assert_allclose(answers[1], answers[3], atol=1e-6)
+
+
+def test_a_spec_without_its_pipeline_root_is_refused(runs, tmp_path):
+    spec = kfp_harness.load_spec(str(runs["tmp"] / "compiled" / "cardio.yaml"))
+    del spec["defaultPipelineRoot"]
+    path = tmp_path / "lost-root.yaml"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="defaultPipelineRoot"):
+        kfp_harness.run(str(path), {}, str(tmp_path / "pods"))
