@@ -2,7 +2,7 @@
 
 Between ExampleGen and the Trainer. For every split of the input Examples it runs the lung U-Net
 in batches (the model loaded once per worker, in DoFn.setup), computes the lung box and QC flags
-(cardio.imaging.crop, the same TensorFlow ops the serving signature runs), and writes Examples whose image
+(cardio.imaging.crop: serving's own crop function, compiled once per worker for the batch), and writes Examples whose image
 is the crop resized for the classifier (16-bit PNG), with every original feature kept and
 `crop_box` and `crop_qc` added. The U-Net weights are an input artifact, so MLMD lineage records
 which U-Net produced each cropped dataset. It runs on whatever Beam runner the pipeline's
@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import apache_beam as beam
+import numpy as np
 import tensorflow as tf
 from tfx import types
 from tfx.components.util import tfxio_utils  # noqa: F401  (keeps TFX's Beam registrations)
@@ -21,41 +22,41 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from cardio import features as F
-from cardio.imaging import UNET_WEIGHTS_FILE, crop, decode
+from cardio.imaging import UNET_WEIGHTS_FILE, crop
 
 
 class CropDoFn(beam.DoFn):
     def __init__(self, weights_path: str, output_size: int):
         self._weights_path = weights_path
         self._output_size = output_size
-        self._unet = None
+        self._crop = None
         self._flagged = beam.metrics.Metrics.counter("LungCrop", "flagged")
         self._cropped = beam.metrics.Metrics.counter("LungCrop", "cropped")
 
     def setup(self):
         from cardio.imaging import unet
-        self._unet = unet.load(self._weights_path)
+        self._crop = crop.batch_crop(unet.load(self._weights_path), self._output_size)
 
     def process(self, batch):
         examples = [tf.train.Example.FromString(raw) for raw in batch]
-        images = [decode.decode_radiograph(e.features.feature[F.IMAGE].bytes_list.value[0])
-                  for e in examples]
-        for example, (cropped, box, flags) in zip(
-                examples, crop.crop_radiographs(self._unet, images, self._output_size)):
-            yield crop_example(example, cropped, box, flags).SerializeToString()
+        pngs, boxes, flags = self._crop(tf.constant(
+            [e.features.feature[F.IMAGE].bytes_list.value[0] for e in examples]))
+        for example, png, box, raised in zip(examples, pngs.numpy(), boxes.numpy(), flags.numpy()):
+            yield crop_example(example, png, box, raised).SerializeToString()
             self._cropped.inc()
-            if bool(tf.reduce_any(flags)):
+            if raised.any():
                 self._flagged.inc()
 
 
-def crop_example(example, cropped, box, flags):
-    """The original example with the cropped image, the box and the raised QC flags."""
+def crop_example(example, png: bytes, box, flags):
+    """The original example with the cropped image (an encoded PNG), the box and the raised QC
+    flags."""
     out = tf.train.Example()
     out.CopyFrom(example)
     feature = out.features.feature
-    feature[F.IMAGE].bytes_list.value[:] = [tf.io.encode_png(cropped).numpy()]
-    feature[F.CROP_BOX].float_list.value[:] = box.numpy().tolist()
-    raised = [name.encode() for name, on in zip(crop.QC_FLAGS, flags.numpy()) if on]
+    feature[F.IMAGE].bytes_list.value[:] = [png]
+    feature[F.CROP_BOX].float_list.value[:] = np.asarray(box, np.float32).tolist()
+    raised = [name.encode() for name, on in zip(crop.QC_FLAGS, np.asarray(flags)) if on]
     feature[F.CROP_QC].bytes_list.value[:] = raised
     for mask in (F.LUNG_MASK, F.HEART_MASK):   # ground truth of the uncropped image
         if mask in feature:

@@ -7,7 +7,8 @@ defaults, and every output artifact placed under the spec's `defaultPipelineRoot
 Why not `kfp.local`: its orchestrator (kfp 2.16) runs container and importer tasks, but ignores
 lifecycle hooks, so TFX's ExampleGen executor would get its input pattern with `{SPAN}`
 unresolved, and it reads output artifacts back as KFP DSL artifacts, dropping TFX's types. The
-topological order is kfp.local's own (`graph_utils.topological_sort_tasks`).
+task dependencies are kfp.local's own reading (`graph_utils.build_dependency_map`); independent
+tasks run side by side, as on Kubeflow.
 
 Artifact URIs follow KFP's launcher: `<pipeline root>/<run id>/<task>/<output key>`. As KFP's
 launcher does, each task's output artifacts are recorded in ML Metadata (type named by the schema
@@ -131,12 +132,11 @@ def load_spec(path: str) -> dict:
     return spec
 
 
-def _order(spec: dict) -> list[str]:
-    tasks = spec["root"]["dag"]["tasks"]
-    proto = {name: json_format.ParseDict(task, pipeline_spec_pb2.PipelineTaskSpec())
-             for name, task in tasks.items()}
-    stack = graph_utils.topological_sort_tasks(proto)   # kfp.local pops from the end
-    return list(reversed(stack))
+def _dependencies(spec: dict) -> dict:
+    """Task name -> the tasks it waits for, as kfp.local's orchestrator reads them."""
+    tasks = {name: json_format.ParseDict(task, pipeline_spec_pb2.PipelineTaskSpec())
+             for name, task in spec["root"]["dag"]["tasks"].items()}
+    return graph_utils.build_dependency_map(tasks)
 
 
 def _parameters(task: dict, arguments: dict) -> dict:
@@ -181,7 +181,7 @@ def _run_command(command: list, executor_input: dict, task: str, log_dir: Path, 
 
 
 def run(spec_path: str, arguments: dict, work_dir: str, env: dict | None = None,
-        timeout: int = 900) -> PipelineRun:
+        timeout: int = 900, parallelism: int = 2) -> PipelineRun:
     """Executes the PipelineSpec YAML at `spec_path`; `work_dir` holds each pod's local files
     (executor output, logs). Raises naming the task that failed."""
     spec = load_spec(spec_path)
@@ -194,76 +194,93 @@ def run(spec_path: str, arguments: dict, work_dir: str, env: dict | None = None,
     work, env = Path(work_dir), dict(env or os.environ)
     (work / "logs").mkdir(parents=True, exist_ok=True)
     with MetadataService(str(work / "mlmd.sqlite")) as metadata:
-        env.update(METADATA_GRPC_SERVICE_HOST="127.0.0.1", METADATA_GRPC_SERVICE_PORT=str(metadata.port))
-        done = _run_tasks(spec, arguments, run_id, work, env, timeout, metadata)
+        env.update(METADATA_GRPC_SERVICE_HOST="127.0.0.1",
+                   METADATA_GRPC_SERVICE_PORT=str(metadata.port))
+        done = _run_tasks(spec, arguments, run_id, work, env, timeout, metadata, parallelism)
     return PipelineRun(root, run_id, done)
 
 
 def _run_tasks(spec: dict, arguments: dict, run_id: str, work: Path, env: dict, timeout: int,
-               metadata: MetadataService) -> dict:
-    root = spec["defaultPipelineRoot"]
-    executors = spec["deploymentSpec"]["executors"]
-    tasks = spec["root"]["dag"]["tasks"]
+               metadata: MetadataService, parallelism: int) -> dict:
+    """Runs every task once its upstream tasks are done, up to `parallelism` at a time (Kubeflow
+    starts independent tasks together)."""
+    from concurrent import futures
+
+    dependencies = _dependencies(spec)
     done: dict[str, TaskRun] = {}
-    for name in _order(spec):
-        task = tasks[name]
-        component = spec["components"][task["componentRef"]["name"]]
-        executor = executors[component["executorLabel"]]
-        outputs_defined = component.get("outputDefinitions", {}).get("artifacts", {})
-        started = time.time()
-        if "importer" in executor:
-            importer = executor["importer"]
-            uri = importer["artifactUri"]
-            uri = uri["constant"] if "constant" in uri else arguments[uri["runtimeParameter"]]
-            key = next(iter(outputs_defined))
-            done[name] = TaskRun(name, "importer", time.time() - started, {key: [{
-                "name": f"{run_id}/{name}/{key}", "type": importer["typeSchema"], "uri": uri,
-                "metadata": importer.get("metadata", {})}]})
-            metadata.record(done[name].outputs[key])
-            continue
-        missing = [d for d in task.get("dependentTasks", []) if d not in done]
-        assert not missing, f"{name} scheduled before {missing}"
-        task_dir = work / "pods" / name
-        executor_input = {
-            "inputs": {"parameterValues": _parameters(task, arguments), "artifacts": {}},
-            "outputs": {"artifacts": {}, "outputFile": str(task_dir / "executor_output.json")}}
-        inputs_defined = component.get("inputDefinitions", {}).get("artifacts", {})
-        for key, source in task.get("inputs", {}).get("artifacts", {}).items():
-            producer = source["taskOutputArtifact"]
-            artifacts = copy.deepcopy(
-                done[producer["producerTask"]].outputs[producer["outputArtifactKey"]])
-            for artifact in artifacts:   # typed by the consumer's input definition, as KFP's driver
-                artifact["type"] = inputs_defined[key]["artifactType"]
-            executor_input["inputs"]["artifacts"][key] = {"artifacts": artifacts}
-        for key, definition in outputs_defined.items():
-            uri = f"{root.rstrip('/')}/{run_id}/{name}/{key}"
-            executor_input["outputs"]["artifacts"][key] = {"artifacts": [{
-                "name": f"{run_id}/{name}/{key}", "type": definition["artifactType"],
-                "uri": uri, "metadata": {}}]}
-        container = executor["container"]
-        hook = container.get("lifecycle", {}).get("preCacheCheck")
-        if hook:
-            # The driver (TFX's ExampleGen: span, version, fingerprint) writes an ExecutorOutput;
-            # the launcher stamps its artifacts' metadata on the outputs, and the executor reads
-            # its parameters from the same file.
-            _run_command(hook["command"] + hook.get("args", []), executor_input, name,
-                         work / "logs", env, timeout)
-            driven = json.loads((task_dir / "executor_output.json").read_text())
-            for key, reported in driven.get("artifacts", {}).items():
-                for ours, theirs in zip(executor_input["outputs"]["artifacts"][key]["artifacts"],
-                                        reported["artifacts"]):
-                    ours["metadata"].update(theirs.get("metadata", {}))
-        _run_command(container["command"] + container.get("args", []), executor_input, name,
-                     work / "logs", env, timeout)
-        outputs = copy.deepcopy(executor_input["outputs"]["artifacts"])
-        output_file = task_dir / "executor_output.json"
-        if output_file.exists():   # the launcher records what the executor reports
-            reported = json.loads(output_file.read_text()).get("artifacts", {})
-            for key, artifacts in reported.items():
-                for ours, theirs in zip(outputs[key]["artifacts"], artifacts["artifacts"]):
-                    ours["metadata"].update(theirs.get("metadata", {}))
-        done[name] = TaskRun(name, "container", time.time() - started,
-                             {k: v["artifacts"] for k, v in outputs.items()}, executor_input)
-        for artifacts in done[name].outputs.values():
-            metadata.record(artifacts)
+    running: dict = {}
+    with futures.ThreadPoolExecutor(parallelism) as pool:
+        while len(done) < len(dependencies):
+            ready = [n for n, upstream in dependencies.items() if n not in done
+                     and n not in running.values() and all(u in done for u in upstream)]
+            for name in ready[:parallelism - len(running)]:
+                running[pool.submit(_run_task, spec, name, arguments, run_id, work, env,
+                                    timeout, dict(done))] = name
+            if not running:
+                raise ValueError(f"tasks waiting on each other: {sorted(set(dependencies) - set(done))}")
+            finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            for future in finished:
+                name = running.pop(future)
+                done[name] = future.result()   # a failed task raises here, naming itself
+                for artifacts in done[name].outputs.values():
+                    metadata.record(artifacts)   # published, as KFP's launcher does
     return done
+
+
+def _run_task(spec: dict, name: str, arguments: dict, run_id: str, work: Path, env: dict,
+              timeout: int, done: dict) -> TaskRun:
+    root = spec["defaultPipelineRoot"]
+    task = spec["root"]["dag"]["tasks"][name]
+    component = spec["components"][task["componentRef"]["name"]]
+    executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]
+    outputs_defined = component.get("outputDefinitions", {}).get("artifacts", {})
+    started = time.time()
+    if "importer" in executor:
+        importer = executor["importer"]
+        uri = importer["artifactUri"]
+        uri = uri["constant"] if "constant" in uri else arguments[uri["runtimeParameter"]]
+        key = next(iter(outputs_defined))
+        return TaskRun(name, "importer", time.time() - started, {key: [{
+            "name": f"{run_id}/{name}/{key}", "type": importer["typeSchema"], "uri": uri,
+            "metadata": importer.get("metadata", {})}]})
+    task_dir = work / "pods" / name
+    executor_input = {
+        "inputs": {"parameterValues": _parameters(task, arguments), "artifacts": {}},
+        "outputs": {"artifacts": {}, "outputFile": str(task_dir / "executor_output.json")}}
+    inputs_defined = component.get("inputDefinitions", {}).get("artifacts", {})
+    for key, source in task.get("inputs", {}).get("artifacts", {}).items():
+        producer = source["taskOutputArtifact"]
+        artifacts = copy.deepcopy(
+            done[producer["producerTask"]].outputs[producer["outputArtifactKey"]])
+        for artifact in artifacts:   # typed by the consumer's input definition, as KFP's driver
+            artifact["type"] = inputs_defined[key]["artifactType"]
+        executor_input["inputs"]["artifacts"][key] = {"artifacts": artifacts}
+    for key, definition in outputs_defined.items():
+        uri = f"{root.rstrip('/')}/{run_id}/{name}/{key}"
+        executor_input["outputs"]["artifacts"][key] = {"artifacts": [{
+            "name": f"{run_id}/{name}/{key}", "type": definition["artifactType"],
+            "uri": uri, "metadata": {}}]}
+    container = executor["container"]
+    hook = container.get("lifecycle", {}).get("preCacheCheck")
+    if hook:
+        # The driver (TFX's ExampleGen: span, version, fingerprint) writes an ExecutorOutput;
+        # the launcher stamps its artifacts' metadata on the outputs, and the executor reads
+        # its parameters from the same file.
+        _run_command(hook["command"] + hook.get("args", []), executor_input, name,
+                     work / "logs", env, timeout)
+        driven = json.loads((task_dir / "executor_output.json").read_text())
+        for key, reported in driven.get("artifacts", {}).items():
+            for ours, theirs in zip(executor_input["outputs"]["artifacts"][key]["artifacts"],
+                                    reported["artifacts"]):
+                ours["metadata"].update(theirs.get("metadata", {}))
+    _run_command(container["command"] + container.get("args", []), executor_input, name,
+                 work / "logs", env, timeout)
+    outputs = copy.deepcopy(executor_input["outputs"]["artifacts"])
+    output_file = task_dir / "executor_output.json"
+    if output_file.exists():   # the launcher records what the executor reports
+        reported = json.loads(output_file.read_text()).get("artifacts", {})
+        for key, artifacts in reported.items():
+            for ours, theirs in zip(outputs[key]["artifacts"], artifacts["artifacts"]):
+                ours["metadata"].update(theirs.get("metadata", {}))
+    return TaskRun(name, "container", time.time() - started,
+                   {k: v["artifacts"] for k, v in outputs.items()}, executor_input)

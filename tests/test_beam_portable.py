@@ -47,6 +47,9 @@ def _serve(module: str, args: list, port: int, log: Path) -> subprocess.Popen:
     pytest.fail(f"{module} did not listen on port {port}:\n{log.read_text()[-3000:]}")
 
 
+# A slow check (`python -m benchmarks checks`): the suite runs the crop stage in process.
+pytestmark = pytest.mark.slow
+
 @pytest.fixture
 def portable_services(tmp_path):
     job_port, pool_port = _free_port(), _free_port()

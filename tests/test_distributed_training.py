@@ -93,6 +93,7 @@ def test_mirrored_strategy_over_two_logical_cpus(span, tmp_path):
     assert probability.shape == (1,) and 0.0 <= probability[0] <= 1.0
 
 
+@pytest.mark.slow   # the suite trains two MWMS replicas through the TFJob launcher instead
 def test_two_worker_multi_worker_mirrored_strategy(span, tmp_path):
     args = _fn_args(span, tmp_path)
     ports = _free_ports(2)

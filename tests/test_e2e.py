@@ -151,7 +151,7 @@ def test_pushed_model_matches_the_trained_keras_model(e2e):
     probabilities = outputs_[F.PROBABILITY].numpy()
 
     model_run = outputs.latest_output(_store(e2e), PIPELINE, f"Trainer.{CELL.name}", "model_run")
-    keras_model = tf.keras.models.load_model(os.path.join(model_run.uri, task.KERAS_MODEL_DIR))
+    keras_model = tf.keras.models.load_model(os.path.join(model_run.uri, task.KERAS_MODEL_FILE))
     size = keras_model.input_shape[1]
     batch = tf.stack([decode.preprocess(tf.constant(_image(e)), size) for e in cropped])
     # The export serves the Trainer's Platt-calibrated probability of the Keras model's logit.

@@ -130,7 +130,7 @@ def test_pushed_model_matches_the_local_run(runs):
 
     local_run = outputs.latest_output(_local_store(runs), runs["config"].pipeline_name,
                                       f"Trainer.{CELL.name}", "model_run").uri
-    trained = [tf.keras.models.load_model(os.path.join(uri, task.KERAS_MODEL_DIR)).get_weights()
+    trained = [tf.keras.models.load_model(os.path.join(uri, task.KERAS_MODEL_FILE)).get_weights()
                for uri in (executed.artifact(f"Trainer.{CELL.name}", "model_run")["uri"],
                            local_run)]
     assert len(trained[0]) == len(trained[1]) > 100

@@ -1,5 +1,6 @@
-"""LungCrop, the Beam stage: every split cropped, features kept, the box the TF ops compute,
-QC counted; on the in-process runner and on a two-process runner with identical outputs."""
+"""LungCrop, the Beam stage: every split cropped, features kept, the box the shared crop function
+computes, lineage; on the in-process runner, and (a slow check, `python -m benchmarks checks`)
+on a two-process runner with identical outputs."""
 import glob
 import os
 
@@ -11,7 +12,7 @@ from tfx import v1 as tfx
 from cardio import features as F, imaging
 from cardio.components import lung_crop
 from cardio.data import convert
-from cardio.imaging import crop, decode, unet
+from cardio.imaging import crop, unet
 from cardio.pipeline import configs, outputs
 
 FN_API = configs.FN_API_RUNNER
@@ -55,21 +56,21 @@ def _examples(artifact, split):
             for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
-def test_crop_component_in_process_and_multi_process_agree(span_and_weights):
+@pytest.fixture(scope="module")
+def single(span_and_weights):
+    """The component on Beam's in-process runner: (cropped examples, MLMD store)."""
+    return _run(span_and_weights, "single",
+                [f"--runner={FN_API}", "--direct_running_mode=in_memory"])
+
+
+def test_crop_component_keeps_features_and_stores_the_shared_crop(span_and_weights, single):
     root = span_and_weights
-    single, store = _run(root, "single", [f"--runner={FN_API}", "--direct_running_mode=in_memory"])
-    multi, _ = _run(root, "multi", [f"--runner={FN_API}", "--direct_running_mode=multi_processing",
-                                    "--direct_num_workers=2"])
+    cropped, store = single
     summary = convert.json.loads((root / "data" / "span-1" / "summary.json").read_text())
-    model = unet.load(str(root / "unet" / imaging.UNET_WEIGHTS_FILE))
     for split in F.SPLITS:
-        a = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e for e in _examples(single, split)}
-        b = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e for e in _examples(multi, split)}
-        assert len(a) == sum(summary["splits"][split].values()), split
-        assert a.keys() == b.keys()
-        for key, example in a.items():
-            assert example.SerializeToString(deterministic=True) == \
-                b[key].SerializeToString(deterministic=True)
+        examples = _examples(cropped, split)
+        assert len(examples) == sum(summary["splits"][split].values()), split
+        for example in examples:
             f = example.features.feature
             assert len(f[F.CROP_BOX].float_list.value) == 4 and F.CROP_QC in f
             for kept in (F.LABEL, F.SITE, F.PATIENT_ID, F.SEX, F.AGE_BAND):
@@ -77,16 +78,17 @@ def test_crop_component_in_process_and_multi_process_agree(span_and_weights):
             assert F.LUNG_MASK not in f
             image = tf.io.decode_png(f[F.IMAGE].bytes_list.value[0], dtype=tf.uint16)
             assert image.shape == (128, 128, 1)
-    # The stored box is the one the shared TF ops compute for the original image.
+    # The stored box is the one the shared crop function computes for the original image.
+    model = unet.load(str(root / "unet" / imaging.UNET_WEIGHTS_FILE))
     original = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e
                 for path in glob.glob(str(root / "data" / "span-1" / F.TEST / "*"))
                 for e in map(lambda r: tf.train.Example.FromString(r.numpy()),
                              tf.data.TFRecordDataset(path, compression_type="GZIP"))}
     test_examples = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e
-                     for e in _examples(single, F.TEST)}
+                     for e in _examples(cropped, F.TEST)}
     for key, source in original.items():
-        image = decode.decode_radiograph(source.features.feature[F.IMAGE].bytes_list.value[0])
-        (_, box, _), = crop.crop_radiographs(model, [image], 128)
+        _, box, _ = crop.crop_encoded(model, source.features.feature[F.IMAGE].bytes_list.value[0],
+                                      128)
         np.testing.assert_allclose(
             test_examples[key].features.feature["crop_box"].float_list.value, box.numpy(),
             atol=1e-6)
@@ -95,3 +97,18 @@ def test_crop_component_in_process_and_multi_process_agree(span_and_weights):
     inputs = [store.get_artifacts_by_id([e.artifact_id])[0] for e in
               store.get_events_by_execution_ids([execution.id]) if e.type == e.INPUT]
     assert any(a.uri == str(root / "unet") for a in inputs)
+
+
+@pytest.mark.slow
+def test_multi_process_runner_writes_the_same_examples(span_and_weights, single):
+    """Two Beam worker processes, each loading the U-Net: byte-identical examples."""
+    multi, _ = _run(span_and_weights, "multi", [
+        f"--runner={FN_API}", "--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    for split in F.SPLITS:
+        a = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e
+             for e in _examples(single[0], split)}
+        b = {e.features.feature[F.IMAGE_ID].bytes_list.value[0]: e for e in _examples(multi, split)}
+        assert a and a.keys() == b.keys()
+        for key, example in a.items():
+            assert example.SerializeToString(deterministic=True) == \
+                b[key].SerializeToString(deterministic=True)

@@ -17,7 +17,8 @@ def _examples(cropped: bool, bad_box: bool = False):
         if cropped:
             flags = tf.constant([False, i == 0, False, False])
             box = tf.constant([0.1, 0.1, 1.5 if bad_box else 0.9, 0.9])
-            example = lung_crop.crop_example(example, tf.zeros([8, 8, 1], tf.uint16), box, flags)
+            example = lung_crop.crop_example(
+                example, tf.io.encode_png(tf.zeros([8, 8, 1], tf.uint16)).numpy(), box, flags)
         out.append(example)
     return out
 

@@ -59,12 +59,11 @@ class CardioServingModule(tf.Module):
 
     def _raw_image(self, encoded):
         """A raw radiograph -> (model input, crop box, QC flags), via the same crop as training."""
-        image = decode.decode_radiograph(encoded, self.max_pixels)
         if self.unet is None:
+            image = decode.decode_radiograph(encoded, self.max_pixels)
             return (decode.resize_for_model(image, self.image_size),
                     tf.constant([0.0, 0.0, 1.0, 1.0]), tf.zeros([len(crop.QC_FLAGS)], tf.bool))
-        probability = self.unet(crop.unet_input(image)[tf.newaxis], training=False)[0, :, :, 0]
-        cropped, box, flags = crop.crop_from_probability(image, probability, self.crop_size)
+        cropped, box, flags = crop.crop_encoded(self.unet, encoded, self.crop_size, self.max_pixels)
         # The crop as the batch stage stores it (uint16), then the training preprocessing.
         stored = tf.cast(cropped, tf.float32) / 65535.0
         return decode.resize_for_model(stored, self.image_size), box, flags

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -22,7 +23,9 @@ from cardio.trainer import (calibration, data, distribution, export, model as mo
 
 # Class weights of the study's two strategies: {label: weight}.
 CLASS_WEIGHTINGS = {"75-25": {0: 0.25, 1: 0.75}, "50-50": {0: 0.5, 1: 0.5}}
-KERAS_MODEL_DIR = "keras_model"  # inside the ModelRun artifact: the in-memory model, as trained
+# Inside the ModelRun artifact: the in-memory model as trained, in the Keras format (config and
+# weights; a SavedModel traced every layer's call functions, minutes for DenseNet121).
+KERAS_MODEL_FILE = "keras_model.keras"
 
 
 @dataclasses.dataclass
@@ -58,6 +61,14 @@ class TrainingConfig:
             raise ValueError(f"weighting must be one of {sorted(CLASS_WEIGHTINGS)}, "
                              f"got {result.weighting!r}")
         return result
+
+
+def save_keras_model(model, path: str) -> None:
+    """model.save in the Keras format, which writes local files only: via a local copy when
+    `path` is in a bucket (gs://)."""
+    with tempfile.TemporaryDirectory() as local:
+        model.save(os.path.join(local, KERAS_MODEL_FILE))
+        tf.io.gfile.copy(os.path.join(local, KERAS_MODEL_FILE), path, overwrite=True)
 
 
 def count_examples(file_patterns) -> int:
@@ -176,8 +187,8 @@ def train_and_export(fn_args):
         export.export(serving_model, serving_dir, config.image_size, threshold, unet,
                       config.crop_size, metadata, platt=platt)
     with distribution.save_dir(fn_args.model_run_dir, chief) as run_dir:
-        model.save(os.path.join(run_dir, KERAS_MODEL_DIR), save_format="tf")
         tf.io.gfile.makedirs(run_dir)
+        save_keras_model(model, os.path.join(run_dir, KERAS_MODEL_FILE))
         with tf.io.gfile.GFile(os.path.join(run_dir, "training_summary.json"), "w") as f:
             json.dump({"config": dataclasses.asdict(config), "train_examples": n_train,
                        "steps_per_epoch": steps_per_epoch, "operating_threshold": threshold,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from cardio.imaging import UNET_INPUT_SIZE
+from cardio.imaging import UNET_INPUT_SIZE, decode
 
 GRID = 64
 MIN_COMPONENT = 0.005          # of the grid: smaller components are noise
@@ -116,8 +116,24 @@ def crop_from_probability(image: tf.Tensor, probability: tf.Tensor, output_size:
     return cropped, box, flags
 
 
-def crop_radiographs(unet, images: list, output_size: int):
-    """Batch form: decoded [H, W, 1] images of any sizes -> [(cropped, box, flags), ...]."""
-    batch = tf.stack([unet_input(i) for i in images])
-    probabilities = unet(batch, training=False)[..., 0]
-    return [crop_from_probability(i, p, output_size) for i, p in zip(images, probabilities)]
+def crop_encoded(unet, encoded: tf.Tensor, output_size: int, max_pixels: int | None = None):
+    """One encoded radiograph -> (crop as uint16 [S, S, 1], box, QC flags): decode, the U-Net at
+    its own input size, the crop. Serving maps it over a request (trainer/export.py); the batch
+    stage runs it through `batch_crop` (components/lung_crop.py)."""
+    image = decode.decode_radiograph(encoded, max_pixels)
+    probability = unet(unet_input(image)[tf.newaxis], training=False)[0, :, :, 0]
+    return crop_from_probability(image, probability, output_size)
+
+
+def batch_crop(unet, output_size: int):
+    """A compiled function, encoded radiographs [N] -> (16-bit PNG crops [N], boxes [N, 4], QC
+    flags [N, 4]): `crop_encoded` mapped over the batch in one graph, as serving runs it."""
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def crop_batch(encoded):
+        def one(image_bytes):
+            cropped, box, flags = crop_encoded(unet, image_bytes, output_size)
+            return tf.io.encode_png(cropped), box, flags
+        return tf.map_fn(one, encoded, fn_output_signature=(
+            tf.TensorSpec([], tf.string), tf.TensorSpec([4], tf.float32),
+            tf.TensorSpec([len(QC_FLAGS)], tf.bool)))
+    return crop_batch
