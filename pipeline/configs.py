@@ -57,6 +57,9 @@ class PipelineConfig:
     mixed_precision: bool = True           # float16 compute when training on GPUs
     steps_per_epoch: int | None = None     # None: one pass over the training split per epoch
     target_sensitivity: float = 0.9
+    # TFMA's Poisson bootstrap CI beside every metric (model card, demo table). It costs several
+    # times the evaluation; the gate reads point estimates, so a quick run may turn it off.
+    confidence_intervals: bool = True
     seed: int = 0
     deterministic: bool = False            # op determinism: same data + seed -> same model
     # The lung U-Net (a directory holding UNET_WEIGHTS_FILE): the crop stage runs when set.

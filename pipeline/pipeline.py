@@ -104,7 +104,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                                        metadata_connection_config)
         # TFMA metrics per site slice on test + external; blesses only models that pass the gate.
         evaluator = evaluator_lib.create(examples, trainer.outputs["model"],
-                                         baseline.outputs["baseline"], config, cell.name)
+                                         baseline.outputs["baseline"], config, cell.name,
+                                         confidence_intervals=config.confidence_intervals)
         # Blessed models land in <serving_root>/<model name>/<version>/, as TF Serving reads it,
         # copied atomically; models.config and the batching file follow (components/pusher.py).
         pusher = tfx.components.Pusher(

@@ -83,3 +83,17 @@ def e2e(tmp_path_factory) -> PipelineRun:
         interfaces = [line.split(":")[0].strip() for line in lines]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     return PipelineRun(workdir, result.stdout, summary, interfaces, command)
+
+
+# The longest files first (measured, 2 cores), so the two xdist workers, each taking whole files,
+# finish together instead of one waiting on a long file started last.
+LONGEST_FIRST = ("test_e2e.py", "test_kubeflow_executed.py", "test_backbones.py",
+                 "test_tfjob_trainer.py", "test_gate.py", "test_baseline_per_cell.py",
+                 "test_trainer_resume.py", "test_explain.py", "test_distributed_training.py",
+                 "test_lung_crop_component.py", "test_env_unprivileged.py", "test_anomalies.py",
+                 "test_drift.py", "test_comparison.py", "test_launcher_quiet.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable within a file

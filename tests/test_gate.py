@@ -140,29 +140,42 @@ def test_gate_profiles_are_named_and_the_study_is_the_default():
 
 
 def test_the_gates_auc_is_exact_on_saturated_scores(tmp_path, data):
-    """A model whose probabilities are saturated (logits -24..-4: most below 1e-4, as the demo's
-    uncalibrated models gave): the AUC the gate reads (TFMA, the Evaluator's configuration) and
-    the Trainer's Keras AUC both match the exact rank AUC; evenly spaced thresholds do not."""
+    """A model whose raw probabilities are saturated (logits -24..-4: most below 1e-4, as the
+    demo's uncalibrated models gave). Exported as the Trainer exports it, with Platt scaling
+    fitted on its logits, the AUC the gate reads (TFMA, the Evaluator's configuration) matches
+    the exact rank AUC; served raw, TFMA's evenly spaced thresholds cannot rank it. The Trainer's
+    Keras AUC (thresholds evenly spaced in logit) is exact on the raw scores."""
     import tf_keras as keras
     from sklearn.metrics import roc_auc_score
 
     from cardio.evaluation import statistics as S
-    from cardio.trainer import export
+    from cardio.trainer import calibration, export
 
     model = gate_models.build(gate_models.GOOD, gain=20.0, offset=-14.0)
-    export.export(model, str(tmp_path / "saturated" / "Format-Serving"), gate_models.SIZE, 1e-4)
-    result = evaluate(tmp_path, data[0], str(tmp_path / "saturated"), STUDY)
-    slices = evaluator.metrics_with_intervals(evaluator.load(result["evaluation"]))
+    logits, labels = [], []
+    for images, split_labels in data[1].values():
+        scores = gate_models.probabilities(model, images).astype(np.float64)
+        logits.append(np.log(scores) - np.log1p(-scores))
+        labels.append(split_labels)
+    platt = calibration.fit_platt(np.concatenate(labels), np.concatenate(logits))
+    readings = {}
+    for name, scaling in (("calibrated", platt), ("raw", None)):
+        export.export(model, str(tmp_path / name / "Format-Serving"), gate_models.SIZE, 0.5,
+                      platt=scaling)
+        result = evaluate(tmp_path / name, data[0], str(tmp_path / name), STUDY)
+        readings[name] = evaluator.metrics_with_intervals(evaluator.load(result["evaluation"]))
     for split, site in gate_models.SITES.items():
-        images, labels = data[1][split]
+        images, split_labels = data[1][split]
         scores = gate_models.probabilities(model, images)
         assert np.median(scores) < 1e-4
-        exact = roc_auc_score(labels, scores)
+        exact = roc_auc_score(split_labels, scores)
         assert exact > 0.9
-        assert slices[f"site={site}"]["auc"]["value"] == pytest.approx(exact, abs=1e-3), site
+        gate_reads = readings["calibrated"][f"site={site}"]["auc"]["value"]
+        assert gate_reads == pytest.approx(exact, abs=1e-3), site
+        assert exact - readings["raw"][f"site={site}"]["auc"]["value"] > 0.05, site
         trainers = keras.metrics.AUC(thresholds=S.AUC_THRESHOLDS)
-        trainers.update_state(labels, scores)
+        trainers.update_state(split_labels, scores)
         assert float(trainers.result()) == pytest.approx(exact, abs=1e-3), site
-        evenly = keras.metrics.AUC(num_thresholds=10_000)
-        evenly.update_state(labels, scores)
+        evenly = keras.metrics.AUC(num_thresholds=1000)   # the Trainer's metric before
+        evenly.update_state(split_labels, scores)
         assert exact - float(evenly.result()) > 0.05, site

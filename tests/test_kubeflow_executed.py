@@ -38,7 +38,7 @@ def runs(tmp_path_factory):
     config = dataclasses.replace(
         configs.demo_config("random"), pipeline_name="cardio-executed", grid=(CELL,),
         gate=PLUMBING_GATE, image_size=64, crop_size=128, epochs=5, batch_size=8,
-        deterministic=True)
+        deterministic=True, confidence_intervals=False)
     data = tmp / "data"
     convert.write_synthetic(str(data), 96, seed=11, size=128, span=1,
                             external_sites=(config.external_site,), workers=1)
@@ -91,7 +91,8 @@ def test_runtime_parameters_reach_the_tasks(runs):
     assert example_gen["input_base"] == str(runs["data"])
     # ExampleGen's driver (the lifecycle hook) resolved the span before the executor ran.
     examples = executed.artifact("ImportExampleGen", "examples")
-    assert int(examples["metadata"]["span"]) == 1
+    # TFX's V2 entrypoint carries custom properties as `custom:<name>` metadata.
+    assert int(examples["metadata"]["custom:span"]) == 1
     model_run = executed.artifact(f"Trainer.{CELL.name}", "model_run")["uri"]
     summary = json.loads(Path(model_run, "training_summary.json").read_text())
     assert len(summary["epochs_run"]) == RUN_EPOCHS
