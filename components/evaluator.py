@@ -3,7 +3,7 @@
 Slices. The Evaluator pools the `test` and `external` splits into one collection, so a slice
 without the site would mix internal and external data. Every slice is therefore keyed by site
 first: `site` is each site's overall figure (the internal test set, the external site), then
-site x sex and site x age band. No `overall` slice exists.
+site x sex, site x age band and site x view. No `overall` slice exists.
 
 Metrics. On the probability: example count, AUC (10,000 evenly spaced thresholds, TFMA's fast
 histogram path: within 1e-4 of the exact AUC on the served *calibrated* probability; on raw
@@ -42,7 +42,7 @@ from cardio.components.gate import GateProfile
 from cardio.evaluation import statistics as S
 
 # Every slice starts with the site, so internal and external data are never mixed.
-SLICE_FEATURES = ([F.SITE], [F.SITE, F.SEX], [F.SITE, F.AGE_BAND])
+SLICE_FEATURES = ([F.SITE], *([F.SITE, subgroup] for subgroup in F.SUBGROUPS))
 EVAL_SPLITS = [F.TEST, F.EXTERNAL]
 # Evenly spaced: TFMA then derives every threshold from one calibration histogram. An explicit
 # threshold list takes its per-example path, which with the bootstrap took minutes per slice.

@@ -41,7 +41,7 @@ OUTPUT_KEY = "comparison"
 COMPARISON_JSON = "comparison.json"
 PREDICTIONS_CSV = "predictions.csv"
 SCORED_SPLITS = (F.VALIDATION, F.TEST, F.EXTERNAL)
-CASE_FEATURES = (F.IMAGE_ID, F.LABEL, F.SITE, F.SEX, F.AGE_BAND)
+CASE_FEATURES = (F.IMAGE_ID, F.LABEL, F.SITE, *F.SUBGROUPS)
 ROLES = {"model": standard_artifacts.Model, "model_run": standard_artifacts.ModelRun,
          "blessing": standard_artifacts.ModelBlessing, "pushed_model": standard_artifacts.PushedModel}
 BATCH = 32

@@ -22,6 +22,7 @@ def _cases(seed=0, n=(200, 240, 200)):
             F.SITE: np.where(split == C.EXTERNAL, EXTERNAL_SITE, "site-a"),
             F.SEX: rng.choice(["F", "M"], total),
             F.AGE_BAND: rng.choice(["<40", "40-59", "60-79", "80+"], total, p=[.1, .4, .47, .03]),
+            F.VIEW: rng.choice(["PA", "AP"], total, p=[.8, .2]),
             F.LABEL: rng.integers(0, 2, total),
             F.IMAGE_ID: np.array([f"img{i:04d}" for i in range(total)])}
 
@@ -151,6 +152,17 @@ def test_fairness_flags_a_slice_the_model_fails_and_marks_small_slices():
         skm.roc_auc_score(cases[F.LABEL][rest], scores[rest]))
     tested = [r for r in rows.values() if "p" in r]
     assert all(r["p_holm"] >= r["p"] for r in tested) and len(tested) >= 6
+    assert {"site=site-a, view=PA", "site=site-a, view=AP"} <= set(rows)
+
+
+def test_a_feature_with_one_value_in_a_site_adds_no_fairness_row():
+    """A PA-only cohort: its view slice is the whole site, already the site's row."""
+    cases = _cases()
+    cases[F.VIEW] = np.full(len(cases["split"]), "PA")
+    out = _analyse(cases, {"m": _model(cases, 3.0, 1)}, {"m": _info("a", "75-25")})
+    rows = [r["slice"] for r in out["models"]["m"]["fairness"]]
+    assert "site=site-a" in rows and "site=site-a, sex=F" in rows
+    assert not [r for r in rows if "view=" in r]
 
 
 def test_report_has_roc_curves_delong_table_and_fairness_chart(tmp_path):

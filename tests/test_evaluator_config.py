@@ -80,7 +80,7 @@ def test_both_splits_are_evaluated_and_no_slice_pools_sites():
     assert all(spec.feature_keys and spec.feature_keys[0] == "site"
                for spec in eval_config.slicing_specs)
     assert {tuple(s.feature_keys) for s in eval_config.slicing_specs} == {
-        ("site",), ("site", "sex"), ("site", "age_band")}
+        ("site",), ("site", "sex"), ("site", "age_band"), ("site", "view")}
 
 
 def test_per_cell_baseline_and_model_card_compile_for_kubeflow(tmp_path):

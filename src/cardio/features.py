@@ -25,6 +25,9 @@ HEART_MASK = "heart_mask"  # PNG, 255 inside the heart
 SEX_VALUES = ("F", "M", "unknown")
 UNKNOWN = "unknown"
 
+# Subgroups every site is sliced by (TFMA's slices, the comparison's fairness review).
+SUBGROUPS = (SEX, AGE_BAND, VIEW)
+
 # Age bands used for slicing (upper bounds exclusive); the last band is open-ended.
 AGE_BANDS = ((0, 40, "<40"), (40, 60, "40-59"), (60, 80, "60-79"), (80, 200, "80+"))
 

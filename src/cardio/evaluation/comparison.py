@@ -143,11 +143,12 @@ def fairness(cases: dict, scores, threshold: float, sites, min_per_class: int,
              alpha: float = ALPHA) -> list:
     """Per-slice AUC, sensitivity and specificity with CIs on the test and external splits.
 
-    Each site is a reference row. Within a site, each sex and age band is tested against the
-    rest of that site (its complement; never against another site): DeLong for independent
+    Each site is a reference row. Within a site, each sex, age band and view is tested against
+    the rest of that site (its complement; never against another site): DeLong for independent
     groups, two-sided, Holm-adjusted across every tested slice. A slice is flagged when its AUC is
     significantly below its complement's. A slice or complement with fewer than
-    `min_per_class` positives or negatives is marked too small to judge, and not tested.
+    `min_per_class` positives or negatives is marked too small to judge, and not tested. A
+    feature with one value in a site (a PA-only cohort's view) is that site's row, and skipped.
     """
     labels = np.asarray(cases[F.LABEL])
     scores = np.asarray(scores)
@@ -159,9 +160,10 @@ def fairness(cases: dict, scores, threshold: float, sites, min_per_class: int,
             continue
         rows.append(_slice_row(f"{F.SITE}={site}", site, None, None, labels[in_site],
                                scores[in_site], threshold, status="site"))
-        for feature in (F.SEX, F.AGE_BAND):
+        for feature in F.SUBGROUPS:
             values = np.asarray(cases[feature])
-            for value in sorted(set(values[in_site]), key=_slice_order):
+            present = sorted(set(values[in_site]), key=_slice_order)
+            for value in present if len(present) > 1 else ():
                 mask, rest = in_site & (values == value), in_site & (values != value)
                 row = _slice_row(f"{F.SITE}={site}, {feature}={value}", site, feature, value,
                                  labels[mask], scores[mask], threshold, status="ok")
@@ -207,7 +209,7 @@ def analyse(cases: dict, scores: dict, models: dict, internal_sites, external_si
             prevalence: float, min_per_class: int, alpha: float = ALPHA) -> dict:
     """Everything comparison.json holds.
 
-    cases:  {"split", "site", "sex", "age_band", "label", "image_id": array per case}
+    cases:  {"split", "site", "sex", "age_band", "view", "label", "image_id": array per case}
     scores: {model name: probabilities aligned with `cases`}
     models: {model name: {"threshold", "blessed", "backbone", "weighting", ...}}
     """

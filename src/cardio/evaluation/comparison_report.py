@@ -355,7 +355,7 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
 
     lines += ["## Fairness review", "",
               "Per slice of the test and external splits, at the operating threshold. Within "
-              "each site, every sex and age band is compared with the rest of that site "
+              "each site, every sex, age band and view is compared with the rest of that site "
               "(DeLong for independent groups, two-sided, Holm-adjusted across the tested "
               f"slices); **flagged** when the adjusted p < {settings['alpha']} and the slice's "
               "AUC is the lower. Slices or complements with fewer than "
