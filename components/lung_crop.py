@@ -11,8 +11,10 @@ beam_pipeline_args name (in-process by default; multi-process, portable or Dataf
 from __future__ import annotations
 
 import os
+import time
 
 import apache_beam as beam
+from absl import logging
 import numpy as np
 import tensorflow as tf
 from tfx import types
@@ -23,6 +25,9 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from cardio import features as F
 from cardio.imaging import UNET_WEIGHTS_FILE, crop
+
+
+PROGRESS_EVERY = 500   # radiographs between progress lines
 
 
 class CropDoFn(beam.DoFn):
@@ -36,6 +41,7 @@ class CropDoFn(beam.DoFn):
     def setup(self):
         from cardio.imaging import unet
         self._crop = crop.batch_crop(unet.load(self._weights_path), self._output_size)
+        self._done, self._flags, self._started = 0, 0, time.monotonic()
 
     def process(self, batch):
         examples = [tf.train.Example.FromString(raw) for raw in batch]
@@ -46,6 +52,13 @@ class CropDoFn(beam.DoFn):
             self._cropped.inc()
             if raised.any():
                 self._flagged.inc()
+                self._flags += 1
+        # Progress on a long stage; each worker reports its own share.
+        before, self._done = self._done, self._done + len(examples)
+        if self._done // PROGRESS_EVERY > before // PROGRESS_EVERY:
+            logging.info("LungCrop: %d radiographs cropped by this worker (%d flagged), %.1f/s",
+                         self._done, self._flags, self._done / (time.monotonic() - self._started),
+                         extra={F.PROGRESS: True})
 
 
 def crop_example(example, png: bytes, box, flags):

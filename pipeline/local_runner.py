@@ -8,7 +8,7 @@ import time
 
 from tfx import v1 as tfx
 
-from cardio import schemas
+from cardio import features as F, schemas
 from cardio.pipeline.configs import PipelineConfig
 from cardio.pipeline.pipeline import create_pipeline
 
@@ -32,11 +32,12 @@ def run(config: PipelineConfig, data_root: str, pipeline_root: str, serving_root
 @contextlib.contextmanager
 def component_progress(total: int):
     """Progress on stderr: LocalDagRunner's 'Component X is running/finished' lines (absl INFO),
-    numbered and timed, and nothing else of its INFO chatter."""
+    numbered and timed, the progress lines of long stages (records logged with
+    `extra={features.PROGRESS: True}`), and nothing else of its INFO chatter."""
     started, done = time.time(), [0]
 
     def keep(record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING:
+        if record.levelno >= logging.WARNING or getattr(record, F.PROGRESS, False):
             return True
         if record.msg in ("Component %s is running.", "Component %s is finished."):
             finished = record.msg.endswith("finished.")

@@ -2,6 +2,7 @@
 computes, lineage; on the in-process runner, and (a slow check, `python -m benchmarks checks`)
 on a two-process runner with identical outputs."""
 import glob
+import logging
 import os
 
 import numpy as np
@@ -13,7 +14,7 @@ from cardio import features as F, imaging
 from cardio.components import lung_crop
 from cardio.data import convert
 from cardio.imaging import crop, unet
-from cardio.pipeline import configs, outputs
+from cardio.pipeline import configs, local_runner, outputs
 
 FN_API = configs.FN_API_RUNNER
 
@@ -56,16 +57,45 @@ def _examples(artifact, split):
             for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
+class _Kept(logging.Handler):
+    """The log records the local runner's progress filter lets through."""
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
 @pytest.fixture(scope="module")
 def single(span_and_weights):
-    """The component on Beam's in-process runner: (cropped examples, MLMD store)."""
-    return _run(span_and_weights, "single",
-                [f"--runner={FN_API}", "--direct_running_mode=in_memory"])
+    """The component on Beam's in-process runner, under the local runner's progress filter:
+    (cropped examples, MLMD store, the log records shown)."""
+    kept, absl_logger = _Kept(), logging.getLogger("absl")
+    absl_logger.addHandler(kept)
+    try:
+        with pytest.MonkeyPatch.context() as patch, local_runner.component_progress(3):
+            patch.setattr(lung_crop, "PROGRESS_EVERY", 8)
+            cropped, store = _run(span_and_weights, "single",
+                                  [f"--runner={FN_API}", "--direct_running_mode=in_memory"])
+    finally:
+        absl_logger.removeHandler(kept)
+    return cropped, store, kept.records
+
+
+def test_the_crop_stage_reports_its_progress_and_nothing_else_is_shown(single):
+    shown = [record.getMessage() for record in single[2] if record.levelno == logging.INFO]
+    progress = [m for m in shown if m.startswith("LungCrop: ")]
+    assert progress and all("radiographs cropped by this worker" in m and "/s" in m
+                            for m in progress)
+    assert int(progress[0].split()[1]) >= 8   # a line once every 8 radiographs (patched)
+    # Everything else shown at INFO is the runner's numbered component lines.
+    assert all(m.startswith("[") and " done, " in m for m in shown if m not in progress)
 
 
 def test_crop_component_keeps_features_and_stores_the_shared_crop(span_and_weights, single):
     root = span_and_weights
-    cropped, store = single
+    cropped, store, _ = single
     summary = convert.json.loads((root / "data" / "span-1" / "summary.json").read_text())
     for split in F.SPLITS:
         examples = _examples(cropped, split)

@@ -65,3 +65,7 @@ ASSETS_EXTRA = "assets.extra"           # TF Serving's directory for files besid
 WARMUP_FILE = "tf_serving_warmup_requests"
 METADATA_FILE = "cardio_metadata.json"  # threshold, sizes, lineage: what the export was made with
 MODEL_CARD_FILE = "MODEL_CARD.md"
+
+# A log record attribute (`extra={PROGRESS: True}`): the local runner shows such INFO lines, the
+# progress of long stages, among the component lines it keeps.
+PROGRESS = "cardio_progress"

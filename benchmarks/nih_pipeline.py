@@ -1,0 +1,143 @@
+"""The NIH ChestX-ray14 set (../shared/data/nih-cxr14-128) through the whole pipeline, as a user
+runs it: `cardio data csv`, then `cardio pipeline run --config nih` (the shipped configuration:
+U-Net crop, MobileNet-0.25 from ImageNet weights at both weightings, TFMA per slice, comparison,
+push, serve). Prints the run time per stage, the crop QC counts, every model's per-slice table
+with its 95% CIs and its calibration. Set CARDIO_NIH_WORKDIR to keep the outputs somewhere known;
+`--no-crop` runs the same file without the U-Net crop (to measure what the crop does at 128 px).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NIH = os.path.join(os.path.dirname(REPO), "shared", "data", "nih-cxr14-128")
+SLICE_METRICS = ("auc", "sensitivity", "specificity")
+
+
+def _cardio(args: list, env: dict) -> tuple[str, float]:
+    """Runs `cardio ...` with its progress on this terminal; returns stdout and seconds."""
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "cardio", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(result.stdout)
+    if result.returncode != 0:
+        raise SystemExit(f"cardio {' '.join(args[:2])} failed with exit code {result.returncode}")
+    return result.stdout, time.perf_counter() - started
+
+
+def _config_file(workdir: str, crop: bool) -> str:
+    import yaml
+
+    from cardio.pipeline import config_file
+    with open(os.path.join(config_file.SHIPPED_DIR, config_file.SHIPPED["nih"])) as f:
+        config = yaml.safe_load(f)
+    config["weights"] = os.path.join(os.path.dirname(REPO), "shared", "weights")
+    if not crop:
+        config.update(segmenter_uri=None, pipeline_name="cardiomegaly-nih-no-crop")
+    path = os.path.join(workdir, "nih.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return path
+
+
+def _stage_seconds(store, pipeline_name: str) -> list:
+    """(component, seconds) from MLMD's execution times, in the order they ran."""
+    executions = []
+    for context in store.get_contexts_by_type("node"):
+        if context.name.startswith(pipeline_name + "."):
+            for execution in store.get_executions_by_context(context.id):
+                executions.append((execution.create_time_since_epoch,
+                                   context.name[len(pipeline_name) + 1:],
+                                   (execution.last_update_time_since_epoch -
+                                    execution.create_time_since_epoch) / 1000))
+    return [(name, seconds) for _, name, seconds in sorted(executions)]
+
+
+def _interval(value, interval) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (" [{:.2f}, {:.2f}]".format(*interval) if interval else "")
+
+
+def report(workdir: str, config_path: str, seconds: dict) -> None:
+    import tensorflow as tf
+
+    from cardio.pipeline import config_file, local_runner, outputs
+    from cardio.pipeline import report as report_lib
+
+    run_config = config_file.load(config_path)
+    config = run_config.config
+    store = outputs.open_store(local_runner.metadata_path(os.path.join(workdir, "pipeline")))
+    print(f"\nNIH ChestX-ray14 at 128 px, {os.cpu_count()} cores, "
+          f"crop {'on' if config.segmenter_uri else 'OFF'}")
+    print(f"{'stage':<44}{'seconds':>9}")
+    for name, value in [("cardio data csv", seconds["convert"]),
+                        *_stage_seconds(store, config.pipeline_name),
+                        ("cardio pipeline run (whole, with report and serving)", seconds["run"])]:
+        print(f"{name:<44}{value:>9.0f}")
+    qc = report_lib.crop_qc_counts(store, config)
+    if qc:
+        flags = sorted({k for c in qc.values() for k in c if k not in ("images", "flagged")})
+        print("\nCrop QC (flagged radiographs are centre-cropped instead)")
+        print(f"{'split':<12}{'images':>8}{'flagged':>9}" + "".join(f"{f:>14}" for f in flags))
+        for split, counts in qc.items():
+            print(f"{split:<12}{counts.get('images', 0):>8}{counts.get('flagged', 0):>9}" +
+                  "".join(f"{counts.get(f, 0):>14}" for f in flags))
+    print("\n| model | slice | n | AUC | sensitivity | specificity | Brier |")
+    print("|---|---|---|---|---|---|---|")
+    for cell in config.grid:
+        result = report_lib.cell_result(store, config, cell, run_config.serving_dir)
+        for name, values in sorted(result["slices"].items()):
+            intervals = result.get("intervals", {}).get(name, {})
+            cells = [_interval(values.get(m), intervals.get(m)) for m in SLICE_METRICS]
+            print(f"| {cell.weighting}{' (blessed)' if result['blessed'] else ''} | {name} | "
+                  f"{values.get('example_count', 0):.0f} | {' | '.join(cells)} | "
+                  f"{values.get('brier_score', float('nan')):.3f} |")
+    print("\nCalibration (Platt scaling fitted on validation; ECE and Brier on validation)")
+    print(f"{'model':<14}{'a':>8}{'b':>8}{'threshold':>11}{'ECE before':>12}{'ECE after':>11}"
+          f"{'Brier before':>14}{'Brier after':>13}")
+    for cell in config.grid:
+        run = outputs.latest_output(store, config.pipeline_name, f"Trainer.{cell.name}",
+                                    "model_run")
+        with tf.io.gfile.GFile(os.path.join(run.uri, "training_summary.json")) as f:
+            summary = json.load(f)
+        c, before, after = (summary["calibration"], summary["calibration"]["validation_before"],
+                            summary["calibration"]["validation_after"])
+        print(f"{cell.weighting:<14}{c['a']:>8.3f}{c['b']:>8.3f}"
+              f"{summary['operating_threshold']:>11.3f}{before['ece']:>12.3f}{after['ece']:>11.3f}"
+              f"{before['brier']:>14.4f}{after['brier']:>13.4f}")
+    comparison = report_lib.model_comparison(store, config)
+    if comparison:
+        print(f"\nExact AUCs (model comparison): {json.dumps(comparison['auc'])}")
+        print(f"Champion: {comparison['champion']}. {comparison['reason']}")
+
+
+def main(argv=None) -> int:
+    crop = "--no-crop" not in (argv if argv is not None else sys.argv[1:])
+    if not os.path.isdir(NIH):
+        print(f"\nNIH benchmark skipped: ../shared/data/nih-cxr14-128 is not present")
+        return 0
+    workdir = os.environ.get("CARDIO_NIH_WORKDIR") or tempfile.mkdtemp(prefix="cardio-nih-")
+    os.makedirs(workdir, exist_ok=True)
+    env = {**os.environ, "CARDIO_PATIENT_SALT": os.environ.get("CARDIO_PATIENT_SALT",
+                                                               "nih-benchmark-salt")}
+    data = os.path.join(workdir, "data")
+    seconds = {}
+    _, seconds["convert"] = _cardio(["data", "csv", "--csv", os.path.join(NIH, "labels.csv"),
+                                     "--images", os.path.join(NIH, "images"), "--out", data,
+                                     "--id-map", os.path.join(workdir, "id-map.csv")], env)
+    config_path = _config_file(workdir, crop)
+    _, seconds["run"] = _cardio(["pipeline", "run", "--config", config_path, "--data-root", data,
+                                 "--workdir", workdir], env)
+    report(workdir, config_path, seconds)
+    print(f"Outputs: {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
