@@ -54,9 +54,12 @@ LOOPBACK_UP = ("import fcntl, socket, struct; fcntl.ioctl(socket.socket(), 0x891
                "struct.pack('16sH', b'lo', 0x1 | 0x8 | 0x40))")
 
 
-def run_demo(workdir: Path, cut_network: bool) -> tuple[subprocess.CompletedProcess, list]:
+def run_demo(workdir: Path, cut_network: bool,
+             random_init: bool = False) -> tuple[subprocess.CompletedProcess, list]:
+    """The demo at the suite's size; from random initialisation when asked or when
+    ../shared/weights is absent (a new user's machine)."""
     command = [sys.executable, "-m", "cardio", "demo", "--workdir", str(workdir), *E2E_ARGS]
-    if not (SHARED / "weights").exists():
+    if random_init or not (SHARED / "weights").exists():
         command.append("--random-init")
     if cut_network:
         # A new network namespace has only a loopback device: nothing leaves the machine. The
@@ -88,7 +91,7 @@ def e2e(tmp_path_factory) -> PipelineRun:
 # The longest files first (measured, 2 cores), so the two xdist workers, each taking whole files,
 # finish together instead of one waiting on a long file started last.
 LONGEST_FIRST = ("test_e2e.py", "test_kubeflow_executed.py", "test_backbones.py",
-                 "test_tfjob_trainer.py", "test_gate.py", "test_baseline_per_cell.py",
+                 "test_real_data_pipeline.py", "test_tfjob_trainer.py", "test_gate.py", "test_baseline_per_cell.py",
                  "test_trainer_resume.py", "test_explain.py", "test_distributed_training.py",
                  "test_lung_crop_component.py", "test_env_unprivileged.py", "test_anomalies.py",
                  "test_drift.py", "test_comparison.py", "test_launcher_quiet.py")

@@ -10,7 +10,7 @@ from cardio import features as F, imaging
 from cardio.components import evaluator, model_card
 from cardio.evaluation import statistics as S
 from cardio.imaging import crop, decode
-from cardio.pipeline import configs, local_runner, outputs, report
+from cardio.pipeline import configs, demo, local_runner, outputs, report
 from cardio.trainer import export, task
 
 CELL = configs.demo_config(None).grid[0]
@@ -25,7 +25,8 @@ def _pushed_version_dir(e2e):
     versions = glob.glob(str(e2e.workdir / "serving" / CELL.name / "*"))
     if not versions and "--random-init" in e2e.command:
         pytest.skip("no model was pushed: ../shared/weights is absent, so the demo trained from "
-                    "random initialisation, which the demo gate rejects")
+                    "random initialisation and, as it announces, pushes nothing (asserted by "
+                    "test_the_demo_states_its_weights_first_and_what_follows)")
     assert versions, f"no model was pushed; the run printed:\n{e2e.stdout}"
     return max(versions, key=lambda p: int(os.path.basename(p)))
 
@@ -89,6 +90,19 @@ def test_evaluation_is_per_site_and_never_pools_sites(e2e):
     # The demo prints the same table, with the gate profile and the CIs.
     assert "site=site-b" in e2e.stdout and "Gate profile 'demo'" in e2e.stdout
     assert S.BOOTSTRAP_CI in e2e.stdout
+
+
+def test_the_demo_states_its_weights_first_and_what_follows(e2e):
+    first = e2e.stdout.splitlines()[0]
+    if "--random-init" in e2e.command:   # a new user's machine: no ../shared/weights
+        assert first == demo.NO_WEIGHTS and e2e.summary["imagenet_weights"] is None
+        assert e2e.summary["serving"] == {"served": False}
+        assert all(m["pushed_to"] is None for m in e2e.summary["models"].values())
+        assert "as expected without ImageNet weights" in e2e.stdout
+    else:
+        weights = e2e.summary["imagenet_weights"]
+        assert first == f"ImageNet weights: {weights}" and os.path.exists(weights)
+        assert e2e.summary["serving"]["served"] is True
 
 
 def test_blessed_model_is_pushed_in_tf_serving_layout(e2e):
