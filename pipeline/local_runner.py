@@ -33,11 +33,16 @@ def run(config: PipelineConfig, data_root: str, pipeline_root: str, serving_root
 def component_progress(total: int):
     """Progress on stderr: LocalDagRunner's 'Component X is running/finished' lines (absl INFO),
     numbered and timed, the progress lines of long stages (records logged with
-    `extra={features.PROGRESS: True}`), and nothing else of its INFO chatter."""
+    `extra={features.PROGRESS: True}`), and of everything else only what the caller's level
+    showed before (warnings with --verbose, errors by default)."""
+    from absl import logging as absl_logging
+
     started, done = time.time(), [0]
+    logger = logging.getLogger("absl")
+    shown_from = logger.getEffectiveLevel()
 
     def keep(record: logging.LogRecord) -> bool:
-        if record.levelno >= logging.WARNING or getattr(record, F.PROGRESS, False):
+        if getattr(record, F.PROGRESS, False):
             return True
         if record.msg in ("Component %s is running.", "Component %s is finished."):
             finished = record.msg.endswith("finished.")
@@ -46,17 +51,18 @@ def component_progress(total: int):
                           f"{record.args[0]} {'finished' if finished else 'running'}")
             record.args = ()
             return True
-        return False
+        return record.levelno >= shown_from
 
-    logger = logging.getLogger("absl")
-    level = logger.level
     handlers = logger.handlers or logging.getLogger().handlers
     for handler in handlers:
         handler.addFilter(keep)
-    logger.setLevel(logging.INFO)
+    # absl's verbosity, not only the logger's level: TensorFlow's SavedModel export saves and
+    # restores absl's verbosity, which would otherwise silence these lines after a Trainer.
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        absl_logging.set_verbosity(verbosity)
         for handler in handlers:
             handler.removeFilter(keep)

@@ -36,6 +36,7 @@ def can_cut_network() -> bool:
 class PipelineRun:
     workdir: Path
     stdout: str
+    stderr: str
     summary: dict
     network_interfaces: list | None  # interfaces seen by the run; None when it could not be cut off
     command: list
@@ -85,7 +86,7 @@ def e2e(tmp_path_factory) -> PipelineRun:
         lines = (workdir / "net_dev.txt").read_text().splitlines()[2:]
         interfaces = [line.split(":")[0].strip() for line in lines]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    return PipelineRun(workdir, result.stdout, summary, interfaces, command)
+    return PipelineRun(workdir, result.stdout, result.stderr, summary, interfaces, command)
 
 
 # The longest files first (measured, 2 cores), so the two xdist workers, each taking whole files,

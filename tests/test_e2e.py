@@ -1,6 +1,7 @@
 """The walking skeleton, end to end: data in, validated, trained, evaluated per site, pushed."""
 import glob
 import os
+import re
 
 import numpy as np
 import pytest
@@ -69,6 +70,16 @@ def test_every_component_ran(e2e):
         executions = outputs.node_executions(store, PIPELINE, node)
         assert executions, node
         assert executions[-1].last_known_state == executions[-1].COMPLETE, node
+
+
+def test_progress_shows_every_component_to_the_end(e2e):
+    """Numbered component lines on stderr for the whole run, after the Trainers too."""
+    progress = re.findall(r"\[(\d+)/(\d+) done, \d+ s\] (\S+) (running|finished)", e2e.stderr)
+    finished = [name for _, _, name, state in progress if state == "finished"]
+    total = int(progress[0][1])
+    assert len(set(finished)) == len(finished) == total
+    assert any(name.startswith("Trainer.") for name in finished)
+    assert progress[-1][:2] == (str(total), str(total))
 
 
 def test_evaluation_is_per_site_and_never_pools_sites(e2e):
