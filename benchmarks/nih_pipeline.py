@@ -82,21 +82,22 @@ def report(workdir: str, config_path: str, seconds: dict) -> None:
         print(f"{name:<44}{value:>9.0f}")
     qc = report_lib.crop_qc_counts(store, config)
     if qc:
-        flags = sorted({k for c in qc.values() for k in c if k not in ("images", "flagged")})
+        columns = ["images", "flagged", *sorted({k for c in qc.values() for k in c
+                                                 if k not in ("images", "flagged")})]
         print("\nCrop QC (flagged radiographs are centre-cropped instead)")
-        print(f"{'split':<12}{'images':>8}{'flagged':>9}" + "".join(f"{f:>14}" for f in flags))
+        print(f"{'split':<12}" + "".join(f"{c:>{len(c) + 2}}" for c in columns))
         for split, counts in qc.items():
-            print(f"{split:<12}{counts.get('images', 0):>8}{counts.get('flagged', 0):>9}" +
-                  "".join(f"{counts.get(f, 0):>14}" for f in flags))
-    print("\n| model | slice | n | AUC | sensitivity | specificity | Brier |")
-    print("|---|---|---|---|---|---|---|")
+            print(f"{split:<12}" + "".join(f"{counts.get(c, 0):>{len(c) + 2}}" for c in columns))
+    print("\n| model | slice | n | cardiomegaly | AUC | sensitivity | specificity | Brier |")
+    print("|---|---|---|---|---|---|---|---|")
     for cell in config.grid:
         result = report_lib.cell_result(store, config, cell, run_config.serving_dir)
         for name, values in sorted(result["slices"].items()):
             intervals = result.get("intervals", {}).get(name, {})
+            n, positives = values.get("example_count", 0), values.get("tp", 0) + values.get("fn", 0)
             cells = [_interval(values.get(m), intervals.get(m)) for m in SLICE_METRICS]
             print(f"| {cell.weighting}{' (blessed)' if result['blessed'] else ''} | {name} | "
-                  f"{values.get('example_count', 0):.0f} | {' | '.join(cells)} | "
+                  f"{n:.0f} | {positives:.0f} | {' | '.join(cells)} | "
                   f"{values.get('brier_score', float('nan')):.3f} |")
     print("\nCalibration (Platt scaling fitted on validation; ECE and Brier on validation)")
     print(f"{'model':<14}{'a':>8}{'b':>8}{'threshold':>11}{'ECE before':>12}{'ECE after':>11}"

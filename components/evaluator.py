@@ -208,8 +208,20 @@ def metrics_with_intervals(eval_result) -> dict:
                     row[name] = {"value": float(bounded["value"]), "lower": lower, "upper": upper}
                 elif "doubleValue" in value:
                     row[name] = {"value": float(value["doubleValue"]), "lower": None, "upper": None}
-        table[slice_name(slice_key)] = row
+        table[slice_name(slice_key)] = _without_undefined(row)
     return table
+
+
+def _without_undefined(row: dict) -> dict:
+    """Drops what a slice without one class does not define: TFMA reports its AUC as 0 and its
+    recall as NaN (e.g. an age band with no cardiomegaly); tables then show '-'."""
+    if not {"tp", "fn", "fp", "tn"} <= row.keys():
+        return row
+    positives = row["tp"]["value"] + row["fn"]["value"]
+    negatives = row["fp"]["value"] + row["tn"]["value"]
+    undefined = ({"auc", "sensitivity"} if not positives else set()) | \
+                ({"auc", "specificity"} if not negatives else set())
+    return {name: cell for name, cell in row.items() if name not in undefined}
 
 
 def validation_failures(evaluation_uri: str) -> list[str]:

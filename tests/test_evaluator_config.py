@@ -118,3 +118,23 @@ def test_bootstrap_intervals_are_kept_within_the_metrics_range():
     assert evaluator._interval("auc", -0.08, 1.62) == (0.0, 1.0)
     assert evaluator._interval("tp", -0.8, 4.3) == (0.0, 4.3)
     assert evaluator._interval("sensitivity", float("nan"), float("nan")) == (None, None)
+
+
+def test_a_slice_without_one_class_has_no_auc_or_rate_of_that_class():
+    """TFMA reports AUC 0 and recall NaN for a slice without cardiomegaly; the tables show '-'."""
+    import types
+
+    def slice_(site, tp, fn, fp, tn, auc):
+        label = {name: {"doubleValue": value} for name, value in
+                 (("tp", tp), ("fn", fn), ("fp", fp), ("tn", tn), ("specificity", tn / (fp + tn)),
+                  ("sensitivity", tp / (tp + fn) if tp + fn else float("nan")))}
+        return (((("site", site),), {"probability": {"": {"auc": {"doubleValue": auc}}},
+                                     "predicted_label": {"": label}}))
+
+    result = types.SimpleNamespace(slicing_metrics=[slice_("a", 0, 0, 2, 3, 0.0),
+                                                    slice_("b", 3, 1, 2, 4, 0.8)])
+    table = evaluator.metrics_with_intervals(result)
+    assert "auc" not in table["site=a"] and "sensitivity" not in table["site=a"]
+    assert table["site=a"]["specificity"]["value"] == 0.6
+    assert table["site=b"]["auc"]["value"] == 0.8 and table["site=b"]["sensitivity"]["value"] == 0.75
+
