@@ -2,8 +2,11 @@
 runs it: `cardio data csv`, then `cardio pipeline run --config nih` (the shipped configuration:
 U-Net crop, MobileNet-0.25 from ImageNet weights at both weightings, TFMA per slice, comparison,
 push, serve). Prints the run time per stage, the crop QC counts, every model's per-slice table
-with its 95% CIs and its calibration. Set CARDIO_NIH_WORKDIR to keep the outputs somewhere known;
-`--no-crop` runs the same file without the U-Net crop (to measure what the crop does at 128 px).
+with its 95% CIs and its calibration. `--workdir=DIR` keeps the outputs there (default: a new
+temporary directory); `--no-crop` runs the same file without the U-Net crop, and
+`python -m benchmarks.nih_pipeline compare WITH_CROP WITHOUT_CROP` then tests, per model, whether
+the crop changes the AUC on the same images (both runs must share CARDIO_PATIENT_SALT, which
+decides the patients' splits; the benchmark's default salt is fixed for that reason).
 """
 from __future__ import annotations
 
@@ -118,12 +121,52 @@ def report(workdir: str, config_path: str, seconds: dict) -> None:
         print(f"Champion: {comparison['champion']}. {comparison['reason']}")
 
 
+def _predictions(workdir: str, pipeline_name: str) -> dict:
+    """{model: {image_id: (split, label, probability)}} from a run's model comparison."""
+    import csv
+
+    from cardio.components import model_comparison
+    from cardio.pipeline import local_runner, outputs
+    store = outputs.open_store(local_runner.metadata_path(os.path.join(workdir, "pipeline")))
+    artifact = outputs.latest_output(store, pipeline_name, model_comparison.NODE_ID,
+                                     model_comparison.OUTPUT_KEY)
+    with open(os.path.join(artifact.uri, model_comparison.PREDICTIONS_CSV)) as f:
+        rows = list(csv.DictReader(f))
+    models = [c for c in rows[0] if c.startswith("cardio-")]
+    return {m: {r["image_id"]: (r["split"], int(r["label"]), float(r[m])) for r in rows}
+            for m in models}
+
+
+def compare_crop(with_crop: str, without_crop: str) -> None:
+    """Paired DeLong test per model, crop vs no crop, on the same validation and test images
+    (both runs converted with the same CARDIO_PATIENT_SALT, so the splits are the same)."""
+    from cardio.evaluation import statistics
+
+    cropped = _predictions(with_crop, "cardiomegaly-nih")
+    plain = _predictions(without_crop, "cardiomegaly-nih-no-crop")
+    print("\nThe U-Net crop at 128 px: exact AUC with and without it, same images (paired DeLong)")
+    print(f"{'model':<30}{'split':<12}{'n':>6}{'positives':>11}{'crop':>8}{'no crop':>9}{'p':>8}")
+    for model in sorted(cropped):
+        for split in ("validation", "test"):
+            ids = sorted(i for i, (s, _, _) in cropped[model].items() if s == split)
+            assert ids == sorted(i for i, (s, _, _) in plain[model].items() if s == split), \
+                "the two runs have different splits: convert both with the same salt"
+            labels = [cropped[model][i][1] for i in ids]
+            test = statistics.delong_paired(labels, [cropped[model][i][2] for i in ids],
+                                            [plain[model][i][2] for i in ids])
+            print(f"{model:<30}{split:<12}{len(ids):>6}{sum(labels):>11}{test['auc_a']:>8.3f}"
+                  f"{test['auc_b']:>9.3f}{test['p']:>8.3f}")
+
+
 def main(argv=None) -> int:
-    crop = "--no-crop" not in (argv if argv is not None else sys.argv[1:])
+    argv = sys.argv[1:] if argv is None else argv
+    crop = "--no-crop" not in argv
     if not os.path.isdir(NIH):
-        print(f"\nNIH benchmark skipped: ../shared/data/nih-cxr14-128 is not present")
+        print("\nNIH benchmark skipped: ../shared/data/nih-cxr14-128 is not present")
         return 0
-    workdir = os.environ.get("CARDIO_NIH_WORKDIR") or tempfile.mkdtemp(prefix="cardio-nih-")
+    # A flag, not an environment variable: ./cardio makes paths on its command line reachable.
+    workdir = next((a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")), None) \
+        or tempfile.mkdtemp(prefix="cardio-nih-")
     os.makedirs(workdir, exist_ok=True)
     env = {**os.environ, "CARDIO_PATIENT_SALT": os.environ.get("CARDIO_PATIENT_SALT",
                                                                "nih-benchmark-salt")}
@@ -141,4 +184,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    if sys.argv[1:2] == ["compare"]:   # compare WORKDIR_WITH_CROP WORKDIR_WITHOUT_CROP
+        compare_crop(*sys.argv[2:4])
+    else:
+        sys.exit(main())
