@@ -128,7 +128,7 @@ def beam_pipeline_args(runner: str, image: str, job_endpoint: str | None = None,
     """
     if runner == "in-pod":
         args = [f"--runner={configs.FN_API_RUNNER}", "--direct_running_mode=multi_processing",
-                f"--direct_num_workers={workers}"]
+                f"--direct_num_workers={workers}", configs.NO_STAGING]
     elif runner == "portable":
         if not job_endpoint:
             raise ValueError("the portable Beam runner needs the job server's endpoint "

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from cardio.components import tfjob_trainer, trainer_component as trainer_component
-from cardio.pipeline import kubeflow_runner
+from cardio.pipeline import configs, kubeflow_runner
 from cardio.pipeline.pipeline import create_pipeline
 
 REPO, TAG = "registry.example/cardio", "1.2.3"
@@ -225,6 +225,17 @@ def test_beam_runner_presets(runner, extra, expected):
     args = kubeflow_runner.beam_pipeline_args(runner, CPU, "js:8099", extra)
     assert set(expected) <= set(args)
     assert len({a.split("=", 1)[0] for a in args}) == len(args)   # no flag given twice
+
+
+@pytest.mark.parametrize("runner", ["local", "in-pod"])
+def test_beams_local_runners_make_tfx_build_no_sdist(runner):
+    """TFX builds and stages an sdist of itself unless a dependency flag is set: seconds per Beam
+    stage and 52 MB of temporary files never removed, for workers that run in this environment."""
+    from tfx.utils import dependency_utils
+
+    args = (list(configs.PipelineConfig().beam_pipeline_args) if runner == "local"
+            else kubeflow_runner.beam_pipeline_args(runner, CPU))
+    assert dependency_utils.make_beam_dependency_flags(list(args)) == args
 
 
 def test_in_pod_beam_runs_one_worker_per_core_of_the_pods_cpu_limit(tmp_path):

@@ -77,7 +77,7 @@ def single(span_and_weights):
         with pytest.MonkeyPatch.context() as patch, local_runner.component_progress(3):
             patch.setattr(lung_crop, "PROGRESS_EVERY", 8)
             cropped, store = _run(span_and_weights, "single",
-                                  [f"--runner={FN_API}", "--direct_running_mode=in_memory"])
+                                  list(configs.PipelineConfig().beam_pipeline_args))
     finally:
         absl_logger.removeHandler(kept)
     return cropped, store, kept.records
