@@ -1,8 +1,9 @@
 """Crop stage throughput: the LungCrop component (Beam, in-process runner) against a plain batched
 loop doing the same work without Beam: read the split's gzipped TFRecords, run the same compiled
 crop function (`cardio.imaging.crop.batch_crop`, serving's crop mapped over a batch) and the same
-Example assembly, write gzipped TFRecords. Target: component / loop throughput ratio >= 0.95. Each side runs in its own process, so each peak memory (ru_maxrss,
-which only grows) is its own. The eager loop the component ran before is shown for reference.
+Example assembly, write gzipped TFRecords. Target: component / loop throughput ratio >= 0.95.
+Each side runs in its own process, so each peak memory (ru_maxrss, which only grows) is its own.
+The eager loop the component ran before is shown for reference.
 """
 from __future__ import annotations
 

@@ -20,17 +20,24 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NIH = os.path.join(os.path.dirname(REPO), "shared", "data", "nih-cxr14-128")
 SLICE_METRICS = ("auc", "sensitivity", "specificity")
+PIPELINES = {True: "cardiomegaly-nih", False: "cardiomegaly-nih-no-crop"}   # by crop on/off
 
 
-def _cardio(args: list, env: dict) -> tuple[str, float]:
-    """Runs `cardio ...` with its progress on this terminal; returns stdout and seconds."""
+def _cardio(args: list, env: dict) -> tuple[dict, float]:
+    """Runs `cardio ...` with its progress on this terminal; returns the summary JSON on its last
+    stdout line and the seconds it took."""
     started = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "cardio", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, text=True)
     sys.stdout.write(result.stdout)
     if result.returncode != 0:
         raise SystemExit(f"cardio {' '.join(args[:2])} failed with exit code {result.returncode}")
-    return result.stdout, time.perf_counter() - started
+    return json.loads(result.stdout.strip().splitlines()[-1]), time.perf_counter() - started
+
+
+def _store(workdir: str):
+    from cardio.pipeline import local_runner, outputs
+    return outputs.open_store(local_runner.metadata_path(os.path.join(workdir, "pipeline")))
 
 
 def _config_file(workdir: str, crop: bool) -> str:
@@ -41,7 +48,7 @@ def _config_file(workdir: str, crop: bool) -> str:
         config = yaml.safe_load(f)
     config["weights"] = os.path.join(os.path.dirname(REPO), "shared", "weights")
     if not crop:
-        config.update(segmenter_uri=None, pipeline_name="cardiomegaly-nih-no-crop")
+        config.update(segmenter_uri=None, pipeline_name=PIPELINES[False])
     path = os.path.join(workdir, "nih.yaml")
     with open(path, "w") as f:
         yaml.safe_dump(config, f)
@@ -67,15 +74,16 @@ def _interval(value, interval) -> str:
     return f"{value:.3f}" + (" [{:.2f}, {:.2f}]".format(*interval) if interval else "")
 
 
-def report(workdir: str, config_path: str, seconds: dict) -> None:
+def report(workdir: str, config_path: str, seconds: dict, summary: dict) -> None:
+    """The tables, from MLMD and the run's summary (crop QC and comparison: already computed)."""
     import tensorflow as tf
 
-    from cardio.pipeline import config_file, local_runner, outputs
+    from cardio.pipeline import config_file, outputs
     from cardio.pipeline import report as report_lib
 
     run_config = config_file.load(config_path)
     config = run_config.config
-    store = outputs.open_store(local_runner.metadata_path(os.path.join(workdir, "pipeline")))
+    store = _store(workdir)
     print(f"\nNIH ChestX-ray14 at 128 px, {os.cpu_count()} cores, "
           f"crop {'on' if config.segmenter_uri else 'OFF'}")
     print(f"{'stage':<44}{'seconds':>9}")
@@ -83,7 +91,7 @@ def report(workdir: str, config_path: str, seconds: dict) -> None:
                         *_stage_seconds(store, config.pipeline_name),
                         ("cardio pipeline run (whole, with report and serving)", seconds["run"])]:
         print(f"{name:<44}{value:>9.0f}")
-    qc = report_lib.crop_qc_counts(store, config)
+    qc = summary.get("crop_qc")
     if qc:
         columns = ["images", "flagged", *sorted({k for c in qc.values() for k in c
                                                  if k not in ("images", "flagged")})]
@@ -109,13 +117,13 @@ def report(workdir: str, config_path: str, seconds: dict) -> None:
         run = outputs.latest_output(store, config.pipeline_name, f"Trainer.{cell.name}",
                                     "model_run")
         with tf.io.gfile.GFile(os.path.join(run.uri, "training_summary.json")) as f:
-            summary = json.load(f)
-        c, before, after = (summary["calibration"], summary["calibration"]["validation_before"],
-                            summary["calibration"]["validation_after"])
+            training = json.load(f)
+        c, before, after = (training["calibration"], training["calibration"]["validation_before"],
+                            training["calibration"]["validation_after"])
         print(f"{cell.weighting:<14}{c['a']:>8.3f}{c['b']:>8.3f}"
-              f"{summary['operating_threshold']:>11.3f}{before['ece']:>12.3f}{after['ece']:>11.3f}"
+              f"{training['operating_threshold']:>11.3f}{before['ece']:>12.3f}{after['ece']:>11.3f}"
               f"{before['brier']:>14.4f}{after['brier']:>13.4f}")
-    comparison = report_lib.model_comparison(store, config)
+    comparison = summary.get("comparison")
     if comparison:
         print(f"\nExact AUCs (model comparison): {json.dumps(comparison['auc'])}")
         print(f"Champion: {comparison['champion']}. {comparison['reason']}")
@@ -126,9 +134,8 @@ def _predictions(workdir: str, pipeline_name: str) -> dict:
     import csv
 
     from cardio.components import model_comparison
-    from cardio.pipeline import local_runner, outputs
-    store = outputs.open_store(local_runner.metadata_path(os.path.join(workdir, "pipeline")))
-    artifact = outputs.latest_output(store, pipeline_name, model_comparison.NODE_ID,
+    from cardio.pipeline import outputs
+    artifact = outputs.latest_output(_store(workdir), pipeline_name, model_comparison.NODE_ID,
                                      model_comparison.OUTPUT_KEY)
     with open(os.path.join(artifact.uri, model_comparison.PREDICTIONS_CSV)) as f:
         rows = list(csv.DictReader(f))
@@ -142,8 +149,8 @@ def compare_crop(with_crop: str, without_crop: str) -> None:
     (both runs converted with the same CARDIO_PATIENT_SALT, so the splits are the same)."""
     from cardio.evaluation import statistics
 
-    cropped = _predictions(with_crop, "cardiomegaly-nih")
-    plain = _predictions(without_crop, "cardiomegaly-nih-no-crop")
+    cropped = _predictions(with_crop, PIPELINES[True])
+    plain = _predictions(without_crop, PIPELINES[False])
     print("\nThe U-Net crop at 128 px: exact AUC with and without it, same images (paired DeLong)")
     print(f"{'model':<30}{'split':<12}{'n':>6}{'positives':>11}{'crop':>8}{'no crop':>9}{'p':>8}")
     for model in sorted(cropped):
@@ -176,9 +183,9 @@ def main(argv=None) -> int:
                                      "--images", os.path.join(NIH, "images"), "--out", data,
                                      "--id-map", os.path.join(workdir, "id-map.csv")], env)
     config_path = _config_file(workdir, crop)
-    _, seconds["run"] = _cardio(["pipeline", "run", "--config", config_path, "--data-root", data,
-                                 "--workdir", workdir], env)
-    report(workdir, config_path, seconds)
+    summary, seconds["run"] = _cardio(["pipeline", "run", "--config", config_path,
+                                       "--data-root", data, "--workdir", workdir], env)
+    report(workdir, config_path, seconds, summary)
     print(f"Outputs: {workdir}")
     return 0
 

@@ -1,6 +1,7 @@
 """The slow checks: tests marked `slow` (the crop stage on Beam's portable and multi-process
 runners, two-worker MultiWorkerMirroredStrategy, the demo without ImageNet weights), which the
-default suite leaves out to stay within its time budget. Runs them with pytest and prints one row per check."""
+default suite leaves out to stay within its time budget. Runs them with pytest and prints one row
+per check."""
 from __future__ import annotations
 
 import os

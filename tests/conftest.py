@@ -1,8 +1,10 @@
 """Shared fixtures: paths to ../shared (skipping when absent) and one end-to-end pipeline run."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +25,19 @@ def shared_path(*parts) -> Path:
     if not path.exists():
         pytest.skip(f"../shared/{'/'.join(parts)} is not present on this machine")
     return path
+
+
+@contextlib.contextmanager
+def shown_log_records():
+    """The log records absl's logger shows (after its handlers' filters, such as the local
+    runner's progress filter, entered inside this block), collected in a list."""
+    records, handler = [], logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("absl").addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger("absl").removeHandler(handler)
 
 
 def can_cut_network() -> bool:

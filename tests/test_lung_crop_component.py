@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
+from conftest import shown_log_records
 from cardio import features as F, imaging
 from cardio.components import lung_crop
 from cardio.data import convert
@@ -57,30 +58,16 @@ def _examples(artifact, split):
             for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
-class _Kept(logging.Handler):
-    """The log records the local runner's progress filter lets through."""
-    def __init__(self):
-        super().__init__()
-        self.records = []
-
-    def emit(self, record):
-        self.records.append(record)
-
-
 @pytest.fixture(scope="module")
 def single(span_and_weights):
     """The component on Beam's in-process runner, under the local runner's progress filter:
     (cropped examples, MLMD store, the log records shown)."""
-    kept, absl_logger = _Kept(), logging.getLogger("absl")
-    absl_logger.addHandler(kept)
-    try:
-        with pytest.MonkeyPatch.context() as patch, local_runner.component_progress(3):
-            patch.setattr(lung_crop, "PROGRESS_EVERY", 8)
-            cropped, store = _run(span_and_weights, "single",
-                                  list(configs.PipelineConfig().beam_pipeline_args))
-    finally:
-        absl_logger.removeHandler(kept)
-    return cropped, store, kept.records
+    with shown_log_records() as shown, pytest.MonkeyPatch.context() as patch, \
+            local_runner.component_progress(3):
+        patch.setattr(lung_crop, "PROGRESS_EVERY", 8)
+        cropped, store = _run(span_and_weights, "single",
+                              list(configs.PipelineConfig().beam_pipeline_args))
+    return cropped, store, shown
 
 
 def test_the_crop_stage_reports_its_progress_and_nothing_else_is_shown(single):
