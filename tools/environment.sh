@@ -97,7 +97,9 @@ env_complete() {  # $1: an environment path of the current mode
 root_argv() {
   local root=$1; shift
   local -a binds=("$REPO" /tmp)
-  [ -d "$REPO/../shared" ] && binds+=("$(cd "$REPO/../shared" && pwd -P)")
+  # ../shared at its real path and, when it is a symbolic link, at the link's own path too
+  # (tests find it beside the repository; a link's directory is not bound otherwise).
+  [ -d "$REPO/../shared" ] && binds+=("$(cd "$REPO/../shared" && pwd -P)" "$(cd "$REPO/.." && pwd -P)/shared")
   binds+=("$(pwd -P)")
   local line
   while IFS= read -r line; do [ -n "$line" ] && binds+=("$line"); done <<< "${CARDIO_EXTRA_BINDS:-}"
