@@ -3,13 +3,20 @@ loop doing the same work without Beam: read the split's gzipped TFRecords, run t
 crop function (`cardio.imaging.crop.batch_crop`, serving's crop mapped over a batch) and the same
 Example assembly, write gzipped TFRecords. Target: component / loop throughput ratio >= 0.95.
 Each side runs in its own process, so each peak memory (ru_maxrss, which only grows) is its own.
-The eager loop the component ran before is shown for reference.
+One run of each side is noisy on a small shared machine (the ratio moved 0.94-1.06 between three
+idle runs), so loop and component run in `--repeats` rounds (default 4), in the order
+loop-component, component-loop, ... (so a drift in the machine's speed falls on both), and the
+table shows the median time of each and the median and range of the per-round ratios. The eager
+loop the component ran before is run once, for reference.
+
+    python -m benchmarks crop [--repeats=N]
 """
 from __future__ import annotations
 
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -17,6 +24,7 @@ import time
 
 N = 96
 BATCH = 16
+REPEATS = 4
 OUTPUT_SIZE = 512
 SIDES = {"eager": "eager loop (the component's old DoFn)",
          "loop": "compiled batch_crop, plain loop (baseline)",
@@ -95,11 +103,22 @@ def measure(side: str, examples_dir: str, out_dir: str) -> dict:
     return {"seconds": seconds, "peak_mib": peak, "images": written}
 
 
-def main():
+def _run_side(side: str, examples: str, out: str) -> dict:
+    done = subprocess.run([sys.executable, "-m", "benchmarks.crop_throughput", side, examples, out],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"crop benchmark: the {side} side failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
     import tensorflow as tf
 
     from cardio.data import convert
 
+    argv = sys.argv[1:] if argv is None else argv
+    repeats = next((int(a.split("=", 1)[1]) for a in argv if a.startswith("--repeats=")), REPEATS)
+    runs = {side: [] for side in SIDES}
     with tempfile.TemporaryDirectory() as tmp:
         convert.write_synthetic(os.path.join(tmp, "data"), N, seed=0, size=None, span=1,
                                 external_sites=())
@@ -110,21 +129,28 @@ def main():
             for path in tf.io.gfile.glob(os.path.join(tmp, "data", "span-1", "*", "*.gz")):
                 for record in tf.data.TFRecordDataset(path, "GZIP"):
                     writer.write(record.numpy())
-        results = {}
-        for side in SIDES:   # each in a fresh process: its own start-up, its own peak memory
-            out = subprocess.run(
-                [sys.executable, "-m", "benchmarks.crop_throughput", side, examples,
-                 os.path.join(tmp, f"out-{side}")], capture_output=True, text=True, check=True)
-            results[side] = json.loads(out.stdout.strip().splitlines()[-1])
+        # Each run in a fresh process (its own start-up, its own peak memory); loop and component
+        # swap places every round, so a change in the machine's speed falls on both.
+        schedule = ["eager"] + [side for i in range(repeats)
+                                for side in (("loop", "component"), ("component", "loop"))[i % 2]]
+        for i, side in enumerate(schedule):
+            print(f"crop benchmark: run {i + 1}/{len(schedule)} ({side})", file=sys.stderr,
+                  flush=True)
+            runs[side].append(_run_side(side, examples, os.path.join(tmp, f"out-{i}")))
 
-    base = results["loop"]["seconds"]
+    seconds = {side: statistics.median(r["seconds"] for r in rs) for side, rs in runs.items()}
+    paired = [loop["seconds"] / component["seconds"]
+              for loop, component in zip(runs["loop"], runs["component"])]
     print(f"\nCrop stage throughput ({os.cpu_count()} cores, {N} radiographs of 1024-1280 px, "
-          f"crops {OUTPUT_SIZE} px, batches of {BATCH}; each side in its own process)")
+          f"crops {OUTPUT_SIZE} px, batches of {BATCH}; each run in its own process; median of "
+          f"{repeats} runs of loop and component in alternating order, eager run once)")
     print(f"{'what':<46}{'images/s':>10}{'ratio':>8}{'peak MiB':>10}")
     for side, label in SIDES.items():
-        r = results[side]
-        print(f"{label:<46}{r['images'] / r['seconds']:>10.1f}{base / r['seconds']:>8.2f}"
-              f"{r['peak_mib']:>10.0f}")
+        peak = max(r["peak_mib"] for r in runs[side])
+        print(f"{label:<46}{N / seconds[side]:>10.1f}{seconds['loop'] / seconds[side]:>8.2f}"
+              f"{peak:>10.0f}")
+    print(f"component / loop, per round: median {statistics.median(paired):.2f}, range "
+          f"{min(paired):.2f}-{max(paired):.2f} (target >= 0.95)")
 
 
 if __name__ == "__main__":

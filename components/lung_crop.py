@@ -2,18 +2,20 @@
 
 Between ExampleGen and the Trainer. For every split of the input Examples it runs the lung U-Net
 in batches (the model loaded once per worker, in DoFn.setup), computes the lung box and QC flags
-(cardio.imaging.crop: serving's own crop function, compiled once per worker for the batch), and writes Examples whose image
-is the crop resized for the classifier (16-bit PNG), with every original feature kept and
-`crop_box` and `crop_qc` added. The U-Net weights are an input artifact, so MLMD lineage records
+(cardio.imaging.crop: serving's own crop function, compiled once per worker for the batch), and
+writes Examples whose image is the crop resized for the classifier (16-bit PNG), with every
+original feature kept and `crop_box` and `crop_qc` added. The U-Net weights are an input artifact, so MLMD lineage records
 which U-Net produced each cropped dataset. It runs on whatever Beam runner the pipeline's
 beam_pipeline_args name (in-process by default; multi-process, portable or Dataflow/Flink).
 """
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import time
 
 import apache_beam as beam
+from apache_beam.utils.windowed_value import WindowedValue
 from absl import logging
 import numpy as np
 import tensorflow as tf
@@ -31,6 +33,12 @@ PROGRESS_EVERY = 500   # radiographs between progress lines
 
 
 class CropDoFn(beam.DoFn):
+    """Crops batches of serialized Examples with one batch in flight: while the compiled crop runs
+    on a background thread (TensorFlow releases the GIL), Beam reads the next batch and this
+    thread writes out the previous one, so Beam's reads and writes overlap the crop instead of
+    adding to it. Outputs keep their batch's window and timestamp, in input order; a bundle's last
+    batch is emitted in finish_bundle, so every bundle ends with all its examples written."""
+
     def __init__(self, weights_path: str, output_size: int):
         self._weights_path = weights_path
         self._output_size = output_size
@@ -41,14 +49,37 @@ class CropDoFn(beam.DoFn):
     def setup(self):
         from cardio.imaging import unet
         self._crop = crop.batch_crop(unet.load(self._weights_path), self._output_size)
+        self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="LungCrop")
         self._done, self._flags, self._started = 0, 0, time.monotonic()
 
-    def process(self, batch):
+    def start_bundle(self):
+        self._in_flight = None   # (examples, window, timestamp, future of the crop results)
+
+    def process(self, batch, window=beam.DoFn.WindowParam, timestamp=beam.DoFn.TimestampParam):
         examples = [tf.train.Example.FromString(raw) for raw in batch]
-        pngs, boxes, flags = self._crop(tf.constant(
-            [e.features.feature[F.IMAGE].bytes_list.value[0] for e in examples]))
-        for example, png, box, raised in zip(examples, pngs.numpy(), boxes.numpy(), flags.numpy()):
-            yield crop_example(example, png, box, raised).SerializeToString()
+        previous, self._in_flight = self._in_flight, (
+            examples, window, timestamp, self._worker.submit(self._crop_batch, examples))
+        if previous:
+            yield from self._emit(*previous)
+
+    def finish_bundle(self):
+        if self._in_flight:
+            previous, self._in_flight = self._in_flight, None
+            yield from self._emit(*previous)
+
+    def teardown(self):
+        if getattr(self, "_worker", None):
+            self._worker.shutdown(cancel_futures=True)
+
+    def _crop_batch(self, examples):
+        encoded = tf.constant([e.features.feature[F.IMAGE].bytes_list.value[0] for e in examples])
+        return [t.numpy() for t in self._crop(encoded)]
+
+    def _emit(self, examples, window, timestamp, future):
+        pngs, boxes, flags = future.result()   # re-raises the crop's error in Beam's thread
+        for example, png, box, raised in zip(examples, pngs, boxes, flags):
+            yield WindowedValue(crop_example(example, png, box, raised).SerializeToString(),
+                                timestamp, (window,))
             self._cropped.inc()
             if raised.any():
                 self._flagged.inc()
