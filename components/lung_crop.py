@@ -76,7 +76,13 @@ class CropDoFn(beam.DoFn):
         return [t.numpy() for t in self._crop(encoded)]
 
     def _emit(self, examples, window, timestamp, future):
-        pngs, boxes, flags = future.result()   # re-raises the crop's error in Beam's thread
+        try:
+            pngs, boxes, flags = future.result()   # the crop's error, raised in Beam's thread
+        except tf.errors.OpError as error:
+            ids = [e.features.feature[F.IMAGE_ID].bytes_list.value[:1] for e in examples]
+            raise ValueError(f"LungCrop: cannot crop the batch of image ids "
+                             f"{[i[0].decode() if i else '?' for i in ids]}: "
+                             f"{error.message}") from error
         for example, png, box, raised in zip(examples, pngs, boxes, flags):
             yield WindowedValue(crop_example(example, png, box, raised).SerializeToString(),
                                 timestamp, (window,))

@@ -129,3 +129,45 @@ def test_multi_process_runner_writes_the_same_examples(span_and_weights, single)
         for key, example in a.items():
             assert example.SerializeToString(deterministic=True) == \
                 b[key].SerializeToString(deterministic=True)
+
+
+def test_the_dofn_keeps_each_batchs_window_and_names_a_batch_it_cannot_crop(span_and_weights):
+    """One batch is in flight on a background thread: every output still carries its own batch's
+    window and timestamp, the last batch of each bundle comes out, and a crop error reaches the
+    pipeline with the batch's image ids."""
+    import apache_beam as beam
+    from apache_beam.runners.portability import fn_api_runner
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms import window
+
+    root = span_and_weights
+    weights = str(root / "unet" / imaging.UNET_WEIGHTS_FILE)
+    records = [r.numpy() for path in sorted(glob.glob(str(root / "data" / "span-1" / "*" / "*")))
+               for r in tf.data.TFRecordDataset(path, compression_type="GZIP")][:7]
+    ids = [tf.train.Example.FromString(r).features.feature[F.IMAGE_ID].bytes_list.value[0]
+           for r in records]
+
+    def cropped(records, size=64):
+        return (beam.Create(list(enumerate(records)))
+                | beam.Map(lambda i_r: window.TimestampedValue(i_r[1], i_r[0]))
+                | beam.WindowInto(window.FixedWindows(4))         # windows [0, 4) and [4, 8)
+                | beam.BatchElements(min_batch_size=2, max_batch_size=2)
+                | beam.ParDo(lung_crop.CropDoFn(weights, size)))
+
+    def described(raw, w=beam.DoFn.WindowParam, t=beam.DoFn.TimestampParam):
+        f = tf.train.Example.FromString(raw).features.feature
+        shape = tuple(tf.io.decode_png(f[F.IMAGE].bytes_list.value[0], dtype=tf.uint16).shape)
+        return f[F.IMAGE_ID].bytes_list.value[0], int(w.start), t == w.max_timestamp(), shape
+
+    with beam.Pipeline(runner=fn_api_runner.FnApiRunner()) as pipeline:
+        out = pipeline | cropped(records) | beam.Map(described)
+        # BatchElements stamps a window's batches with its end: the crops keep it.
+        assert_that(out, equal_to([(key, 4 * (i // 4), True, (64, 64, 1))
+                                   for i, key in enumerate(ids)]))
+
+    broken = tf.train.Example.FromString(records[5])
+    broken.features.feature[F.IMAGE].bytes_list.value[:] = [b"not an image"]
+    with pytest.raises(Exception, match="LungCrop: cannot crop the batch of image ids") as raised:
+        with beam.Pipeline(runner=fn_api_runner.FnApiRunner()) as pipeline:
+            _ = pipeline | cropped(records[:5] + [broken.SerializeToString()] + records[6:])
+    assert ids[5].decode() in str(raised.value)
