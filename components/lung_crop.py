@@ -4,9 +4,10 @@ Between ExampleGen and the Trainer. For every split of the input Examples it run
 in batches (the model loaded once per worker, in DoFn.setup), computes the lung box and QC flags
 (cardio.imaging.crop: serving's own crop function, compiled once per worker for the batch), and
 writes Examples whose image is the crop resized for the classifier (16-bit PNG), with every
-original feature kept and `crop_box` and `crop_qc` added. The U-Net weights are an input artifact, so MLMD lineage records
-which U-Net produced each cropped dataset. It runs on whatever Beam runner the pipeline's
-beam_pipeline_args name (in-process by default; multi-process, portable or Dataflow/Flink).
+original feature kept and `crop_box` and `crop_qc` added. The U-Net weights are an input
+artifact, so MLMD lineage records which U-Net produced each cropped dataset. It runs on whatever
+Beam runner the pipeline's beam_pipeline_args name (in-process by default; multi-process,
+portable or Dataflow/Flink).
 """
 from __future__ import annotations
 
@@ -79,9 +80,9 @@ class CropDoFn(beam.DoFn):
         try:
             pngs, boxes, flags = future.result()   # the crop's error, raised in Beam's thread
         except tf.errors.OpError as error:
-            ids = [e.features.feature[F.IMAGE_ID].bytes_list.value[:1] for e in examples]
-            raise ValueError(f"LungCrop: cannot crop the batch of image ids "
-                             f"{[i[0].decode() if i else '?' for i in ids]}: "
+            ids = [b"".join(e.features.feature[F.IMAGE_ID].bytes_list.value).decode() or "?"
+                   for e in examples]
+            raise ValueError(f"LungCrop: cannot crop the batch of image ids {ids}: "
                              f"{error.message}") from error
         for example, png, box, raised in zip(examples, pngs, boxes, flags):
             yield WindowedValue(crop_example(example, png, box, raised).SerializeToString(),
