@@ -66,8 +66,9 @@ def test_runtime_sets_keras_2_and_a_numeric_non_root_user():
 
 
 def _pins(path: Path) -> dict[str, str]:
-    return dict(line.split("==") for line in path.read_text().splitlines()
-                if line and not line.startswith("#"))
+    """{name: version} of a lock; hash lines (indented `--hash=...`) and comments skipped."""
+    return dict(line.split()[0].split("==") for line in path.read_text().splitlines()
+                if line[:1].isalnum())
 
 
 def test_the_lock_is_installed_as_is_and_gpu_adds_the_locked_cuda_wheels():

@@ -92,3 +92,20 @@ def test_verbose_sets_the_log_levels_subprocesses_inherit(monkeypatch):
     monkeypatch.setitem(cli._CALLER_LOG_LEVELS, "TF_CPP_MIN_LOG_LEVEL", "1")
     assert CliRunner().invoke(cli.main, ["--verbose", "versions"]).exit_code == 0
     assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "1"
+
+
+def test_exec_python_is_as_quiet_as_the_commands_and_verbose_shows_it(raw_noise):
+    """`./cardio exec python ...` (a user's own script, a benchmark): TensorFlow's loading lines and
+    its device probe's are hidden; `./cardio --verbose exec` shows what TensorFlow prints."""
+    script = ("import sys, tensorflow as tf; tf.config.list_physical_devices(); "
+              "print(int(tf.constant(2) + 1)); print('own line', file=sys.stderr)")
+    quiet = cardio("exec", "python", "-c", script)
+    assert quiet.stdout == "3\n"
+    assert noise(quiet.stderr) == [] and "own line" in quiet.stderr.splitlines(), quiet.stderr
+    verbose = cardio("--verbose", "exec", "python", "-c", script)
+    assert verbose.stdout == "3\n" and "own line" in verbose.stderr
+    assert raw_noise <= kinds(verbose.stderr), verbose.stderr
+    # A level the caller set wins over the quiet default: the filter stays off.
+    shown = subprocess.run([LAUNCHER, "exec", "python", "-c", script], capture_output=True,
+                           text=True, env={**CALLER_ENV, "TF_CPP_MIN_LOG_LEVEL": "0"}, timeout=300)
+    assert raw_noise <= kinds(shown.stderr), shown.stderr

@@ -36,7 +36,7 @@ grep -q "^$user:" /etc/subuid && grep -q "^$user:" /etc/subgid \
 # A copy of the environment scripts and a stub lock, owned by the user: REPO is its directory.
 mkdir -p "$work/repo/tools"
 cp "$here/environment.sh" "$here/enter-root.sh" "$work/repo/tools/"
-echo "tabulate==0.10.0" > "$work/repo/requirements.lock"
+printf '%s\n' "tabulate==0.10.0 --hash=sha256:e2cfde8f79420f6deeffdeda9aaec3b6bc5abce947655d17ac662b126e48a60d" > "$work/repo/requirements.lock"
 chown -R "$user:" "$work"
 chmod 755 "$work"
 

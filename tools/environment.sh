@@ -3,8 +3,8 @@
 #
 # ml-metadata and tensorflow-data-validation ship only manylinux_2_39 wheels, so:
 #   * hosts with glibc >= 2.39 and python3.13 get a plain venv;
-#   * older hosts (Debian 12: glibc 2.36) get a Debian 13 root, made by debootstrap as root or by
-#     `mmdebstrap --mode=unshare` without root, entered with `unshare --mount` + `chroot` (plus
+#   * older hosts (Debian 12: glibc 2.36) get a Debian 13 root, made by `mmdebstrap --mode=root`
+#     as root or `mmdebstrap --mode=unshare` without root, entered with `unshare --mount` + `chroot` (plus
 #     `--user --map-root-user` without root), with the repository, ../shared, the caller's
 #     directory, /tmp and the paths named on the command line bound in at the same paths.
 # Both are cached outside the clone under $CARDIO_CACHE (default ~/.cache/cardio), keyed on the
@@ -14,6 +14,8 @@
 # Every step from ./cardio to the command execs, so the caller's PID becomes the command's and
 # signals reach it (docs/environment.md).
 #
+# The locked stack goes in with uv, hash-checked (install_locked). Set-up prints a few lines; the
+# tools' own output goes to a log beside the environment.
 # Sourced by ./cardio; `environment.sh ensure` only builds, `environment.sh path` prints it.
 set -euo pipefail
 
@@ -27,14 +29,15 @@ VENV_IN_ROOT=/opt/cardio-venv
 # Every process must see Keras 2 (TFX, TFT and TFMA 1.x need it); set before TensorFlow imports.
 export TF_USE_LEGACY_KERAS=1
 
-log() { printf '[cardio-env] %s\n' "$*" >&2; }
-die() { printf '[cardio-env] error: %s\n' "$*" >&2; exit 2; }
+# Set-up's own lines go to the caller's stderr (LOG_FD while a build's tools write to its log).
+log() { printf '[cardio-env] %s\n' "$*" >&"${LOG_FD:-2}"; }
+die() { printf '[cardio-env] error: %s\n' "$*" >&"${LOG_FD:-2}"; exit 2; }
 
 # Written last into a native venv: a venv without it is an interrupted build.
 NATIVE_COMPLETE=.cardio-complete
 
 # Bump when the way an environment is built changes, so every cached one is rebuilt.
-RECIPE_VERSION=1
+RECIPE_VERSION=2
 
 env_key() {
   # The lock and the recipe both shape the environment; nothing else does.
@@ -60,31 +63,40 @@ env_path() {
   if [ "$(env_mode)" = native ]; then echo "$CACHE/venv-$(env_key)"; else echo "$CACHE/root-$(env_key)"; fi
 }
 
-pip_install_locked() {  # $1: python of the venv
-  local py=$1 total n=0
-  total=$(grep -vc '^#' "$LOCK")
-  "$py" -m pip install --upgrade --quiet pip
-  log "installing the locked stack: $total distributions (a few minutes the first time)"
-  # One progress line per distribution fetched; pip's own errors still reach stderr.
-  "$py" -m pip install --progress-bar off --no-input -r "$LOCK" | while IFS= read -r line; do
-    case "$line" in
-      Collecting*) n=$((n + 1)); line=${line#Collecting }; log "  [$n/$total] ${line%% (*}" ;;
-      Installing\ collected*) log "  unpacking and installing" ;;
-      Successfully\ installed*) log "  installed" ;;
-    esac
-  done
+# The installer: uv, pinned and hash-checked (its manylinux x86_64 wheel, installed by the venv's
+# own pip). uv downloads in parallel and unpacks an order of magnitude faster than pip, and checks
+# every distribution against the lock's hashes (--require-hashes).
+UV_VERSION=0.13.9
+UV_WHEEL_SHA256=d7f459fe4fd247d830351c75686d3996ace3c6f3f728eb0e85a30b7ada0cef19
+
+install_locked() {  # $1: the venv; $2: where uv goes; $3: uv's cache. Run where the venv lives.
+  local venv=$1 uv_dir=$2 uv_cache=$3 start=$SECONDS total
+  total=$(grep -c '^[A-Za-z0-9]' "$LOCK")
+  printf 'uv==%s --hash=sha256:%s\n' "$UV_VERSION" "$UV_WHEEL_SHA256" > "$venv/uv-requirement.txt"
+  "$venv/bin/python" -m pip install --no-deps --no-input --disable-pip-version-check --target "$uv_dir" \
+    --require-hashes -r "$venv/uv-requirement.txt"
+  rm -f "$venv/uv-requirement.txt"
+  log "  uv $UV_VERSION ready ($((SECONDS - start)) s); installing the locked stack: $total distributions"
+  # uv reads its own index variables; an index set for pip (a mirror) is used by uv too.
+  [ -z "${PIP_INDEX_URL:-}" ] || export UV_DEFAULT_INDEX=${UV_DEFAULT_INDEX:-$PIP_INDEX_URL}
+  # Its summary lines (resolved, prepared = downloaded and unpacked, installed) are the progress.
+  UV_CACHE_DIR=$uv_cache UV_NO_PROGRESS=1 "$uv_dir/bin/uv" pip install --python "$venv/bin/python" \
+    --require-hashes -r "$LOCK" 2>&1 | while IFS= read -r line; do
+      printf '%s\n' "$line"
+      case "$line" in Resolved*|Prepared*|Installed*) log "  ${line,}" ;; esac
+    done
   return "${PIPESTATUS[0]}"
 }
-
 build_native() {
-  # pip writes the venv's own path into every console script (#!DEST/bin/python), so the venv is
+  # uv writes the venv's own path into every console script (#!DEST/bin/python), so the venv is
   # built at its final path, under the builders' lock (ensure_env), and the completion marker is
   # written last: a venv without it is an interrupted build and is built again from scratch.
   local dest=$1
   rm -rf "$dest" "$dest.partial"
-  log "creating venv $dest"
+  log "[1/2] creating the venv (python3.13)"
   python3.13 -m venv "$dest"
-  pip_install_locked "$dest/bin/python"
+  log "[2/2] installing uv $UV_VERSION, then the locked stack"
+  install_locked "$dest" "$CACHE/uv-$UV_VERSION" "$CACHE/uv-cache"
   : > "$dest/$NATIVE_COMPLETE"
 }
 
@@ -130,37 +142,41 @@ and /etc/subgid: ask an administrator for \`usermod --add-subuids 100000-165535 
 }
 
 build_root() {
-  local dest=$1 tmp="$1.partial"
+  local dest=$1 tmp="$1.partial" start=$SECONDS
   if [ "$(id -u)" = 0 ]; then
-    command -v debootstrap >/dev/null || {
-      log "installing debootstrap"
-      apt-get update -qq && apt-get install -y -qq debootstrap >/dev/null
+    command -v mmdebstrap >/dev/null || {
+      log "[0/3] installing mmdebstrap on the host (apt-get)"
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends mmdebstrap
     }
   else
     require_unprivileged_build
   fi
   rm -rf "$tmp"; mkdir -p "$tmp"
+  # mmdebstrap: apt fetches the packages in parallel; no documentation, man pages or locales.
+  local -a debian=(mmdebstrap --variant=minbase --include="$DEBIAN_PACKAGES" --dpkgopt=force-unsafe-io
+                   --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*'
+                   --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*')
+  log "[1/3] building a Debian 13 root (mmdebstrap: python3.13, g++; about half a minute)"
   if [ "$(id -u)" = 0 ]; then
-    log "building a Debian 13 root in $tmp (debootstrap, about a minute)"
-    debootstrap --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR" \
-      | while read -r line; do case "$line" in I:\ Retriev*|I:\ Valid*) ;; *) log "debootstrap: $line" ;; esac; done
+    "${debian[@]}" --mode=root "$DEBIAN_SUITE" "$tmp" "$DEBIAN_MIRROR"
   else
     # mmdebstrap runs dpkg in a user namespace with the subordinate ids; its tarball, unpacked by
     # us, leaves every file ours, which `unshare --map-root-user` shows as root's when entering.
-    log "building a Debian 13 root in $tmp without root (mmdebstrap --mode=unshare, about a minute)"
-    mmdebstrap --mode=unshare --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" - \
-      "$DEBIAN_MIRROR" | tar -x -C "$tmp" --exclude='./dev/*'
+    "${debian[@]}" --mode=unshare "$DEBIAN_SUITE" - "$DEBIAN_MIRROR" | tar -x -C "$tmp" --exclude='./dev/*'
   fi
   [ -x "$tmp/usr/bin/python3.13" ] || die "the Debian 13 root in $tmp has no python3.13"
+  log "  root ready ($((SECONDS - start)) s)"
   # The environment's TLS variables point at the host's bundle path: make that path exist inside.
   local bundle
   for bundle in "${SSL_CERT_FILE:-}" "${PIP_CERT:-}" /etc/ssl/certs/ca-certificates.crt; do
     [ -n "$bundle" ] && [ -f "$bundle" ] && mkdir -p "$tmp$(dirname "$bundle")" && cp -L "$bundle" "$tmp$bundle"
   done
   cp -L /etc/resolv.conf "$tmp/etc/resolv.conf" 2>/dev/null || true
-  log "creating the venv inside the root"
+  log "[2/3] creating the venv inside the root"
   in_root "$tmp" python3.13 -m venv "$VENV_IN_ROOT"
-  in_root "$tmp" bash -c "set -euo pipefail; $(declare -f log pip_install_locked); LOCK=$(printf %q "$LOCK"); pip_install_locked $VENV_IN_ROOT/bin/python"
+  log "[3/3] installing uv $UV_VERSION, then the locked stack"
+  # uv's cache stays inside the root: on the venv's file system, so uv hard-links its files.
+  in_root "$tmp" bash -c "set -euo pipefail; $(declare -f log install_locked); $(declare -p LOCK UV_VERSION UV_WHEEL_SHA256 LOG_FD); install_locked $VENV_IN_ROOT /opt/cardio-uv /var/cache/cardio-uv"
   mv "$tmp" "$dest"
 }
 
@@ -175,9 +191,22 @@ ensure_env() {
   exec 9>"$CACHE/.lock"
   flock 9
   if ! env_complete "$dest"; then
-    # Set-up talks on stderr only: stdout belongs to the command being run.
-    if [ "$(env_mode)" = native ]; then build_native "$dest" >&2; else build_root "$dest" >&2; fi
+    # Set-up talks on stderr only (stdout belongs to the command being run): a few lines of its
+    # own; what the tools print goes to a log beside the environment.
+    local setup_log="$dest.setup.log"
+    exec {LOG_FD}>&2
+    log "setting up the environment (first run only); full log: $setup_log"
+    local builder=build_native; [ "$(env_mode)" = native ] || builder=build_root
+    # A subshell outside any `if` or `||`: there bash would ignore set -e inside the builder.
+    local status
+    set +e; ( set -e; "$builder" "$dest" ) > "$setup_log" 2>&1; status=$?; set -e
+    if [ "$status" != 0 ]; then
+      log "set-up failed; the last lines of $setup_log:"
+      tail -n 25 "$setup_log" >&"$LOG_FD"
+      exit 2
+    fi
     log "environment ready in $((SECONDS - start)) s: $dest"
+    exec {LOG_FD}>&-; unset LOG_FD
   fi
   exec 9>&-
 }
@@ -187,14 +216,16 @@ ensure_env() {
 exec_in_env() {
   if [ "${CARDIO_IN_ENV:-}" = 1 ]; then exec "$@"; fi  # already inside: run as is
   ensure_env
-  local dest; dest=$(env_path)
+  # The project's packages, and the start-up hook that quiets TensorFlow's loading lines
+  # (tools/python-startup/sitecustomize.py; active when TF_CPP_MIN_LOG_LEVEL is 2 or 3).
+  local dest STARTUP_PATH="$REPO/tools/python-startup:$REPO/src"; dest=$(env_path)
   if [ "$(env_mode)" = native ]; then
-    export CARDIO_IN_ENV=1 PATH="$dest/bin:$PATH" PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" \
+    export CARDIO_IN_ENV=1 PATH="$dest/bin:$PATH" PYTHONPATH="$STARTUP_PATH${PYTHONPATH:+:$PYTHONPATH}" \
       VIRTUAL_ENV="$dest"
     exec "$@"
   else
     exec_in_root "$dest" env CARDIO_IN_ENV=1 PATH="$VENV_IN_ROOT/bin:/usr/local/bin:/usr/bin:/bin" \
-      VIRTUAL_ENV="$VENV_IN_ROOT" PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" "$@"
+      VIRTUAL_ENV="$VENV_IN_ROOT" PYTHONPATH="$STARTUP_PATH${PYTHONPATH:+:$PYTHONPATH}" "$@"
   fi
 }
 

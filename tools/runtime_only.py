@@ -54,7 +54,7 @@ def runtime_closure() -> set[str]:
 def locked() -> set[str]:
     lines = (ROOT / "requirements.lock").read_text().splitlines()
     return {canonicalize_name(line.split("==")[0]) for line in lines
-            if line.strip() and not line.startswith("#")}
+            if line[:1].isalnum()}   # not comments, not the indented `--hash=` lines
 
 
 def dev_only() -> list[str]:
