@@ -55,19 +55,6 @@ def _config_file(workdir: str, crop: bool) -> str:
     return path
 
 
-def _stage_seconds(store, pipeline_name: str) -> list:
-    """(component, seconds) from MLMD's execution times, in the order they ran."""
-    executions = []
-    for context in store.get_contexts_by_type("node"):
-        if context.name.startswith(pipeline_name + "."):
-            for execution in store.get_executions_by_context(context.id):
-                executions.append((execution.create_time_since_epoch,
-                                   context.name[len(pipeline_name) + 1:],
-                                   (execution.last_update_time_since_epoch -
-                                    execution.create_time_since_epoch) / 1000))
-    return [(name, seconds) for _, name, seconds in sorted(executions)]
-
-
 def _interval(value, interval) -> str:
     if value is None:
         return "-"
@@ -88,7 +75,7 @@ def report(workdir: str, config_path: str, seconds: dict, summary: dict) -> None
           f"crop {'on' if config.segmenter_uri else 'OFF'}")
     print(f"{'stage':<44}{'seconds':>9}")
     for name, value in [("cardio data csv", seconds["convert"]),
-                        *_stage_seconds(store, config.pipeline_name),
+                        *outputs.stage_seconds(store, config.pipeline_name),
                         ("cardio pipeline run (whole, with report and serving)", seconds["run"])]:
         print(f"{name:<44}{value:>9.0f}")
     qc = summary.get("crop_qc")

@@ -70,8 +70,10 @@ def plot(path: str, panels: dict, seed: int = 0):
 
     figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5.2))
     for ax, (title, (vectors, sites, auc)) in zip(np.atleast_1d(axes), panels.items()):
+        # Exact gradients: for a few hundred thumbnails about twice as fast as Barnes-Hut.
         embedded = TSNE(n_components=2, perplexity=min(30, len(vectors) // 4), random_state=seed,
-                        init="pca").fit_transform(vectors)
+                        init="pca", method="exact" if len(vectors) <= 1000 else "barnes_hut"
+                        ).fit_transform(vectors)
         for site in sorted(set(sites)):
             points = embedded[sites == site]
             ax.scatter(points[:, 0], points[:, 1], s=8, alpha=0.7, label=site)

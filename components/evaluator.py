@@ -1,4 +1,4 @@
-"""The Evaluator: TFMA metrics per site slice, with bootstrap CIs, and the blessing gate.
+"""The Evaluator: TFMA metrics per site slice, with confidence intervals, and the blessing gate.
 
 Slices. The Evaluator pools the `test` and `external` splits into one collection, so a slice
 without the site would mix internal and external data. Every slice is therefore keyed by site
@@ -11,8 +11,11 @@ saturated scores it is not, which is one reason the export serves Platt-calibrat
 Brier score (mean squared error of the probability), calibration (mean prediction / mean label)
 and a 20-bin calibration plot. On the label at the operating threshold
 baked into the export: sensitivity, specificity, accuracy, precision, F1 and the confusion matrix
-(TP, FP, TN, FN). Every metric carries a 95% confidence interval from TFMA's Poisson bootstrap
-(20 replicates, a t interval; `metrics_with_intervals` clips it to the metric's range).
+(TP, FP, TN, FN). Every metric carries a 95% confidence interval from TFMA, by the configuration's
+`ci_method`: its Poisson bootstrap (20 replicates) or its jackknife (20 delete-one-bucket
+estimates, from one pass over the data: a fraction of the bootstrap's cost); both give a t
+interval, which `metrics_with_intervals` clips to the metric's range. Every table that shows an
+interval names its method, read from the evaluation's own EvalConfig (`ci_description`).
 
 The gate (a `GateProfile`) compares POINT ESTIMATES, per site slice: the external site's AUC,
 each internal site's AUC, every site's sensitivity at the operating threshold, and, when the
@@ -50,15 +53,15 @@ AUC_THRESHOLDS = 10_000
 CALIBRATION_BINS = 20
 
 
-def describe_gate(gate: GateProfile, external_site: str | None = "configured") -> str:
+def describe_gate(gate: GateProfile, external_site: str | None = "configured",
+                  ci: str = S.BOOTSTRAP_CI) -> str:
     """One line a reviewer reads before the results: what a model must reach to be pushed."""
     external = (f"external-site AUC >= {gate.external_auc_min}" if external_site else
                 "NO EXTERNAL SITE configured: internal criteria only")
     return (f"Gate profile '{gate.name}': {external}, "
             f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} at "
             f"the operating threshold, AUC no more than {gate.auc_regression_tolerance} below the "
-            f"cell's last blessed model (point estimates per site slice; {S.BOOTSTRAP_CI}, "
-            f"reported)")
+            f"cell's last blessed model (point estimates per site slice; {ci}, reported)")
 
 
 def _metric(class_name: str, per_slice_thresholds=(), **config) -> tfma.MetricConfig:
@@ -82,9 +85,14 @@ def _floor(lower_bound: float, regression_tolerance: float | None = None) -> tfm
     return threshold
 
 
+# TFMA's name of each `ci_method`.
+CI_METHODS = {"bootstrap": tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP,
+              "jackknife": tfma.ConfidenceIntervalOptions.JACKKNIFE}
+
+
 def eval_config(config, confidence_intervals: bool = True) -> tfma.EvalConfig:
-    """The EvalConfig of every grid cell. `confidence_intervals=False` only skips the bootstrap
-    (several times the cost); the gate, which compares point estimates, decides the same."""
+    """The EvalConfig of every grid cell. `confidence_intervals=False` only skips the intervals
+    (config.ci_method's); the gate, which compares point estimates, decides the same."""
     gate = config.gate
     auc_floors = {site: gate.internal_auc_min for site in config.internal_sites}
     if config.external_site:   # without one, the internal criteria alone decide
@@ -123,7 +131,18 @@ def eval_config(config, confidence_intervals: bool = True) -> tfma.EvalConfig:
         options=tfma.Options(
             compute_confidence_intervals={"value": confidence_intervals},
             confidence_intervals=tfma.ConfidenceIntervalOptions(
-                method=tfma.ConfidenceIntervalOptions.POISSON_BOOTSTRAP)))
+                method=CI_METHODS[config.ci_method])))
+
+
+def ci_description(evaluation_uri: str) -> str:
+    """What an evaluation's intervals are, from its own EvalConfig: a table says its method."""
+    from tensorflow_model_analysis.writers import eval_config_writer
+
+    options = eval_config_writer.load_eval_run(evaluation_uri)[0].options
+    if not options.compute_confidence_intervals.value:
+        return S.NO_CI
+    methods = {number: name for name, number in CI_METHODS.items()}
+    return S.TFMA_CI[methods[options.confidence_intervals.method]]
 
 
 class Executor(tfx_evaluator.Executor):

@@ -148,6 +148,7 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
     training = _read_json(os.path.join(model_run_uri, "training_summary.json")) if model_run_uri else None
     segmenter = metadata.get("segmenter")
     metrics = evaluator.metrics_with_intervals(evaluator.load(evaluation_uri))
+    ci = evaluator.ci_description(evaluation_uri)
     licences = {"code": PROJECT_LICENCE,
                 "backbone_initialisation": (
                     "ImageNet-pretrained Keras applications weights (their own terms; ImageNet's "
@@ -176,9 +177,10 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
             "target_sensitivity": (training or {}).get("config", {}).get("target_sensitivity"),
             "per_site": {name: {m: row[m] for m in ("sensitivity", "specificity") if m in row}
                          for name, row in metrics.items() if name.count("=") == 1}},
-        "evaluation": {"gate": gate, "compares": "point estimates per site slice; "
-                       f"{S.BOOTSTRAP_CI} (20 replicates, t interval clipped to the metric's "
-                       "range), reported, not gated on",
+        "evaluation": {"gate": gate, "compares": "point estimates per site slice; " + (
+                           f"{ci} (a t interval over 20 samples, clipped to the metric's range), "
+                           "reported, not gated on" if ci != S.NO_CI else S.NO_CI),
+                       "ci": ci,
                        "failures": evaluator.validation_failures(evaluation_uri),
                        "baseline": baseline, "slices": metrics},
         "lineage": {"git_commit": git_commit, "container_image_digest": image_digest,
@@ -268,7 +270,7 @@ def render_markdown(card: dict) -> str:
                  else "Baseline: none (the cell's first blessed candidate).")
     lines += [""] + ([f"- FAILED: {f}" for f in evaluation["failures"]] or ["All criteria passed."])
     lines += ["", "Every slice is keyed by site: no figure mixes internal and external data. "
-              f"Values are point estimates [{S.BOOTSTRAP_CI}].", "",
+              f"Values are point estimates [{evaluation['ci']}].", "",
               "| slice | " + " | ".join(CARD_METRICS) + " |",
               "|---" * (len(CARD_METRICS) + 1) + "|"]
     for name, row in sorted(evaluation["slices"].items()):

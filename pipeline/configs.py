@@ -10,6 +10,7 @@ import dataclasses
 
 from cardio import features as F
 from cardio.components.gate import GATE_PROFILES, GateProfile  # noqa: F401  (part of the configuration's API)
+from cardio.evaluation.statistics import NO_CI, TFMA_CI
 from cardio.imaging import SHIPPED_UNET_DIR, UNET_WEIGHTS_FILE
 from cardio.serving.config import BatchingConfig
 
@@ -62,9 +63,12 @@ class PipelineConfig:
     mixed_precision: bool = True           # float16 compute when training on GPUs
     steps_per_epoch: int | None = None     # None: one pass over the training split per epoch
     target_sensitivity: float = 0.9
-    # TFMA's Poisson bootstrap CI beside every metric (model card, demo table). It costs several
-    # times the evaluation; the gate reads point estimates, so a quick run may turn it off.
+    # TFMA's CI beside every metric (model card, demo table); the gate reads point estimates, so
+    # a quick run may turn it off. `ci_method`: "bootstrap" (Poisson, 20 replicates: each example
+    # is scored into every replicate, several times the evaluation's cost) or "jackknife" (20
+    # delete-one-bucket estimates from one pass: a fraction of that; TFMA's own two methods).
     confidence_intervals: bool = True
+    ci_method: str = "bootstrap"
     seed: int = 0
     deterministic: bool = False            # op determinism: same data + seed -> same model
     # The lung U-Net (a directory holding UNET_WEIGHTS_FILE): the crop stage runs when set.
@@ -92,6 +96,11 @@ class PipelineConfig:
         return tuple(self.internal_sites) + ((self.external_site,) if self.external_site else ())
 
     @property
+    def ci_description(self) -> str:
+        """What the Evaluator's intervals will be, as every table names them."""
+        return TFMA_CI[self.ci_method] if self.confidence_intervals else NO_CI
+
+    @property
     def splits(self) -> tuple:
         """The splits a span has: no `external` split without an external site."""
         return tuple(s for s in F.SPLITS if self.external_site or s != F.EXTERNAL)
@@ -114,6 +123,8 @@ class PipelineConfig:
         for name in ("target_sensitivity", "deployment_prevalence"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name}: must lie strictly between 0 and 1")
+        if self.ci_method not in TFMA_CI:
+            raise ValueError(f"ci_method: must be one of {', '.join(TFMA_CI)}, got {self.ci_method!r}")
         for name in ("image_size", "crop_size", "epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1")
@@ -134,10 +145,11 @@ class PipelineConfig:
 
 def demo_config(weights: str | None, **overrides) -> PipelineConfig:
     """A small MobileNet (alpha 0.25), both class weightings (so the comparison has a pair), 8
-    epochs at 128 px on 256 px crops, the `demo` gate."""
+    epochs at 128 px on 256 px crops, the `demo` gate, TFMA's jackknife CIs (the bootstrap's
+    intervals at a fraction of its cost; `cardio demo --full` takes the bootstrap)."""
     demo = dict(pipeline_name="cardiomegaly-demo",
                 grid=(GridCell("mobilenet_025", "75-25"), GridCell("mobilenet_025", "50-50")),
                 gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8,
-                segmenter_uri=SHIPPED_UNET_DIR, crop_size=256)
+                segmenter_uri=SHIPPED_UNET_DIR, crop_size=256, ci_method="jackknife")
     demo.update(overrides)
     return dataclasses.replace(PipelineConfig(), **demo)

@@ -2,11 +2,19 @@
 
 Steps: synthetic radiographs from two sites -> TFRecords (span 1) -> the local pipeline ->
 evaluation per site slice -> where the blessed model was pushed -> gRPC predictions from the
-served models (serving/demo.py).
+served models (serving/demo.py) -> the time each stage took.
+
+The radiographs are drawn at 384 px by default: the models see 128 px crops of the U-Net's
+256 px box either way, so every stage shows what it shows at full size (`--full`: each site's own
+1024-1280 px and TFMA's bootstrap CIs, several times slower). A set is drawn once per (n, seed,
+size) and kept in the user's cache (synthetic_cache).
 """
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
+import shutil
 import time
 from typing import Callable
 
@@ -16,6 +24,8 @@ from cardio.serving import demo as serving_demo
 
 # realpath: src/cardio/pipeline is a link to the checkout's pipeline/ folder.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+DEMO_SIZE = 384                                   # px, the synthetic radiographs' default
+FULL = {"ci_method": "bootstrap"}                 # --full: with size None (each site's own)
 
 
 def default_weights() -> str | None:
@@ -49,6 +59,42 @@ def make_data(data_root: str, n: int, seed: int, size: int | None, config, progr
     return summary["splits"]
 
 
+def synthetic_cache(n: int, seed: int, size: int | None, external_site: str) -> str:
+    """Where a drawn set is kept: $CARDIO_DATA_CACHE or ~/.cache/cardio/synthetic, keyed on the
+    arguments and on the code that draws and writes it (a change there draws it again)."""
+    code = hashlib.sha256()
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(convert.__file__), "*.py"))):
+        with open(path, "rb") as f:
+            code.update(f.read())
+    root = os.environ.get("CARDIO_DATA_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "cardio", "synthetic")
+    return os.path.join(root, f"n{n}-seed{seed}-{size or 'full'}px-{external_site}-"
+                              f"{code.hexdigest()[:12]}")
+
+
+def cached_data(data_root: str, n: int, seed: int, size: int | None, config, progress,
+                echo: Callable[[str], None]) -> dict:
+    """The synthetic span in data_root: copied from the cache, or drawn into the cache first
+    (drawn straight into data_root when the cache cannot be written)."""
+    cache = synthetic_cache(n, seed, size, config.external_site)
+    if not os.path.exists(os.path.join(cache, "span-1", "summary.json")):
+        partial = f"{cache}.partial-{os.getpid()}"
+        try:
+            os.makedirs(partial)
+        except OSError as error:
+            echo(f"Cannot keep the synthetic radiographs in {cache} ({error.strerror}); drawing them here")
+            return make_data(data_root, n, seed, size, config, progress)
+        try:
+            make_data(partial, n, seed, size, config, progress)
+            os.replace(partial, cache)           # complete, or not there at all
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    else:
+        echo(f"Reusing the synthetic radiographs drawn before for this n, seed and size ({cache})")
+    shutil.copytree(cache, data_root, dirs_exist_ok=True)
+    return report.read_counts(data_root)
+
+
 def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
         echo: Callable[[str], None], progress_factory, **overrides) -> dict:
     """Runs the demo; `overrides` replace fields of the demo's PipelineConfig (e.g. epochs)."""
@@ -62,20 +108,32 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     random_init = weights in (None, "random")
     # First, and loud: without ImageNet weights the demo is a different demo, on purpose.
     echo(NO_WEIGHTS if random_init else f"ImageNet weights: {weights}")
-    echo(evaluator.describe_gate(config.gate, config.external_site))
+    echo(evaluator.describe_gate(config.gate, config.external_site,
+                                  config.ci_description))
     if not os.path.exists(os.path.join(data_root, "span-1", "summary.json")):
         with progress_factory(n, "synthesising radiographs") as bar:
-            counts = make_data(data_root, n, seed, size, config, bar.update)
+            counts = cached_data(data_root, n, seed, size, config, bar.update, echo)
     else:
         echo(f"Reusing the synthetic data in {data_root}")
         counts = report.read_counts(data_root)
     echo(report.format_counts(counts))
 
+    data_seconds = time.time() - started
     summary = run_and_report(config, data_root, pipeline_root, serving_root, echo, started)
+    summary["stage_seconds"] = [("synthetic radiographs", data_seconds), *summary["stage_seconds"]]
     summary["imagenet_weights"] = None if random_init else weights
     if random_init and not summary["serving"].get("served"):
         echo("No model was pushed, as expected without ImageNet weights (see the first line).")
+    echo(format_stage_seconds(summary["stage_seconds"], time.time() - started))
     return summary
+
+
+def format_stage_seconds(stages: list, total: float) -> str:
+    """The run's time table: each stage (each pipeline component, as MLMD timed it) and the total."""
+    width = max(len(name) for name, _ in stages)
+    lines = ["\nTime per stage (seconds)"] + [f"  {name:<{width}} {seconds:7.1f}"
+                                              for name, seconds in stages]
+    return "\n".join(lines + [f"  {'total':<{width}} {total:7.1f}"])
 
 
 def run_and_report(config, data_root: str, pipeline_root: str, serving_root: str,
@@ -83,9 +141,12 @@ def run_and_report(config, data_root: str, pipeline_root: str, serving_root: str
     """Runs the pipeline locally, then reports what a reviewer reads: crop QC, every cell's
     evaluation per slice and push, the comparison and the served models' answers."""
     echo(f"Running the pipeline (LocalDagRunner, Beam FnApiRunner); root {pipeline_root}")
+    pipeline_started = time.time()
     local_runner.run(config, data_root, pipeline_root, serving_root)
 
     store = outputs.open_store(local_runner.metadata_path(pipeline_root))
+    stages = outputs.stage_seconds(store, config.pipeline_name, since=pipeline_started)
+    reporting_started = time.time()
     summary = {"seconds": round(time.time() - started, 1), "models": {}}
     figures = report.crop_report(store, config)
     if figures:
@@ -108,8 +169,14 @@ def run_and_report(config, data_root: str, pipeline_root: str, serving_root: str
     if comparison:
         echo(report.format_comparison(comparison))
         summary["comparison"] = comparison
+    serving_started = time.time()
     # The main job ends in serving: the pushed models answer over TF Serving's gRPC API.
     summary["serving"] = serving_demo.serve_and_predict(serving_root, data_root, echo)
+    summary["stage_seconds"] = [
+        *stages, ("pipeline, besides its components", reporting_started - pipeline_started -
+                  sum(seconds for _, seconds in stages)),
+        ("reports (crop QC, evaluation, comparison)", serving_started - reporting_started),
+        ("serving over gRPC", time.time() - serving_started)]
     return summary
 
 

@@ -36,3 +36,18 @@ def latest_output(store, pipeline_name: str, node_id: str, key: str):
         if artifacts:
             return max(artifacts, key=lambda a: a.id)
     return None
+
+
+def stage_seconds(store, pipeline_name: str, since: float = 0.0) -> list:
+    """(component, seconds) of the executions MLMD recorded from `since` (seconds since the epoch)
+    on, in the order they started; a cached component takes next to nothing."""
+    executions = []
+    for context in store.get_contexts_by_type("node"):
+        if context.name.startswith(pipeline_name + "."):
+            for execution in store.get_executions_by_context(context.id):
+                if execution.create_time_since_epoch >= since * 1000:
+                    executions.append((execution.create_time_since_epoch,
+                                       context.name[len(pipeline_name) + 1:],
+                                       (execution.last_update_time_since_epoch -
+                                        execution.create_time_since_epoch) / 1000))
+    return [(name, seconds) for _, name, seconds in sorted(executions)]

@@ -61,6 +61,7 @@ def cell_result(store, config, cell, serving_root: str) -> dict:
         result["intervals"] = slice_intervals(eval_result)
         result["gate_failures"] = evaluator.validation_failures(evaluation.uri)
         result["evaluation_uri"] = evaluation.uri
+        result["ci"] = evaluator.ci_description(evaluation.uri)
     if card is not None:
         result["model_card"] = os.path.join(card.uri, "model_card.md")
     if blessing is not None:
@@ -112,7 +113,7 @@ def format_cell(name: str, result: dict) -> str:
 
     header = f"{'slice':<34}" + "".join(f"{m:>{22 if m in CI_METRICS else 13}}" for m in METRICS)
     lines = [f"\nModel {name}: evaluation per slice (test + external splits), "
-             f"point estimate [{S.BOOTSTRAP_CI}]", header]
+             f"point estimate [{result.get('ci', S.NO_CI)}]", header]
     for slice_, values in sorted(result["slices"].items()):
         intervals = result.get("intervals", {}).get(slice_, {})
         lines.append(f"{slice_:<34}" + "".join(cell(values, intervals, m) for m in METRICS))

@@ -26,7 +26,8 @@ def run(run_config: RunConfig, echo: Callable[[str], None]) -> dict:
     echo(f"Configuration {run_config.source}: {len(config.grid)} model(s) "
          f"({', '.join(c.name for c in config.grid)}); internal sites "
          f"{', '.join(config.internal_sites)}; external site {config.external_site or 'none'}")
-    echo(evaluator.describe_gate(config.gate, config.external_site))
+    echo(evaluator.describe_gate(config.gate, config.external_site,
+                                  config.ci_description))
     echo(f"ImageNet weights: {config.weights or 'none: random initialisation'}")
     echo(f"Lung crop: {'U-Net ' + config.segmenter_uri if config.segmenter_uri else 'OFF'}")
     found = preflight.check(config, run_config.data_root)   # refuses unknown sites before any run
@@ -35,6 +36,7 @@ def run(run_config: RunConfig, echo: Callable[[str], None]) -> dict:
     summary = demo.run_and_report(config, run_config.data_root, run_config.pipeline_root,
                                   run_config.serving_dir, echo, started)
     summary["config"] = run_config.source
+    echo(demo.format_stage_seconds(summary["stage_seconds"], time.time() - started))
     return summary
 
 

@@ -5,7 +5,9 @@ probability must be the trained Keras model's on the lung crop, through the Plat
 into the export.
 
 Random initialisation at a small input size (75 px, InceptionV3's minimum) keeps this fast; the
-ImageNet loading path is tested with the MobileNet weights in ../shared (tests/test_trainer.py)."""
+ImageNet loading path is tested with the MobileNet weights in ../shared (tests/test_trainer.py).
+The suite runs the demo's backbone (MobileNet); the other four repeat the same run_fn and export
+path at 1-2 minutes each, so they are slow checks (`python -m benchmarks checks`)."""
 import json
 import os
 
@@ -37,7 +39,8 @@ def _raw_images(span, count=4) -> list:
             for r in records]
 
 
-@pytest.mark.parametrize("backbone", STUDY_BACKBONES)
+@pytest.mark.parametrize("backbone", [b if b == "mobilenet" else pytest.param(b, marks=pytest.mark.slow)
+                                      for b in STUDY_BACKBONES])
 def test_backbone_through_run_fn_serves_raw_radiographs(backbone, span, tmp_path):
     config = {"backbone": backbone, "weights": "random", "image_size": SIZE, "epochs": 1,
               "steps_per_epoch": 2, "batch_size": 2, "seed": 1,

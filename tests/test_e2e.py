@@ -95,12 +95,12 @@ def test_evaluation_is_per_site_and_never_pools_sites(e2e):
         assert 0.0 <= slices[site]["brier_score"] <= 1.0
         assert slices[site]["tp"] + slices[site]["fn"] + slices[site]["tn"] + slices[site]["fp"] == \
             slices[site]["example_count"]
-        lower, upper = intervals[site]["auc"]      # TFMA's Poisson bootstrap
+        lower, upper = intervals[site]["auc"]      # TFMA's jackknife, the demo's
         assert lower <= slices[site]["auc"] <= upper
     assert result.plots, "the calibration plot is missing"
     # The demo prints the same table, with the gate profile and the CIs.
     assert "site=site-b" in e2e.stdout and "Gate profile 'demo'" in e2e.stdout
-    assert S.BOOTSTRAP_CI in e2e.stdout
+    assert S.JACKKNIFE_CI in e2e.stdout and S.BOOTSTRAP_CI not in e2e.stdout
 
 
 def test_the_demo_states_its_weights_first_and_what_follows(e2e):
@@ -290,15 +290,17 @@ def test_model_comparison_report_has_roc_curves_delong_table_and_a_champion(e2e)
 
 
 def test_every_interval_names_its_method(e2e):
-    """TFMA's bootstrap CIs (gate, card, demo table) and DeLong's/Wilson's (comparison) are
-    different methods on the same AUC: each printed interval says which it is."""
+    """TFMA's CIs (the demo's: jackknife; gate, card, demo table) and DeLong's/Wilson's
+    (comparison) are different methods on the same AUC: each printed interval says which it is."""
     texts = {"demo output": e2e.stdout,
              "comparison report": open(e2e.summary["comparison"]["markdown"]).read()}
     for name, result in e2e.summary["models"].items():
         texts[f"model card of {name}"] = open(result["model_card"]).read()
-    methods = (S.BOOTSTRAP_CI, S.DELONG_CI, S.WILSON_CI)
+    methods = (S.JACKKNIFE_CI, S.BOOTSTRAP_CI, S.DELONG_CI, S.WILSON_CI)
     for where, text in texts.items():
         assert any(m in text for m in methods), where
         # Every "95% CI" is one of the named methods; none stands alone.
         assert text.count("95% CI") == sum(text.count(m) for m in methods), where
-    assert S.BOOTSTRAP_CI in e2e.stdout and S.DELONG_CI in texts["comparison report"]
+    assert S.JACKKNIFE_CI in e2e.stdout and S.DELONG_CI in texts["comparison report"]
+    for name in e2e.summary["models"]:       # the card says the method its evaluation used
+        assert S.JACKKNIFE_CI in texts[f"model card of {name}"], name

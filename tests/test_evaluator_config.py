@@ -1,5 +1,10 @@
 """The EvalConfig: per-site slices only, and the gate profile's thresholds on the site slices."""
+import dataclasses
+
+import pytest
+
 from cardio.components import evaluator
+from cardio.evaluation import statistics as S
 from cardio.pipeline import configs
 
 
@@ -43,11 +48,22 @@ def _metrics(eval_config, output):
             for m in spec.metrics}
 
 
-def test_confidence_intervals_are_tfma_poisson_bootstrap():
+def test_confidence_intervals_are_tfma_poisson_bootstrap_or_jackknife_as_configured():
     from tensorflow_model_analysis.proto import config_pb2
     options = evaluator.eval_config(configs.PipelineConfig()).options
     assert options.compute_confidence_intervals.value
     assert options.confidence_intervals.method == config_pb2.ConfidenceIntervalOptions.POISSON_BOOTSTRAP
+    demo = configs.demo_config(None)            # the demo's: a fraction of the bootstrap's cost
+    assert evaluator.eval_config(demo).options.confidence_intervals.method == \
+        config_pb2.ConfidenceIntervalOptions.JACKKNIFE
+    assert demo.ci_description == S.JACKKNIFE_CI
+    assert evaluator.describe_gate(demo.gate, demo.external_site, demo.ci_description).endswith(
+        f"{S.JACKKNIFE_CI}, reported)")
+    off = dataclasses.replace(demo, confidence_intervals=False)
+    assert not evaluator.eval_config(off, off.confidence_intervals).options.compute_confidence_intervals.value
+    assert off.ci_description == S.NO_CI
+    with pytest.raises(ValueError, match="ci_method"):
+        dataclasses.replace(demo, ci_method="percentile").validate()
 
 
 def test_auc_calibration_and_confusion_matrix_are_reported():

@@ -1,8 +1,10 @@
 """The compiled pipeline, executed: the PipelineSpec that `cardio pipeline compile` writes runs
 here task by task, each through its own container command and a launcher-style ExecutorInput
 (tests/kfp_harness.py), with the run's parameters, the importer, artifact passing and the spec's
-own pipeline root. Its blessing and pushed model must be the LocalDagRunner run's on the same
-data and configuration: the same pipeline, orchestrated two ways."""
+own pipeline root: every task runs, the gate blesses and the pushed model serves. That its blessing
+and pushed model are the LocalDagRunner run's on the same data and configuration (the same
+pipeline, orchestrated two ways) is a slow check (`python -m benchmarks checks`): it repeats the
+whole run in process."""
 import dataclasses
 import glob
 import json
@@ -59,10 +61,17 @@ def runs(tmp_path_factory):
         {kubeflow_runner.DATA_ROOT: str(data), kubeflow_runner.EPOCHS: RUN_EPOCHS,
          kubeflow_runner.LEARNING_RATE: RUN_LEARNING_RATE},
         str(tmp / "pods"))
-
     local_config = dataclasses.replace(config, epochs=RUN_EPOCHS, learning_rate=RUN_LEARNING_RATE)
-    local_runner.run(local_config, str(data), str(tmp / "local-root"), str(tmp / "local-serving"))
     return dict(tmp=tmp, config=local_config, executed=executed, data=data)
+
+
+@pytest.fixture(scope="module")
+def local(runs):
+    """The same configuration and data, run in process by LocalDagRunner (slow checks only)."""
+    tmp = runs["tmp"]
+    local_runner.run(runs["config"], str(runs["data"]), str(tmp / "local-root"),
+                     str(tmp / "local-serving"))
+    return runs
 
 
 def _blessed(artifact: dict) -> bool:
@@ -99,7 +108,26 @@ def test_runtime_parameters_reach_the_tasks(runs):
     assert summary["config"]["learning_rate"] == RUN_LEARNING_RATE
 
 
-def test_blessing_matches_the_local_run(runs):
+def test_the_gate_blesses_per_site_and_the_pushed_model_serves(runs):
+    executed = runs["executed"]
+    assert _blessed(executed.artifact(f"Evaluator.{CELL.name}", "blessing"))
+    slices = report.slice_metrics(evaluator.load(
+        executed.artifact(f"Evaluator.{CELL.name}", "evaluation")["uri"]))
+    assert {"site=site-a", "site=site-b"} <= set(slices)
+    pushed = executed.artifact(f"Pusher.{CELL.name}", "pushed_model")
+    assert int(pushed["metadata"]["pushed"]) == 1
+    destination = pushed["metadata"]["pushed_destination"]
+    assert destination.startswith(str(runs["tmp"] / "kfp-serving" / CELL.name))
+    images = [i["image"] for i in serving_demo.sample_images(str(runs["data"]), per_site=2)]
+    served = tf.saved_model.load(destination)
+    probability = served.signatures[F.SERVING_DEFAULT](
+        **{F.IMAGE_BYTES: tf.constant(images)})[F.PROBABILITY].numpy()
+    assert probability.shape == (len(images),) and np.all((probability >= 0) & (probability <= 1))
+
+
+@pytest.mark.slow
+def test_blessing_matches_the_local_run(local):
+    runs = local
     executed = runs["executed"]
     blessing = executed.artifact(f"Evaluator.{CELL.name}", "blessing")
     local = outputs.latest_output(_local_store(runs), runs["config"].pipeline_name,
@@ -120,9 +148,11 @@ def test_blessing_matches_the_local_run(runs):
             assert ours[name]["auc"] == pytest.approx(theirs[name]["auc"], abs=1e-3), name
 
 
-def test_pushed_model_matches_the_local_run(runs):
+@pytest.mark.slow
+def test_pushed_model_matches_the_local_run(local):
     """The same weights, trained in a pod from the compiled spec and in process by
     LocalDagRunner (deterministic training on the same data), and the same served answers."""
+    runs = local
     executed = runs["executed"]
     pushed = executed.artifact(f"Pusher.{CELL.name}", "pushed_model")
     assert int(pushed["metadata"]["pushed"]) == 1

@@ -60,7 +60,10 @@ def main(verbose):
 @click.option("--n", "n", default=600, show_default=True, help="Synthetic radiographs to make.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--size", default=None, type=int,
-              help="Image size in pixels (default: each site's own, 1024-1280).")
+              help="Image size in pixels (default: 384; with --full each site's own, 1024-1280).")
+@click.option("--full", is_flag=True,
+              help="The full-size demo: radiographs at each site's own size (1024-1280 px) and "
+                   "TFMA's bootstrap CIs (several times slower).")
 @click.option("--weights", default=None, type=click.Path(),
               help="ImageNet weights file or directory (default: $CARDIO_WEIGHTS, ../shared/weights).")
 @click.option("--random-init", is_flag=True, help="Train from random initialisation on purpose.")
@@ -68,12 +71,14 @@ def main(verbose):
 @click.option("--deterministic", is_flag=True, help="Op determinism: reruns give the same model.")
 @click.option("--segmenter", default=None, type=click.Path(exists=True, file_okay=False),
               help="Directory holding unet_lungs.weights.h5 (default: the shipped U-Net).")
-def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, segmenter):
+def demo(workdir, n, seed, size, full, weights, random_init, epochs, deterministic, segmenter):
     """Run the main job end to end on the built-in synthetic data."""
     from cardio.pipeline import demo as demo_lib
 
     weights = "random" if random_init else (weights or demo_lib.default_weights() or "random")
-    overrides = {"deterministic": deterministic}
+    overrides = {"deterministic": deterministic, **(demo_lib.FULL if full else {})}
+    if size is None and not full:
+        size = demo_lib.DEMO_SIZE
     if segmenter:
         overrides["segmenter_uri"] = os.path.abspath(segmenter)
     if epochs:

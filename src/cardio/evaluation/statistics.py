@@ -23,13 +23,18 @@ LEVEL = 0.95
 # Which AUC, which interval: said here once, and printed beside every interval.
 #   The gate and the model card read TFMA's AUC (10,000 thresholds) per site slice, on the
 #   served calibrated probability. The gate
-#   compares its point estimate; the CI beside it is TFMA's Poisson bootstrap, reported only.
+#   compares its point estimate; the CI beside it is TFMA's (Poisson bootstrap or jackknife, as
+#   configured), reported only.
 #   Comparisons between models or slices (the comparison report, the champion, the fairness
 #   review) read the exact rank AUC with DeLong's CI and tests: authoritative whenever a claim
 #   is that one model or slice differs from another. Sensitivity and specificity there carry
 #   Wilson intervals. Both AUCs are computed on the same images: tests/test_e2e.py asserts
 #   they agree within TFMA's threshold resolution.
 BOOTSTRAP_CI = "95% CI: TFMA Poisson bootstrap"
+JACKKNIFE_CI = "95% CI: TFMA jackknife"
+NO_CI = "no CI computed"
+# The configuration's `ci_method` -> what every table that shows TFMA's intervals says.
+TFMA_CI = {"bootstrap": BOOTSTRAP_CI, "jackknife": JACKKNIFE_CI}
 DELONG_CI = "95% CI: DeLong"
 WILSON_CI = "95% CI: Wilson"
 
