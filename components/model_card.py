@@ -234,7 +234,11 @@ def render_markdown(card: dict) -> str:
         lines.append(f"- {name}: " + ", ".join(f"{m} {_figure(v)}" for m, v in row.items()))
     calibrated = card.get("calibration")
     lines += ["", "## Calibration", ""]
-    if calibrated:
+    if calibrated and calibrated.get("refused"):
+        lines += ["**Calibration REFUSED**; the gate fails this model: "
+                  + "; ".join(calibrated["refused"]) + ". Served probabilities are the "
+                  "network's own (identity scaling)."]
+    elif calibrated:
         before, after = calibrated["validation_before"], calibrated["validation_after"]
         lines += [f"Served probabilities are Platt-scaled: sigmoid({calibrated['a']:.4f} x logit "
                   f"{calibrated['b']:+.4f}), fitted on the {calibrated['fitted_on']} split. "

@@ -62,6 +62,12 @@ class PipelineConfig:
     mixed_precision: bool = True           # float16 compute when training on GPUs
     steps_per_epoch: int | None = None     # None: one pass over the training split per epoch
     target_sensitivity: float = 0.9
+    # Fewer validation positives: the Trainer refuses calibration and the operating threshold,
+    # and the gate fails the model naming why (trainer/calibration.py).
+    min_validation_positives: int = 10
+    # Fewer positives in an evaluated split (validation, test, external): the run stops before
+    # training, naming the split and its count (components/split_check.py).
+    min_split_positives: int = 10
     # TFMA's Poisson bootstrap CI beside every metric (model card, demo table). It costs several
     # times the evaluation; the gate reads point estimates, so a quick run may turn it off.
     confidence_intervals: bool = True
@@ -126,7 +132,8 @@ class PipelineConfig:
                 "augment_positives": self.augment_positives,
                 "positive_copies": self.positive_copies,
                 "mixed_precision": self.mixed_precision, "steps_per_epoch": self.steps_per_epoch,
-                "target_sensitivity": self.target_sensitivity, "seed": self.seed,
+                "target_sensitivity": self.target_sensitivity,
+                "min_validation_positives": self.min_validation_positives, "seed": self.seed,
                 "deterministic": self.deterministic, "crop_size": self.crop_size,
                 "segmenter_weights": (f"{self.segmenter_uri.rstrip('/')}/{UNET_WEIGHTS_FILE}"
                                       if self.segmenter_uri else None)}
@@ -138,6 +145,8 @@ def demo_config(weights: str | None, **overrides) -> PipelineConfig:
     demo = dict(pipeline_name="cardiomegaly-demo",
                 grid=(GridCell("mobilenet_025", "75-25"), GridCell("mobilenet_025", "50-50")),
                 gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8,
-                segmenter_uri=SHIPPED_UNET_DIR, crop_size=256)
+                segmenter_uri=SHIPPED_UNET_DIR, crop_size=256,
+                # A few hundred synthetic radiographs: 240 give 4 validation positives.
+                min_validation_positives=3, min_split_positives=3)
     demo.update(overrides)
     return dataclasses.replace(PipelineConfig(), **demo)

@@ -45,6 +45,9 @@ class TrainingConfig:
     mixed_precision: bool = True          # float16 compute on GPUs
     steps_per_epoch: int | None = None    # None: one pass over the training split
     target_sensitivity: float = 0.9
+    # Fewer validation positives: calibration and the operating threshold are refused, and the
+    # gate fails the model naming why (trainer/calibration.py).
+    min_validation_positives: int = 10
     seed: int = 0
     deterministic: bool = False
     segmenter_weights: str | None = None  # the U-Net the crop stage used; None: no crop stage
@@ -159,13 +162,15 @@ def train_and_export(fn_args):
 
     # Platt scaling on validation; the operating threshold is chosen on the calibrated probability.
     labels, logits = predict(model, fn_args.eval_files, config)
-    platt = calibration.fit_platt(labels, logits)
+    platt, calibrated = calibration.calibrate(labels, logits, config.min_validation_positives)
     probabilities = platt(logits)
     threshold = operating_point.choose_threshold(labels, probabilities, config.target_sensitivity)
-    calibrated = {"method": "platt", "a": platt.a, "b": platt.b, "fitted_on": "validation",
-                  "validation_before": calibration_metrics.summary(
-                      labels, calibration.Platt()(logits)),
-                  "validation_after": calibration_metrics.summary(labels, probabilities)}
+    calibrated.update(validation_before=calibration_metrics.summary(
+                          labels, calibration.Platt()(logits)),
+                      validation_after=calibration_metrics.summary(labels, probabilities))
+    for reason in calibrated["refused"]:
+        logging.warning("calibration and operating threshold refused; the gate will fail this "
+                        "model: %s", reason)
     logging.info("Platt scaling a=%.4f b=%.4f; operating threshold %.4f for validation "
                  "sensitivity >= %.2f; %s", platt.a, platt.b, threshold,
                  config.target_sensitivity, calibrated)

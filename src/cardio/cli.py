@@ -300,13 +300,16 @@ def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_
 @click.option("--site", "default_site",
               help="Site of rows without one (a site of the schema); rows with neither are "
                    "quarantined.")
+@click.option("--view", "views", multiple=True, default=("PA",), show_default=True,
+              help="Projection(s) to keep (repeatable: --view PA --view AP); other rows are "
+                   "excluded and counted. List the same in the configuration's `views`.")
 @_out
 @_span
 @_dry_run
 @_seed
 @_limit
 @_id_map
-def csv_(csv_path, images, external_sites, default_site, out, span, dry_run, seed,
+def csv_(csv_path, images, external_sites, default_site, views, out, span, dry_run, seed,
          quarantine_limit, id_map):
     """Any other hospital's export, described by a CSV."""
     import functools
@@ -316,7 +319,7 @@ def csv_(csv_path, images, external_sites, default_site, out, span, dry_run, see
     if not dry_run and not out:
         raise click.UsageError("--out is required unless --dry-run")
     try:
-        selection = convert.csv_selection(csv_path, default_site)
+        selection = convert.csv_selection(csv_path, default_site, views)
     except ValueError as error:
         raise click.ClickException(str(error))
     _convert_or_dry_run(selection, functools.partial(convert.file_loader, images), out, span,

@@ -19,10 +19,12 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 import shutil
 from typing import Callable
 
 import numpy as np
+from PIL import UnidentifiedImageError
 
 from cardio import features as F
 from cardio.data import splits, synth
@@ -68,16 +70,23 @@ class Quarantine:
                 f"{limit:.1%}); reasons: {self.reasons()}")
 
 
+# DICOM's Age String (PS3.5 6.2, VR AS): nnnD, nnnW, nnnM or nnnY, as PACS exports carry it.
+DICOM_AGE = re.compile(r"^(\d{3})([DWMY])$")
+DAYS_PER = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
+
+
 def parse_age(value) -> int | None:
-    """Age in whole years, None when blank; ValueError (with the value) when not a number or
-    outside 0-MAX_AGE."""
+    """Age in whole years, None when blank; ValueError (with the value) when neither a number
+    nor a DICOM age string (`045Y`, `003M`, `012W`, `020D`), or outside 0-MAX_AGE."""
     text = str(value or "").strip()
     if not text:
         return None
+    dicom = DICOM_AGE.match(text.upper())
     try:
-        age = float(text)
+        age = (int(dicom.group(1)) * DAYS_PER[dicom.group(2)] / 365.25 if dicom else float(text))
     except ValueError:
-        raise ValueError(f"bad age: {text!r} is not a number") from None
+        raise ValueError(f"bad age: {text!r} is neither a number of years nor a DICOM age "
+                         f"string (nnnD, nnnW, nnnM, nnnY)") from None
     if not 0 <= age <= MAX_AGE:
         raise ValueError(f"bad age: {text!r} is outside 0-{MAX_AGE} years")
     return int(age)
@@ -105,16 +114,20 @@ def file_loader(image_root: str, candidate: Candidate) -> bytes:
                                   candidate.path)) from None
     except RejectedImage as error:
         raise ImageError(str(error)) from None
+    except UnidentifiedImageError:
+        raise ImageError("unreadable image: not a PNG, JPEG or DICOM file, or damaged beyond "
+                         "recognition") from None
     except Exception as error:  # PIL raises many types for corrupt data
         raise ImageError(f"unreadable image: {type(error).__name__}: "
                          f"{_without(str(error), path, candidate.path)}") from None
 
 
 def _without(message: str, *paths: str) -> str:
+    """The message without file names (they may carry an MRN) or Python object reprs."""
     for path in paths:
         if path:
             message = message.replace(path, "<image>")
-    return message
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the file", message)
 
 
 def synthetic_loader(seed: int, size: int | None, candidate: Candidate):
@@ -161,10 +174,12 @@ def synthetic_selection(seed: int, n: int) -> Selection:
     return selection
 
 
-def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
+def csv_selection(csv_path: str, default_site: str | None = None, views=("PA",)) -> Selection:
     """Any hospital's export: CSV with path, label, patient_id; optional sex, age, view, site.
 
-    A row without a site takes `default_site`; with neither it is quarantined. Rows are
+    Rows whose view (PA when blank) is not among `views` are excluded and counted by view; the
+    pipeline configuration's `views` must list the same. A row without a site takes
+    `default_site`; with neither it is quarantined. Rows are
     quarantined (never dropped) for a label other than 0/1, an age that is not a number or outside
     0-MAX_AGE, a missing site, a repeated image path, or a patient whose rows disagree on sex.
     A file that is not UTF-8 or lacks a required column fails as a whole, naming the file.
@@ -181,6 +196,7 @@ def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
     missing = {"path", "label", "patient_id"} - set(fieldnames)
     if missing:
         raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}")
+    kept_views = tuple(v.strip().upper() for v in views)
     seen, sexes, kept = set(), collections.defaultdict(set), []
     for line, row in enumerate(rows, start=2):
         source, path = f"{name}:{line}", (row.get("path") or "").strip()
@@ -202,8 +218,8 @@ def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
             continue
         seen.add(path)
         view = (row.get("view") or "PA").strip().upper()
-        if view != "PA":
-            selection.exclude("not PA projection")
+        if view not in kept_views:
+            selection.exclude(f"not {'/'.join(kept_views)} projection")
             continue
         sex = normalise_sex(row.get("sex"))
         patient = row["patient_id"].strip()
@@ -211,7 +227,8 @@ def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
             sexes[patient].add(sex)
         kept.append((source, Candidate(
             image_id=path, path=path, patient_id=patient, label=int(row["label"]),
-            site=(row.get("site") or default_site).strip(), sex=sex, age=age)))
+            site=(row.get("site") or default_site).strip(), sex=sex, age=age, view=view,
+            source=source)))
     for source, candidate in kept:
         if len(sexes[candidate.patient_id]) > 1:
             selection.quarantine(source, "conflicting sex: the patient's rows disagree",
@@ -288,7 +305,7 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
             if progress:
                 progress(1)
             if png is None:
-                quarantine.add("image", reason, candidate.image_id)
+                quarantine.add(candidate.source or "image", reason, candidate.image_id)
                 continue
             png, extras = png if isinstance(png, tuple) else (png, {})
             patient = hash_patient_id(candidate.patient_id, salt)
