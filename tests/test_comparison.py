@@ -102,19 +102,48 @@ def test_champion_is_chosen_on_validation_and_never_on_the_external_site():
     champion = out["champion"]
     assert champion["model_name"] == "cardio-good-75-25"
     assert "validation AUC" in champion["reason"] and "external site was not used" in champion["reason"]
+    assert "nor the internal test split" in champion["reason"]
 
 
-def test_validation_ties_are_broken_by_internal_test_auc():
+def test_validation_ties_are_broken_by_the_rule_fixed_beforehand_never_by_test():
+    """Tied on validation, the 75-25 model wins although the 50-50 one is far better on test;
+    then the smaller backbone. Permuting the test labels changes no choice."""
     cases = _cases()
     test = cases["split"] == C.TEST
-    first, second = _model(cases, 2.0, 1), _model(cases, 2.0, 2)
-    # Equal on validation (the same scores), the second is better on the internal test.
+    first = _model(cases, 2.0, 1)
+    # Equal on validation (the same scores); the 50-50 model is much better on the internal test.
     second = np.where(test, _model(cases, 4.0, 3), first)
-    models = {"cardio-x-75-25": _info("x", "75-25"), "cardio-x-50-50": _info("x", "50-50")}
-    out = _analyse(cases, {"cardio-x-75-25": first, "cardio-x-50-50": second}, models)
-    assert out["champion"]["model_name"] == "cardio-x-50-50"
+    models = {"cardio-x-75-25": _info("mobilenet", "75-25"),
+              "cardio-x-50-50": _info("mobilenet", "50-50")}
+    scores = {"cardio-x-75-25": first, "cardio-x-50-50": second}
+    out = _analyse(cases, scores, models)
+    assert out["models"]["cardio-x-50-50"]["groups"][C.TEST]["auc"] > \
+        out["models"]["cardio-x-75-25"]["groups"][C.TEST]["auc"] + 0.05
+    assert out["champion"]["model_name"] == "cardio-x-75-25"
     assert sorted(out["champion"]["candidates"]) == ["cardio-x-50-50", "cardio-x-75-25"]
-    assert "internal test AUC" in out["champion"]["reason"]
+    assert C.TIE_RULE in out["champion"]["reason"] and "internal test AUC" not in out["champion"]["reason"]
+    # Same weighting: the smaller backbone.
+    sizes = {"cardio-big-75-25": _info("xception", "75-25"),
+             "cardio-small-75-25": _info("mobilenet_025", "75-25")}
+    by_size = _analyse(cases, {"cardio-big-75-25": second, "cardio-small-75-25": first}, sizes)
+    assert by_size["champion"]["model_name"] == "cardio-small-75-25"
+    for seed in range(5):
+        permuted = {k: v.copy() for k, v in cases.items()}
+        order = np.random.default_rng(seed).permutation(int(test.sum()))
+        permuted[F.LABEL][test] = cases[F.LABEL][test][order]
+        for grid, model_scores in ((models, scores), (sizes, {"cardio-big-75-25": second,
+                                                              "cardio-small-75-25": first})):
+            original = _analyse(cases, model_scores, grid)["champion"]
+            again = _analyse(permuted, model_scores, grid)["champion"]
+            assert (again["model_name"], again["candidates"]) == \
+                (original["model_name"], original["candidates"])
+
+
+def test_champion_reason_without_an_external_site_does_not_claim_one():
+    models = {"m": {"blessed": True, "groups": {C.VALIDATION: {"auc": 0.8, "ci": [0.7, 0.9]}}}}
+    alone = C.choose_champion(models, [], external_site=None)["reason"]
+    assert "external site was not used" not in alone and "No external site is configured" in alone
+    assert "external site was not used" in C.choose_champion(models, [], external_site="b")["reason"]
 
 
 def test_only_blessed_models_can_be_champion():

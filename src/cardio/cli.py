@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 
@@ -169,6 +170,10 @@ def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, s
     if dry_run:
         click.echo(json.dumps(convert.dry_run_summary(selection, external_sites, seed, salt)))
         return
+    if id_map:
+        _check_writable(id_map)
+    # SIGTERM (a scheduler's stop) unwinds like Ctrl-C, so the conversion removes its partial span.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with _progress(len(selection.candidates), "converting radiographs") as bar:
         try:
             summary = convert.convert(
@@ -180,6 +185,9 @@ def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, s
                 f"{error}; no span was written; see {convert.failed_dir(out, span)}/quarantine.csv")
         except FileExistsError as error:
             raise click.ClickException(str(error))
+    for name in summary["removed"]:
+        click.echo(f"removed {os.path.join(out, name)}, left by an interrupted or failed "
+                   f"conversion of span {span}", err=True)
     click.echo(f"quarantined {summary['quarantined']} record(s): {summary['quarantine_reasons']}",
                err=True)
     click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary}))
@@ -192,9 +200,31 @@ _dry_run = click.option("--dry-run", is_flag=True,
 _seed = click.option("--seed", default=0, show_default=True, help="Split seed.")
 _limit = click.option("--quarantine-limit", default=0.05, show_default=True,
                       help="Fail when more than this fraction of records is quarantined.")
+_bits_stored = click.option(
+    "--bits-stored", type=click.IntRange(8, 16), default=None,
+    help="Bits the site's 16-bit PNGs really use (12 for a 12-bit detector), when the files "
+         "carry no sBIT chunk: they are scaled to 16 bits as a DICOM of that depth is, so both "
+         "reach the model alike. Default: the sBIT chunk, else the values as stored.")
 _id_map = click.option("--id-map", type=click.Path(dir_okay=False),
                        help="Where to write the salted image id -> source image table (keep it "
                             "with the source data; default: beside the metadata file).")
+
+
+def _check_writable(id_map: str):
+    """Before any image is read: the id map's place (by default beside the source metadata,
+    which a hospital often mounts read-only) must take the file."""
+    directory = os.path.dirname(os.path.abspath(id_map))
+    try:   # a real write: permission bits say nothing for root or on a read-only mount
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".id-map-check-"):
+            pass
+        writable = not os.path.exists(id_map) or os.access(id_map, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise click.UsageError(
+            f"cannot write the image-id map {id_map} (its directory is missing or read-only); "
+            f"pass --id-map PATH to write it elsewhere (keep it with the source data, never with "
+            f"the span)")
 
 
 def _id_map_path(id_map, metadata_path):
@@ -247,7 +277,8 @@ def preview(out, n, seed):
 @_seed
 @_limit
 @_id_map
-def padchest(labels, images, out, span, dry_run, seed, quarantine_limit, id_map):
+@_bits_stored
+def padchest(labels, images, out, span, dry_run, seed, quarantine_limit, id_map, bits_stored):
     """PadChest -> the study's cohort (PA, physician-labelled, no external objects)."""
     import functools
 
@@ -257,7 +288,8 @@ def padchest(labels, images, out, span, dry_run, seed, quarantine_limit, id_map)
     if not dry_run and not (images and out):
         raise click.UsageError("--images and --out are required unless --dry-run")
     selection = source.select(labels)
-    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images or ""), out, span,
+    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images or "",
+                                                     bits_stored=bits_stored), out, span,
                         ("openi",), dry_run, seed, quarantine_limit=quarantine_limit,
                         id_map=_id_map_path(id_map, labels))
 
@@ -309,8 +341,9 @@ def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_
 @_seed
 @_limit
 @_id_map
+@_bits_stored
 def csv_(csv_path, images, external_sites, default_site, views, out, span, dry_run, seed,
-         quarantine_limit, id_map):
+         quarantine_limit, id_map, bits_stored):
     """Any other hospital's export, described by a CSV."""
     import functools
 
@@ -322,7 +355,8 @@ def csv_(csv_path, images, external_sites, default_site, views, out, span, dry_r
         selection = convert.csv_selection(csv_path, default_site, views)
     except ValueError as error:
         raise click.ClickException(str(error))
-    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images), out, span,
+    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images,
+                                                     bits_stored=bits_stored), out, span,
                         tuple(external_sites), dry_run, seed, quarantine_limit=quarantine_limit,
                         id_map=_id_map_path(id_map, csv_path))
 

@@ -98,7 +98,9 @@ class ImageError(ValueError):
     """An unreadable image; the message names the failure, not the file (its name may be an MRN)."""
 
 
-def file_loader(image_root: str, candidate: Candidate) -> bytes:
+def file_loader(image_root: str, candidate: Candidate, bits_stored: int | None = None) -> bytes:
+    """`bits_stored`: the site's declared depth of its 16-bit PNGs without an sBIT chunk
+    (cardio.imaging.files.normalised_pixels)."""
     root = os.path.realpath(image_root)
     path = os.path.realpath(os.path.join(image_root, candidate.path))
     if os.path.commonpath([root, path]) != root:
@@ -108,7 +110,7 @@ def file_loader(image_root: str, candidate: Candidate) -> bytes:
             raise ImageError("broken or looping symbolic link")
         raise FileNotFoundError("missing file")
     try:
-        return normalised_png(path)
+        return normalised_png(path, bits_stored)
     except DicomError as error:  # "<path>: <reason>: <detail>"
         raise ImageError(_without(str(error).removeprefix(f"{path}: "), path,
                                   candidate.path)) from None
@@ -271,6 +273,29 @@ def failed_dir(out_dir: str, span: int) -> str:
     return os.path.join(out_dir, f"failed-span-{span}")
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
+
+
+def remove_leftovers(out_dir: str, span: int) -> list[str]:
+    """Removes what interrupted conversions of `span` left: `.span-N.partial-<pid>` of a process
+    no longer running (a kill or power loss skips every cleanup). Returns the names removed."""
+    removed = []
+    prefix = f".span-{span}.partial-"
+    for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else ():
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir: str, span: int,
             external_sites, salt: str, seed: int = 0, quarantine: Quarantine | None = None,
             quarantine_limit: float = DEFAULT_QUARANTINE_LIMIT, workers: int | None = None,
@@ -281,7 +306,10 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
     given, receives the mapping back to the source names: keep it beside the source data, never
     with the span. The span is written under a temporary name and renamed into place only when
     the quarantine is within the limit, so a failed conversion leaves no span for the pipeline
-    to read (its quarantine.csv and summary.json go to `failed_dir`).
+    to read (its quarantine.csv and summary.json go to `failed_dir`). An interrupted
+    conversion removes its temporary directory; one killed outright leaves it, and the next
+    conversion of the span removes it (`remove_leftovers`). A successful conversion removes the
+    span's `failed_dir` of an earlier attempt. The summary's `removed` names what was removed.
     """
     import tensorflow as tf
 
@@ -295,6 +323,7 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
     candidates = selection.candidates
     image_id = functools.partial(hash_image_id, salt=salt)
     split_of = _splits(candidates, external_sites, seed, salt)
+    removed = remove_leftovers(out_dir, span)
     partial = os.path.join(out_dir, f".span-{span}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     options = tf.io.TFRecordOptions(compression_type="GZIP")
@@ -321,15 +350,20 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
                     partial, split, f"data-{key[1]:05d}-of-{shards:05d}.tfrecord.gz"), options)
             writers[key].write(to_example(record).SerializeToString())
             counts[(split, candidate.label)] += 1
-    finally:
+    except BaseException:   # Ctrl-C, SIGTERM (the CLI makes it an exit), a failing loader
         for writer in writers.values():
             writer.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for writer in writers.values():
+        writer.close()
     os.makedirs(partial, exist_ok=True)
     total = rows_before + len(candidates)
     summary = {
         "splits": {s: {"normal": counts[(s, 0)], "cardiomegaly": counts[(s, 1)]} for s in F.SPLITS},
         "written": sum(counts.values()), "quarantined": len(quarantine.entries),
-        "quarantine_reasons": quarantine.reasons(), "excluded": dict(selection.excluded)}
+        "quarantine_reasons": quarantine.reasons(), "excluded": dict(selection.excluded),
+        "removed": removed}
     quarantine.write(os.path.join(partial, "quarantine.csv"), image_id)
     with open(os.path.join(partial, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -347,6 +381,9 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
         shutil.rmtree(partial)
         raise
     os.replace(partial, final)
+    if os.path.isdir(failed_dir(out_dir, span)):   # an earlier attempt's report, now superseded
+        shutil.rmtree(failed_dir(out_dir, span))
+        summary["removed"].append(os.path.basename(failed_dir(out_dir, span)))
     return summary
 
 
