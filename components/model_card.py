@@ -202,6 +202,29 @@ def _figure(cell: dict | None, count: bool = False) -> str:
     return text
 
 
+def render_calibration(calibrated: dict | None) -> str:
+    """The card's calibration paragraph: the Platt fit, or why the Trainer refused it."""
+    if not calibrated:
+        return ("Not calibrated: this export predates Platt scaling; probabilities are the "
+                "network's own.")
+    counts = (f" Validation: {calibrated['validation_positives']} cardiomegaly, "
+              f"{calibrated['validation_negatives']} normal (minimum "
+              f"{calibrated['min_validation_positives']} positives)."
+              if "validation_positives" in calibrated else "")
+    if calibrated.get("refused"):
+        return ("**Calibration and operating threshold REFUSED**; the gate fails this model: "
+                + "; ".join(calibrated["refused"]) + ". Served probabilities are the network's "
+                "own (identity scaling)." + counts)
+    before, after = calibrated["validation_before"], calibrated["validation_after"]
+    return (f"Served probabilities are Platt-scaled: sigmoid({calibrated['a']:.4f} x logit "
+            f"{calibrated['b']:+.4f}), slope constrained positive, fitted on the "
+            f"{calibrated['fitted_on']} split. Validation ECE {before['ece']:.4f} -> "
+            f"{after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f} "
+            f"(n={after['n']}).{counts} Per site slice: `brier_score` and `calibration` (mean "
+            "probability / observed frequency) in the table below; reliability diagrams in the "
+            "model comparison.")
+
+
 def render_markdown(card: dict) -> str:
     status = card["status"]
     lines = [f"# Model card: {card['model']}", ""]
@@ -232,23 +255,7 @@ def render_markdown(card: dict) -> str:
               if point["threshold"] is not None else "Threshold unknown.", ""]
     for name, row in sorted(point["per_site"].items()):
         lines.append(f"- {name}: " + ", ".join(f"{m} {_figure(v)}" for m, v in row.items()))
-    calibrated = card.get("calibration")
-    lines += ["", "## Calibration", ""]
-    if calibrated and calibrated.get("refused"):
-        lines += ["**Calibration REFUSED**; the gate fails this model: "
-                  + "; ".join(calibrated["refused"]) + ". Served probabilities are the "
-                  "network's own (identity scaling)."]
-    elif calibrated:
-        before, after = calibrated["validation_before"], calibrated["validation_after"]
-        lines += [f"Served probabilities are Platt-scaled: sigmoid({calibrated['a']:.4f} x logit "
-                  f"{calibrated['b']:+.4f}), fitted on the {calibrated['fitted_on']} split. "
-                  f"Validation ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier "
-                  f"{before['brier']:.4f} -> {after['brier']:.4f} (n={after['n']}). Per site "
-                  "slice: `brier_score` and `calibration` (mean probability / observed "
-                  "frequency) in the table below; reliability diagrams in the model comparison."]
-    else:
-        lines += ["Not calibrated: this export predates Platt scaling; probabilities are the "
-                  "network's own."]
+    lines += ["", "## Calibration", "", render_calibration(card.get("calibration"))]
     data = card["data"]
     lines += ["", "## Data", "",
               f"Sites: {', '.join(data['sites'])}. {data['examples']} examples; fingerprint "

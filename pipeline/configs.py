@@ -72,7 +72,9 @@ class PipelineConfig:
     # times the evaluation; the gate reads point estimates, so a quick run may turn it off.
     confidence_intervals: bool = True
     seed: int = 0
-    deterministic: bool = False            # op determinism: same data + seed -> same model
+    # Same examples + configuration + seed -> the same model: seeded initialisation, shuffles and
+    # augmentation, records in a content-fixed order (not Beam's), TensorFlow op determinism.
+    deterministic: bool = True
     # The lung U-Net (a directory holding UNET_WEIGHTS_FILE): the crop stage runs when set.
     segmenter_uri: str | None = None
     crop_size: int = 512

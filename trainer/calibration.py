@@ -84,6 +84,9 @@ def calibrate(labels, logits, min_positives: int) -> tuple[Platt, dict]:
         record["refused"].append(
             f"validation has {positives} positive(s), fewer than min_validation_positives="
             f"{min_positives}: too few to calibrate or to choose the operating threshold")
+    if len(z) and np.ptp(z) == 0:
+        record["refused"].append("the logits are the same for every validation image: they "
+                                 "rank nothing")
     raw_auc = S.auc_with_ci(y, z)["auc"]
     record["validation_raw_auc"] = raw_auc
     if raw_auc is not None and raw_auc < 0.5:

@@ -49,7 +49,7 @@ class TrainingConfig:
     # gate fails the model naming why (trainer/calibration.py).
     min_validation_positives: int = 10
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool = True            # same examples + config + seed -> the same model
     segmenter_weights: str | None = None  # the U-Net the crop stage used; None: no crop stage
     crop_size: int = 512                  # side of the stored crops (see components/lung_crop.py)
 
@@ -119,8 +119,10 @@ def train_and_export(fn_args):
     the chief into the Trainer's directories and the others into temporary ones."""
     config = TrainingConfig.from_custom_config(fn_args.custom_config)
     logging.info("training config: %s", config)
+    # Weight initialisation, dropout and the head's shuffles draw from the seeded generators.
+    keras.utils.set_random_seed(config.seed)
     if config.deterministic:
-        keras.utils.set_random_seed(config.seed)
+        # TensorFlow's deterministic kernels (GPU reductions, cuDNN algorithm choice).
         tf.config.experimental.enable_op_determinism()
 
     strategy = distribution.choose_strategy(config.mixed_precision)
