@@ -57,15 +57,17 @@ CALIBRATION_BINS = 20
 REFUSALS_FILE = "cardio_refusals.json"   # in the evaluation: reasons beyond TFMA's thresholds
 
 
-def describe_gate(gate: GateProfile, external_site: str | None = "configured") -> str:
+def describe_gate(gate: GateProfile, external_site: str | None = "configured",
+                  confidence_intervals: bool = True) -> str:
     """One line a reviewer reads before the results: what a model must reach to be pushed."""
     external = (f"external-site AUC >= {gate.external_auc_min}" if external_site else
                 "NO EXTERNAL SITE configured: internal criteria only")
     return (f"Gate profile '{gate.name}': {external}, "
             f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} at "
             f"the operating threshold, AUC no more than {gate.auc_regression_tolerance} below the "
-            f"cell's last blessed model (point estimates per site slice; {S.BOOTSTRAP_CI}, "
-            f"reported)")
+            f"cell's last blessed model (point estimates per site slice; "
+            + (f"{S.BOOTSTRAP_CI}, reported)" if confidence_intervals else
+               "no confidence intervals computed: confidence_intervals is false)"))
 
 
 def _metric(class_name: str, per_slice_thresholds=(), **config) -> tfma.MetricConfig:

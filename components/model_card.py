@@ -42,6 +42,8 @@ UNET_CARD = "src/cardio/imaging/assets/MODEL_CARD.md"
 # Figures shown per slice, in this order; every one with its 95% bootstrap CI.
 CARD_METRICS = ("example_count", "auc", "sensitivity", "specificity", "precision", "f1",
                 "brier_score", "calibration", "tp", "fp", "tn", "fn")
+NO_INTERVALS = ("no confidence intervals were computed (the run set confidence_intervals: "
+                "false)")
 SMALL_SLICE = 30    # fewer examples than this: the card warns the figure is unstable
 
 INTENDED_USE = (
@@ -148,6 +150,9 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
     training = _read_json(os.path.join(model_run_uri, "training_summary.json")) if model_run_uri else None
     segmenter = metadata.get("segmenter")
     metrics = evaluator.metrics_with_intervals(evaluator.load(evaluation_uri))
+    # Run with `confidence_intervals: false`, TFMA computed none: the card must not claim one.
+    intervals = any(cell.get("lower") is not None for row in metrics.values()
+                    for cell in row.values())
     licences = {"code": PROJECT_LICENCE,
                 "backbone_initialisation": (
                     "ImageNet-pretrained Keras applications weights (their own terms; ImageNet's "
@@ -176,9 +181,11 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
             "target_sensitivity": (training or {}).get("config", {}).get("target_sensitivity"),
             "per_site": {name: {m: row[m] for m in ("sensitivity", "specificity") if m in row}
                          for name, row in metrics.items() if name.count("=") == 1}},
-        "evaluation": {"gate": gate, "compares": "point estimates per site slice; "
-                       f"{S.BOOTSTRAP_CI} (20 replicates, t interval clipped to the metric's "
-                       "range), reported, not gated on",
+        "evaluation": {"gate": gate, "compares": "point estimates per site slice; " + (
+                           f"{S.BOOTSTRAP_CI} (20 replicates, t interval clipped to the "
+                           "metric's range), reported, not gated on" if intervals else
+                           NO_INTERVALS),
+                       "confidence_intervals": intervals,
                        "failures": evaluator.validation_failures(evaluation_uri),
                        "baseline": baseline, "slices": metrics},
         "lineage": {"git_commit": git_commit, "container_image_digest": image_digest,
@@ -279,7 +286,9 @@ def render_markdown(card: dict) -> str:
                  else "Baseline: none (the cell's first blessed candidate).")
     lines += [""] + ([f"- FAILED: {f}" for f in evaluation["failures"]] or ["All criteria passed."])
     lines += ["", "Every slice is keyed by site: no figure mixes internal and external data. "
-              f"Values are point estimates [{S.BOOTSTRAP_CI}].", "",
+              + (f"Values are point estimates [{S.BOOTSTRAP_CI}]."
+                 if evaluation.get("confidence_intervals", True) else
+                 f"Values are point estimates; {NO_INTERVALS}."), "",
               "| slice | " + " | ".join(CARD_METRICS) + " |",
               "|---" * (len(CARD_METRICS) + 1) + "|"]
     for name, row in sorted(evaluation["slices"].items()):

@@ -111,8 +111,10 @@ def format_cell(name: str, result: dict) -> str:
         return f"{text:>{width}}"
 
     header = f"{'slice':<34}" + "".join(f"{m:>{22 if m in CI_METRICS else 13}}" for m in METRICS)
+    computed = any(result.get("intervals", {}).values())
     lines = [f"\nModel {name}: evaluation per slice (test + external splits), "
-             f"point estimate [{S.BOOTSTRAP_CI}]", header]
+             + (f"point estimate [{S.BOOTSTRAP_CI}]" if computed else
+                "point estimate (no confidence intervals computed)"), header]
     for slice_, values in sorted(result["slices"].items()):
         intervals = result.get("intervals", {}).get(slice_, {})
         lines.append(f"{slice_:<34}" + "".join(cell(values, intervals, m) for m in METRICS))

@@ -135,7 +135,9 @@ def main(verbose):
               help="ImageNet weights file or directory (default: $CARDIO_WEIGHTS, ../shared/weights).")
 @click.option("--random-init", is_flag=True, help="Train from random initialisation on purpose.")
 @click.option("--epochs", default=None, type=int, help="Training epochs (demo default: 8).")
-@click.option("--deterministic", is_flag=True, help="Op determinism: reruns give the same model.")
+@click.option("--deterministic/--nondeterministic", default=True, show_default=True,
+              help="Seeded, content-ordered, op-deterministic training: reruns give the same "
+                   "model (--nondeterministic may be faster on GPUs).")
 @click.option("--segmenter", default=None, type=click.Path(exists=True, file_okay=False),
               help="Directory holding unet_lungs.weights.h5 (default: the shipped U-Net).")
 def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, segmenter):
@@ -148,8 +150,13 @@ def demo(workdir, n, seed, size, weights, random_init, epochs, deterministic, se
         overrides["segmenter_uri"] = os.path.abspath(segmenter)
     if epochs:
         overrides["epochs"] = epochs
-    summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo, _progress,
-                           **overrides)
+    from cardio.pipeline import preflight
+
+    try:
+        summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo,
+                               _progress, **overrides)
+    except preflight.SpanError as error:   # e.g. too few positives in a small --n
+        raise click.ClickException(str(error))
     click.echo(json.dumps(demo_lib.machine_summary(summary)))
 
 
