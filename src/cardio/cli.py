@@ -10,7 +10,6 @@ import importlib.util
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
 
@@ -179,8 +178,7 @@ def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, s
         return
     if id_map:
         _check_writable(id_map)
-    # SIGTERM (a scheduler's stop) unwinds like Ctrl-C, so the conversion removes its partial span.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    convert.exit_on_sigterm()
     with _progress(len(selection.candidates), "converting radiographs") as bar:
         try:
             summary = convert.convert(

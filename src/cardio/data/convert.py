@@ -21,6 +21,8 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
+import sys
 from typing import Callable
 
 import numpy as np
@@ -271,6 +273,12 @@ def failed_dir(out_dir: str, span: int) -> str:
     """Where a failed conversion leaves its quarantine and summary: outside ExampleGen's
     `span-{SPAN}` pattern, so the pipeline never reads it."""
     return os.path.join(out_dir, f"failed-span-{span}")
+
+
+def exit_on_sigterm():
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so `convert` removes its
+    partial span; by default Python would die at once and leave it."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _running(pid: int) -> bool:
