@@ -177,3 +177,21 @@ def test_jpeg_extended_12bit_dicom_decodes_close_to_the_uncompressed_pixels(tmp_
     assert lossy.shape == exact.shape
     # Lossy at quality 90-ish: within a few 12-bit grey levels (x 16 in the 16-bit range).
     assert np.abs(lossy - exact).mean() < 4 * 16 and np.abs(lossy - exact).max() < 16 * 16
+
+
+def test_jpeg_extended_at_16bit_precision_decodes_through_gdcm(tmp_path):
+    """GDCM's own transcoder codes a 12-bit image at 16-bit sample precision in the lossy
+    syntax; pydicom's plugins refuse that stream, GDCM's decoder reads it."""
+    from pydicom.encaps import generate_fragmented_frames
+
+    _uncompressed(tmp_path / "plain.dcm", PIXELS12, bits=12)
+    _gdcm_transcode(tmp_path / "plain.dcm", tmp_path / "j16.dcm", "JPEGExtendedProcess2_4")
+    ds = pydicom.dcmread(str(tmp_path / "j16.dcm"))
+    assert ds.file_meta.TransferSyntaxUID == uid.JPEGExtended12Bit
+    frame = b"".join(next(generate_fragmented_frames(ds.PixelData)))
+    assert frame[frame.index(b"\xff\xc1") + 4] == 16
+    with pytest.raises(Exception):
+        ds.pixel_array                                   # every pydicom plugin refuses it
+    decoded = dicom.read_dicom(str(tmp_path / "j16.dcm")).astype(int)
+    exact = dicom.read_dicom(str(tmp_path / "plain.dcm")).astype(int)
+    assert np.abs(decoded - exact).max() <= 16 * 2      # within 2 of 4,095 grey levels
