@@ -33,7 +33,8 @@ def test_shipped_files_are_the_study_the_demo_and_the_nih_set():
     assert (study.internal_sites, study.external_site) == (("padchest",), "openi")
     demo, coded = config_file.load("demo").config, configs.demo_config("random")
     for field in ("grid", "gate", "image_size", "crop_size", "epochs", "internal_sites",
-                  "external_site", "segmenter_uri", "weights", "pipeline_name"):
+                  "external_site", "segmenter_uri", "weights", "pipeline_name",
+                  "min_validation_positives", "min_split_positives"):
         assert getattr(demo, field) == getattr(coded, field), field
     nih = config_file.load("nih").config
     assert nih.sites == ("nih",) and nih.external_site is None
@@ -204,3 +205,21 @@ def test_compile_takes_the_same_file(tmp_path):
     assert [list(d.value) for d in schema.string_domain if d.name == F.SITE] == [["nih"]]
     job = output.read_text()      # the input config is JSON inside the job's JSON
     assert "span-{SPAN}/test/*" in job and "span-{SPAN}/external/*" not in job
+
+
+def test_the_summary_names_the_weights_file_each_model_starts_from(tmp_path):
+    from cardio.pipeline import demo
+
+    nih = config_file.load("nih").config
+    assert demo.weights_used(dataclasses.replace(nih, weights="random")) is None
+    weights = tmp_path / "mobilenet_2_5_128_tf_no_top.h5"
+    weights.write_bytes(b"")
+    # A directory in the configuration; the file the Trainer loads in the summary.
+    assert demo.weights_used(dataclasses.replace(nih, weights=str(tmp_path))) == str(weights)
+    mixed = dataclasses.replace(nih, weights=str(tmp_path), grid=(
+        configs.GridCell("mobilenet_025", "75-25"), configs.GridCell("xception", "75-25")))
+    assert demo.weights_used(mixed) == {"cardio-mobilenet-025-75-25": str(weights),
+                                        "cardio-xception-75-25": None}
+    found = {1: {"splits": {s: {"normal": 2, "cardiomegaly": 1} for s in F.SPLITS}},
+             2: {"splits": {s: {"normal": 1, "cardiomegaly": 0} for s in F.SPLITS}}}
+    assert demo.split_counts(found)[F.TEST] == {"normal": 3, "cardiomegaly": 1}
