@@ -74,8 +74,11 @@ def calibrate(labels, logits, min_positives: int) -> tuple[Platt, dict]:
     threshold; the Evaluator fails a model whose record has any (components/evaluator.py)."""
     from cardio.evaluation import statistics as S
 
-    y = np.asarray(labels, dtype=np.float64)
-    z = np.asarray(logits, dtype=np.float64)
+    # In a fixed order (by logit, then label): the fit is a function of the validation set, not
+    # of the order Beam wrote it in (floating-point sums depend on order).
+    order = np.lexsort((np.asarray(labels, dtype=np.float64), np.asarray(logits, dtype=np.float64)))
+    y = np.asarray(labels, dtype=np.float64)[order]
+    z = np.asarray(logits, dtype=np.float64)[order]
     positives, negatives = int(y.sum()), int(len(y) - y.sum())
     record = {"method": "platt", "fitted_on": "validation", "validation_positives": positives,
               "validation_negatives": negatives, "min_validation_positives": min_positives,

@@ -76,7 +76,7 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
     `workers`: training processes sharing the data (MultiWorkerMirroredStrategy). Each reads its
     own files when there are enough of them, else every example and keeps its share."""
     files = list_files(file_patterns)
-    if training and deterministic:
+    if deterministic:
         ds = ordered_records(files)
     else:
         ds = tf.data.TFRecordDataset(files, compression_type="GZIP",
@@ -90,7 +90,8 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
         parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
         return decode.preprocess(parsed[F.IMAGE], image_size), tf.cast(parsed[F.LABEL], tf.float32)
 
-    ds = ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not training)
+    ds = ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=deterministic or not training)
     if training and augment_positives and positive_copies > 0:
         # Every cardiomegaly image is followed by its augmented copies. Stateless seeds from a
         # counter keep a deterministic run reproducible.

@@ -89,7 +89,8 @@ def count_positives(file_patterns) -> int:
 def predict(model, file_patterns, config: TrainingConfig):
     """(labels, logits): the network's pre-sigmoid output, which does not saturate."""
     logit = export.logit_function(model)
-    ds = data.make_dataset(file_patterns, config.batch_size, config.image_size, training=False)
+    ds = data.make_dataset(file_patterns, config.batch_size, config.image_size, training=False,
+                           deterministic=config.deterministic)
     labels, logits = [], []
     for images, batch_labels in ds:
         logits.append(logit(images).numpy().reshape(-1))
@@ -148,7 +149,8 @@ def train_and_export(fn_args):
     # CPU kernels reject; validation loss (for the LR schedule) does without it. The operating
     # threshold below still scores every validation image.
     val_ds = data.make_dataset(fn_args.eval_files, config.batch_size, config.image_size,
-                               training=False, drop_remainder=strategy.num_replicas_in_sync > 1,
+                               training=False, deterministic=config.deterministic,
+                               drop_remainder=strategy.num_replicas_in_sync > 1,
                                workers=distribution.cluster_workers())
     backup = backup_dir(fn_args, config)
     logging.info("epoch checkpoints (resumed from when present): %s", backup)
