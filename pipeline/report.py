@@ -152,7 +152,8 @@ def model_comparison(store, config) -> dict | None:
 
 def format_comparison(comparison: dict) -> str:
     lines = ["\nModel comparison (exact AUC; DeLong CIs and tests in the report; the champion is "
-             "chosen on validation, then internal test; the external site never chooses)"]
+             "chosen on validation, ties by a rule fixed beforehand; the test split and the "
+             "external site never choose)"]
     for name, aucs in sorted(comparison["auc"].items()):
         figures = ", ".join(f"{group} {'-' if auc is None else f'{auc:.3f}'}"
                             for group, auc in aucs.items())
