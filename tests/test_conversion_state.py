@@ -124,3 +124,37 @@ def test_an_unwritable_id_map_place_is_refused_before_any_work_naming_the_option
             "--out", str(tmp_path / "out")])
         readonly.chmod(0o755)
         assert result.exit_code == 2 and "--id-map" in result.output
+
+
+def test_a_sites_declared_bit_depth_reaches_the_stored_pixels(tmp_path, monkeypatch):
+    """`--bits-stored 12`: a 12-bit detector's 16-bit PNGs (no sBIT) are stored as a 12-bit
+    DICOM of the same radiograph would be."""
+    import glob
+
+    import tensorflow as tf
+
+    from cardio import features as F
+
+    monkeypatch.setenv("CARDIO_PATIENT_SALT", "test-salt")
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = np.tile(np.linspace(0, 4095, 64).astype(np.uint16), (64, 1))
+    with open(tmp_path / "export.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["path", "label", "patient_id", "site"])
+        for i in range(6):
+            Image.fromarray(pixels).save(images / f"{i}.png")
+            writer.writerow([f"{i}.png", i % 2, f"P{i}", "site-a"])
+
+    def stored_maximum(out, *options):
+        result = CliRunner().invoke(main, ["data", "csv", "--csv", str(tmp_path / "export.csv"),
+                                           "--images", str(images), "--out", str(out),
+                                           "--id-map", str(tmp_path / f"{out.name}.csv"),
+                                           *options])
+        assert result.exit_code == 0, result.output
+        records = tf.data.TFRecordDataset(glob.glob(str(out / "span-1" / "*" / "*.gz")), "GZIP")
+        return max(int(tf.io.decode_png(tf.train.Example.FromString(r.numpy()).features.feature[
+            F.IMAGE].bytes_list.value[0], dtype=tf.uint16).numpy().max()) for r in records)
+
+    assert stored_maximum(tmp_path / "declared", "--bits-stored", "12") == 65535
+    assert stored_maximum(tmp_path / "as-stored") == 4095
