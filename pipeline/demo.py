@@ -10,7 +10,6 @@ import os
 import time
 from typing import Callable
 
-from cardio import features as F
 from cardio.data import convert
 from cardio.pipeline import configs, local_runner, outputs, preflight, report
 from cardio.serving import demo as serving_demo
@@ -75,17 +74,11 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
 
     found = preflight.check(config, data_root)   # too few positives: stop before training
     summary = run_and_report(config, data_root, pipeline_root, serving_root, echo, started)
-    summary["splits"] = split_counts(found)
+    summary["splits"] = preflight.split_totals(found)
     summary["imagenet_weights"] = used
     if random_init and not summary["serving"].get("served"):
         echo("No model was pushed, as expected without ImageNet weights (see the first line).")
     return summary
-
-
-def split_counts(found: dict) -> dict:
-    """{split: {"normal", "cardiomegaly"}} over the spans the run read (preflight.check's)."""
-    return {split: {name: sum(span["splits"][split][name] for span in found.values())
-                    for name in F.CLASS_NAMES} for split in F.SPLITS}
 
 
 def weights_used(config) -> str | dict | None:

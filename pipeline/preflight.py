@@ -97,8 +97,12 @@ def check(config, data_root: str) -> dict:
             raise SpanError(f"{data_root}/span-{span}: view(s) {', '.join(unknown_views)} are not "
                             f"in the configuration's views {list(config.views)}")
         found[span] = {k: dict(v) for k, v in counts.items()}
-    # The pipeline reads the selected spans together: their counts add up.
-    total = {split: {name: sum(f["splits"][split][name] for f in found.values())
-                     for name in F.CLASS_NAMES} for split in F.SPLITS}
-    check_positives(config, f"{data_root}/span-{','.join(map(str, found))}", total)
+    check_positives(config, f"{data_root}/span-{','.join(map(str, found))}", split_totals(found))
     return found
+
+
+def split_totals(found: dict) -> dict:
+    """{split: {"normal", "cardiomegaly"}} over the spans `check` read: the pipeline reads them
+    together, so their counts add up."""
+    return {split: {name: sum(span["splits"][split][name] for span in found.values())
+                    for name in F.CLASS_NAMES} for split in F.SPLITS}

@@ -34,11 +34,11 @@ def run(run_config: RunConfig, echo: Callable[[str], None]) -> dict:
     found = preflight.check(config, run_config.data_root)
     for span, counts in found.items():
         echo(f"span-{span}: sites {counts['site']}, views {counts['view']}")
-    echo(report.format_counts(demo.split_counts(found)))
+    echo(report.format_counts(preflight.split_totals(found)))
     summary = demo.run_and_report(config, run_config.data_root, run_config.pipeline_root,
                                   run_config.serving_dir, echo, started)
     summary["config"] = run_config.source
-    summary["splits"] = demo.split_counts(found)
+    summary["splits"] = preflight.split_totals(found)
     summary["imagenet_weights"] = weights
     return summary
 

@@ -222,4 +222,4 @@ def test_the_summary_names_the_weights_file_each_model_starts_from(tmp_path):
                                         "cardio-xception-75-25": None}
     found = {1: {"splits": {s: {"normal": 2, "cardiomegaly": 1} for s in F.SPLITS}},
              2: {"splits": {s: {"normal": 1, "cardiomegaly": 0} for s in F.SPLITS}}}
-    assert demo.split_counts(found)[F.TEST] == {"normal": 3, "cardiomegaly": 1}
+    assert preflight.split_totals(found)[F.TEST] == {"normal": 3, "cardiomegaly": 1}
