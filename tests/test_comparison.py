@@ -223,3 +223,10 @@ def test_champion_reason_when_validation_lacks_a_class():
     assert "undefined (the split lacks a class)" in champion["reason"]
     models["m"]["groups"][C.VALIDATION] = {"auc": 0.75, "ci": [0.6, 0.9]}
     assert f"0.750 ({S.DELONG_CI} 0.600-0.900)" in C.choose_champion(models, [])["reason"]
+
+
+def test_the_tie_rule_knows_every_backbone_the_trainer_builds():
+    from cardio.trainer import model as model_lib
+
+    assert set(model_lib.BACKBONES) <= set(C.BACKBONE_PARAMETERS)
+    assert C.BACKBONE_PARAMETERS["mobilenet_025"] == 218_544   # tests/test_trainer.py counts it
