@@ -109,6 +109,12 @@ class PipelineConfig:
         """The splits the Evaluator scores per slice: internal test, and the external site's."""
         return [s for s in (F.TEST, F.EXTERNAL) if s in self.splits]
 
+    @property
+    def scored_splits(self) -> list:
+        """The splits a threshold, calibration or gate rests on: validation and eval_splits.
+        Each must hold `min_split_positives` cardiomegaly images."""
+        return [F.VALIDATION, *self.eval_splits]
+
     def validate(self) -> None:
         """Raises ValueError naming the field when the values contradict each other."""
         if not self.internal_sites:

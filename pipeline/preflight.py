@@ -66,8 +66,7 @@ def check_positives(config, where: str, splits: dict) -> None:
     """SpanError naming the split and its count when an evaluated split (validation, test, and
     external when one is configured) has fewer positives than `min_split_positives`: a threshold,
     calibration or gate resting on a handful of positives is not a result."""
-    evaluated = [s for s in (F.VALIDATION, F.TEST, F.EXTERNAL) if s in config.splits]
-    for split in evaluated:
+    for split in config.scored_splits:
         positives = splits.get(split, {}).get(F.CLASS_NAMES[1], 0)
         if positives < config.min_split_positives:
             raise SpanError(
