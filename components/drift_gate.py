@@ -10,6 +10,10 @@ and Jensen-Shannon divergence on the numeric ones (image height and width). Past
 configuration's thresholds it records the anomalies (an ExampleAnomalies artifact laid out like
 ExampleValidator's) and fails its execution, so no Trainer starts; on a pipeline's first span
 there is nothing to compare and it passes.
+
+It first checks the evaluated splits (validation, test, external) hold at least the
+configuration's `min_split_positives` cardiomegaly images each, from the same statistics, and
+fails naming the split and its count when one does not.
 """
 
 import logging
@@ -36,6 +40,40 @@ STATS_FILE = "FeatureStats.pb"   # StatisticsGen's file in each Split-<name> dir
 
 class DriftFound(RuntimeError):
     pass
+
+
+class TooFewPositives(RuntimeError):
+    """An evaluated split with fewer cardiomegaly images than `min_split_positives`."""
+
+
+def label_counts(stats: statistics_pb2.DatasetFeatureStatisticsList | None) -> tuple[int, int]:
+    """(cardiomegaly, images) of one split's statistics; (0, 0) without any."""
+    if stats is None or not stats.datasets:
+        return 0, 0
+    dataset = stats.datasets[0]
+    for feature in dataset.features:
+        if list(feature.path.step) != [F.LABEL] and feature.name != F.LABEL:
+            continue
+        if feature.HasField("string_stats"):    # the schema declares the label categorical
+            buckets = feature.string_stats.rank_histogram.buckets
+            positives = sum(b.sample_count for b in buckets if b.label == "1") or sum(
+                v.frequency for v in feature.string_stats.top_values if v.value == "1")
+            return int(round(positives)), int(dataset.num_examples)
+        common = feature.num_stats.common_stats
+        return int(round(feature.num_stats.mean * common.num_non_missing)), int(dataset.num_examples)
+    return 0, int(dataset.num_examples)
+
+
+def too_few_positives(statistics_uri: str, splits, minimum: int) -> list[str]:
+    """One line per evaluated split with fewer than `minimum` cardiomegaly images."""
+    stats = _split_stats(statistics_uri)
+    problems = []
+    for split in splits:
+        positives, images = label_counts(stats.get(split))
+        if positives < minimum:
+            problems.append(f"{split}: {positives} cardiomegaly image(s) of {images}, fewer than "
+                            f"min_split_positives={minimum}")
+    return problems
 
 
 def drift_schema(schema: schema_pb2.Schema, max_linf: float, max_jsd: float) -> schema_pb2.Schema:
@@ -121,11 +159,19 @@ def find_previous(store, pipeline: str, current_span: int) -> dict | None:
 def DriftGate(examples: InputArtifact[Examples], statistics: InputArtifact[ExampleStatistics],
               drift: OutputArtifact[ExampleAnomalies], pipeline_name: Parameter[str],
               schema_file: Parameter[str], metadata_connection: Parameter[str],
-              max_categorical_linf: Parameter[float], max_numeric_jsd: Parameter[float]):
+              max_categorical_linf: Parameter[float], max_numeric_jsd: Parameter[float],
+              min_split_positives: Parameter[int] = 0, evaluated_splits: Parameter[str] = ""):
     from google.protobuf import text_format
 
     # ExampleGen stamps the span as a custom property (KFP may store it as a double).
     span = int(examples.get_custom_property("span") or 0)
+    # Before any drift: a split too small to judge stops the run on every orchestrator (the
+    # command line's pre-run check says the same before anything starts).
+    small = too_few_positives(statistics.uri, [s for s in evaluated_splits.split(",") if s],
+                              min_split_positives)
+    if small:
+        raise TooFewPositives(f"span {span}: too few positives to calibrate, threshold or gate "
+                              f"on; nothing will be trained:\n  " + "\n  ".join(small))
     previous = find_previous(open_store(metadata_connection), pipeline_name, span)
     drift.set_string_custom_property(PIPELINE, pipeline_name)
     drift.set_int_custom_property(SPAN, span)

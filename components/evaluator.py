@@ -23,6 +23,10 @@ grid cell has a blessed model, each site's AUC may not fall more than the profil
 below that baseline's. The confidence intervals are reported beside it, not gated on: TFMA's
 thresholds compare the unsampled value.
 
+A model the Trainer refused to calibrate (trainer/calibration.py: too few validation positives,
+logits ranking validation backwards) fails whatever its metrics: the executor turns its blessing
+into NOT_BLESSED and records the reasons (REFUSALS_FILE), which `validation_failures` lists.
+
 The baseline is per grid cell (components/baseline.py finds it); this module's `Executor` is TFX's
 Evaluator executor plus the two things that needs: evaluate the model the lookup points to (or no
 baseline on a cell's first run), and stamp the blessing with the cell so the next lookup finds it.
@@ -31,7 +35,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
+import tensorflow as tf
 import tensorflow_model_analysis as tfma_lib
 from tensorflow_model_analysis.proto import config_pb2 as tfma
 from tfx import v1 as tfx
@@ -51,6 +57,7 @@ EVAL_SPLITS = [F.TEST, F.EXTERNAL]
 # threshold list takes its per-example path, which with the bootstrap took minutes per slice.
 AUC_THRESHOLDS = 10_000
 CALIBRATION_BINS = 20
+REFUSALS_FILE = "cardio_refusals.json"   # in the evaluation: reasons beyond TFMA's thresholds
 
 
 def describe_gate(gate: GateProfile, external_site: str | None = "configured",
@@ -61,7 +68,8 @@ def describe_gate(gate: GateProfile, external_site: str | None = "configured",
     return (f"Gate profile '{gate.name}': {external}, "
             f"internal AUC >= {gate.internal_auc_min}, sensitivity >= {gate.sensitivity_min} at "
             f"the operating threshold, AUC no more than {gate.auc_regression_tolerance} below the "
-            f"cell's last blessed model (point estimates per site slice; {ci}, reported)")
+            f"cell's last blessed model (point estimates per site slice; "
+            + (f"{ci}, reported)" if ci != S.NO_CI else f"{ci}: confidence_intervals is false)"))
 
 
 def _metric(class_name: str, per_slice_thresholds=(), **config) -> tfma.MetricConfig:
@@ -162,10 +170,36 @@ class Executor(tfx_evaluator.Executor):
         else:
             input_dict[keys.BASELINE_MODEL_KEY] = []   # the cell's first model: floors only
         super().Do(input_dict, output_dict, exec_properties)
+        fail_refused(input_dict[keys.MODEL_KEY][0].uri, output_dict[keys.BLESSING_KEY][0],
+                     output_dict[keys.EVALUATION_KEY][0].uri)
         if pointer:
             blessing = output_dict[keys.BLESSING_KEY][0]
             blessing.set_string_custom_property(baseline_lib.CELL, pointer["cell"])
             blessing.set_string_custom_property(baseline_lib.PIPELINE, pointer["pipeline"])
+
+
+def fail_refused(model_uri: str, blessing, evaluation_uri: str) -> list[str]:
+    """NOT_BLESSED, with the reasons written beside the evaluation, when the export carries the
+    Trainer's refusals (components/gate.py); returns them."""
+    from cardio.components.gate import refusals
+
+    path = os.path.join(model_uri, "Format-Serving", F.ASSETS_EXTRA, F.METADATA_FILE)
+    metadata = {}
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            metadata = json.load(f)
+    reasons = refusals(metadata)
+    if not reasons:
+        return []
+    with tf.io.gfile.GFile(os.path.join(evaluation_uri, REFUSALS_FILE), "w") as f:
+        json.dump(reasons, f, indent=2)
+    blessed = os.path.join(blessing.uri, "BLESSED")
+    if tf.io.gfile.exists(blessed):
+        tf.io.gfile.remove(blessed)
+    with tf.io.gfile.GFile(os.path.join(blessing.uri, "NOT_BLESSED"), "w") as f:
+        f.write("")
+    blessing.set_int_custom_property("blessed", 0)
+    return reasons
 
 
 class CellEvaluator(tfx.components.Evaluator):
@@ -247,6 +281,10 @@ def validation_failures(evaluation_uri: str) -> list[str]:
     """Why the gate said no, one line per failed threshold (empty when it blessed)."""
     result = tfma_lib.load_validation_result(evaluation_uri)
     lines = []
+    refused = os.path.join(evaluation_uri, REFUSALS_FILE)
+    if tf.io.gfile.exists(refused):
+        with tf.io.gfile.GFile(refused) as f:
+            lines += json.load(f)
     for per_slice in result.metric_validations_per_slice:
         name = slice_name([(k.column, k.bytes_value.decode() or k.int64_value)
                            for k in per_slice.slice_key.single_slice_keys])

@@ -30,3 +30,11 @@ GATE_PROFILES = {
     "demo": GateProfile("demo", external_auc_min=0.6, internal_auc_min=0.6, sensitivity_min=0.5,
                         auc_regression_tolerance=0.05),
 }
+
+
+def refusals(metadata: dict) -> list[str]:
+    """Why an export must fail the gate whatever its metrics: the Trainer refused calibration
+    and the operating threshold (too few validation positives, logits that rank validation
+    backwards: trainer/calibration.py). Read from the export's cardio_metadata.json."""
+    return [f"calibration refused: {reason}"
+            for reason in (metadata.get("calibration") or {}).get("refused") or ()]

@@ -42,6 +42,8 @@ UNET_CARD = "src/cardio/imaging/assets/MODEL_CARD.md"
 # Figures shown per slice, in this order; every one with its 95% bootstrap CI.
 CARD_METRICS = ("example_count", "auc", "sensitivity", "specificity", "precision", "f1",
                 "brier_score", "calibration", "tp", "fp", "tn", "fn")
+NO_INTERVALS = ("no confidence intervals were computed (the run set confidence_intervals: "
+                "false)")
 SMALL_SLICE = 30    # fewer examples than this: the card warns the figure is unstable
 
 INTENDED_USE = (
@@ -179,7 +181,7 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
                          for name, row in metrics.items() if name.count("=") == 1}},
         "evaluation": {"gate": gate, "compares": "point estimates per site slice; " + (
                            f"{ci} (a t interval over 20 samples, clipped to the metric's range), "
-                           "reported, not gated on" if ci != S.NO_CI else S.NO_CI),
+                           "reported, not gated on" if ci != S.NO_CI else NO_INTERVALS),
                        "ci": ci,
                        "failures": evaluator.validation_failures(evaluation_uri),
                        "baseline": baseline, "slices": metrics},
@@ -202,6 +204,29 @@ def _figure(cell: dict | None, count: bool = False) -> str:
     if cell.get("lower") is not None:
         text += f" [{cell['lower']:.3f}, {cell['upper']:.3f}]"
     return text
+
+
+def render_calibration(calibrated: dict | None) -> str:
+    """The card's calibration paragraph: the Platt fit, or why the Trainer refused it."""
+    if not calibrated:
+        return ("Not calibrated: this export predates Platt scaling; probabilities are the "
+                "network's own.")
+    counts = (f" Validation: {calibrated['validation_positives']} cardiomegaly, "
+              f"{calibrated['validation_negatives']} normal (minimum "
+              f"{calibrated['min_validation_positives']} positives)."
+              if "validation_positives" in calibrated else "")
+    if calibrated.get("refused"):
+        return ("**Calibration and operating threshold REFUSED**; the gate fails this model: "
+                + "; ".join(calibrated["refused"]) + ". Served probabilities are the network's "
+                "own (identity scaling)." + counts)
+    before, after = calibrated["validation_before"], calibrated["validation_after"]
+    return (f"Served probabilities are Platt-scaled: sigmoid({calibrated['a']:.4f} x logit "
+            f"{calibrated['b']:+.4f}), slope constrained positive, fitted on the "
+            f"{calibrated['fitted_on']} split. Validation ECE {before['ece']:.4f} -> "
+            f"{after['ece']:.4f}, Brier {before['brier']:.4f} -> {after['brier']:.4f} "
+            f"(n={after['n']}).{counts} Per site slice: `brier_score` and `calibration` (mean "
+            "probability / observed frequency) in the table below; reliability diagrams in the "
+            "model comparison.")
 
 
 def render_markdown(card: dict) -> str:
@@ -234,19 +259,7 @@ def render_markdown(card: dict) -> str:
               if point["threshold"] is not None else "Threshold unknown.", ""]
     for name, row in sorted(point["per_site"].items()):
         lines.append(f"- {name}: " + ", ".join(f"{m} {_figure(v)}" for m, v in row.items()))
-    calibrated = card.get("calibration")
-    lines += ["", "## Calibration", ""]
-    if calibrated:
-        before, after = calibrated["validation_before"], calibrated["validation_after"]
-        lines += [f"Served probabilities are Platt-scaled: sigmoid({calibrated['a']:.4f} x logit "
-                  f"{calibrated['b']:+.4f}), fitted on the {calibrated['fitted_on']} split. "
-                  f"Validation ECE {before['ece']:.4f} -> {after['ece']:.4f}, Brier "
-                  f"{before['brier']:.4f} -> {after['brier']:.4f} (n={after['n']}). Per site "
-                  "slice: `brier_score` and `calibration` (mean probability / observed "
-                  "frequency) in the table below; reliability diagrams in the model comparison."]
-    else:
-        lines += ["Not calibrated: this export predates Platt scaling; probabilities are the "
-                  "network's own."]
+    lines += ["", "## Calibration", "", render_calibration(card.get("calibration"))]
     data = card["data"]
     lines += ["", "## Data", "",
               f"Sites: {', '.join(data['sites'])}. {data['examples']} examples; fingerprint "
@@ -270,7 +283,8 @@ def render_markdown(card: dict) -> str:
                  else "Baseline: none (the cell's first blessed candidate).")
     lines += [""] + ([f"- FAILED: {f}" for f in evaluation["failures"]] or ["All criteria passed."])
     lines += ["", "Every slice is keyed by site: no figure mixes internal and external data. "
-              f"Values are point estimates [{evaluation['ci']}].", "",
+              + (f"Values are point estimates [{evaluation['ci']}]." if evaluation['ci'] != S.NO_CI
+                 else f"Values are point estimates; {NO_INTERVALS}."), "",
               "| slice | " + " | ".join(CARD_METRICS) + " |",
               "|---" * (len(CARD_METRICS) + 1) + "|"]
     for name, row in sorted(evaluation["slices"].items()):

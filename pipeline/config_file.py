@@ -54,18 +54,43 @@ class RunConfig:
         return self.serving_root or os.path.join(self.workdir, "serving")
 
 
-def _json_type(hint) -> dict:
+# The range of every numeric key, by field name (any dataclass of the configuration): a value
+# outside it is refused before anything runs. `test_every_numeric_key_has_a_range` keeps this
+# table complete as fields are added.
+_PROBABILITY = {"exclusiveMinimum": 0, "exclusiveMaximum": 1}
+_UNIT = {"minimum": 0, "maximum": 1}
+_POSITIVE = {"minimum": 1}
+_COUNT = {"minimum": 0}
+RANGES = {
+    "image_size": {"minimum": 32}, "crop_size": {"minimum": 32}, "epochs": _POSITIVE,
+    "batch_size": _POSITIVE, "learning_rate": {"exclusiveMinimum": 0, "maximum": 10},
+    "lr_factor": _PROBABILITY, "lr_patience": _COUNT, "positive_copies": _COUNT,
+    "steps_per_epoch": _POSITIVE, "target_sensitivity": _PROBABILITY,
+    "min_validation_positives": _COUNT, "min_split_positives": _COUNT, "seed": _COUNT,
+    "deployment_prevalence": _PROBABILITY, "fairness_min_per_class": _COUNT,
+    "drift_max_categorical_linf": {"exclusiveMinimum": 0, "maximum": 1},
+    "drift_max_numeric_jsd": {"exclusiveMinimum": 0, "maximum": 1},
+    # gate (GateProfile)
+    "external_auc_min": _UNIT, "internal_auc_min": _UNIT, "sensitivity_min": _UNIT,
+    "auc_regression_tolerance": _UNIT,
+    # batching (BatchingConfig)
+    "max_batch_size": _POSITIVE, "batch_timeout_micros": _COUNT, "max_enqueued_batches": _POSITIVE,
+    "num_batch_threads": _POSITIVE,
+}
+
+
+def _json_type(hint, name: str = "") -> dict:
     """JSON Schema of a dataclass field's type annotation (the file's YAML form of it)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        return {"anyOf": [_json_type(h) for h in typing.get_args(hint)]}
+        return {"anyOf": [_json_type(h, name) for h in typing.get_args(hint)]}
     if hint is type(None):
         return {"type": "null"}
     if hint is bool:
         return {"type": "boolean"}
     if hint is int:
-        return {"type": "integer"}
+        return {"type": "integer", **RANGES.get(name, {})}
     if hint is float:
-        return {"type": "number"}
+        return {"type": "number", **RANGES.get(name, {})}
     if hint is str:
         return {"type": "string"}
     if hint in (tuple, list) or typing.get_origin(hint) in (tuple, list):
@@ -79,7 +104,7 @@ def _object_schema(cls, required: bool = False) -> dict:
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
     schema = {"type": "object", "additionalProperties": False,
-              "properties": {f.name: _json_type(hints[f.name]) for f in fields}}
+              "properties": {f.name: _json_type(hints[f.name], f.name) for f in fields}}
     if required:
         schema["required"] = [f.name for f in fields
                               if f.default is dataclasses.MISSING
@@ -169,6 +194,17 @@ def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+def _deepest(error):
+    """Of an `anyOf` (a file form: `gate` as a name or inline), the alternative's error deepest
+    in the document: `gate.external_auc_min` rather than `gate`."""
+    while error.context:
+        deeper = max(error.context, key=lambda e: len(e.absolute_path))
+        if len(deeper.absolute_path) <= len(error.absolute_path):
+            break
+        error = deeper
+    return error
+
+
 def parse(document: dict, source: str = "<config>", base: PipelineConfig | None = None) -> RunConfig:
     """A RunConfig from the file's mapping; keys left out keep `base`'s values (the study's)."""
     if not isinstance(document, dict):
@@ -179,7 +215,7 @@ def parse(document: dict, source: str = "<config>", base: PipelineConfig | None 
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(document), key=lambda e: list(e.absolute_path))
     if errors:
-        error = errors[0]
+        error = _deepest(errors[0])
         if error.validator == "additionalProperties" and not error.absolute_path:
             known = ", ".join(sorted(schema["properties"]))
             raise ConfigError(f"{source}: {error.message}; known keys: {known}")

@@ -63,6 +63,12 @@ class PipelineConfig:
     mixed_precision: bool = True           # float16 compute when training on GPUs
     steps_per_epoch: int | None = None     # None: one pass over the training split per epoch
     target_sensitivity: float = 0.9
+    # Fewer validation positives: the Trainer refuses calibration and the operating threshold,
+    # and the gate fails the model naming why (trainer/calibration.py).
+    min_validation_positives: int = 10
+    # Fewer positives in an evaluated split (validation, test, external): the run stops before
+    # training, naming the split and its count (components/split_check.py).
+    min_split_positives: int = 10
     # TFMA's CI beside every metric (model card, demo table); the gate reads point estimates, so
     # a quick run may turn it off. `ci_method`: "bootstrap" (Poisson, 20 replicates: each example
     # is scored into every replicate, several times the evaluation's cost) or "jackknife" (20
@@ -70,7 +76,9 @@ class PipelineConfig:
     confidence_intervals: bool = True
     ci_method: str = "bootstrap"
     seed: int = 0
-    deterministic: bool = False            # op determinism: same data + seed -> same model
+    # Same examples + configuration + seed -> the same model: seeded initialisation, shuffles and
+    # augmentation, records in a content-fixed order (not Beam's), TensorFlow op determinism.
+    deterministic: bool = True
     # The lung U-Net (a directory holding UNET_WEIGHTS_FILE): the crop stage runs when set.
     segmenter_uri: str | None = None
     crop_size: int = 512
@@ -110,6 +118,12 @@ class PipelineConfig:
         """The splits the Evaluator scores per slice: internal test, and the external site's."""
         return [s for s in (F.TEST, F.EXTERNAL) if s in self.splits]
 
+    @property
+    def scored_splits(self) -> list:
+        """The splits a threshold, calibration or gate rests on: validation and eval_splits.
+        Each must hold `min_split_positives` cardiomegaly images."""
+        return [F.VALIDATION, *self.eval_splits]
+
     def validate(self) -> None:
         """Raises ValueError naming the field when the values contradict each other."""
         if not self.internal_sites:
@@ -137,7 +151,8 @@ class PipelineConfig:
                 "augment_positives": self.augment_positives,
                 "positive_copies": self.positive_copies,
                 "mixed_precision": self.mixed_precision, "steps_per_epoch": self.steps_per_epoch,
-                "target_sensitivity": self.target_sensitivity, "seed": self.seed,
+                "target_sensitivity": self.target_sensitivity,
+                "min_validation_positives": self.min_validation_positives, "seed": self.seed,
                 "deterministic": self.deterministic, "crop_size": self.crop_size,
                 "segmenter_weights": (f"{self.segmenter_uri.rstrip('/')}/{UNET_WEIGHTS_FILE}"
                                       if self.segmenter_uri else None)}
@@ -150,6 +165,8 @@ def demo_config(weights: str | None, **overrides) -> PipelineConfig:
     demo = dict(pipeline_name="cardiomegaly-demo",
                 grid=(GridCell("mobilenet_025", "75-25"), GridCell("mobilenet_025", "50-50")),
                 gate=GATE_PROFILES["demo"], image_size=128, weights=weights, epochs=8,
-                segmenter_uri=SHIPPED_UNET_DIR, crop_size=256, ci_method="jackknife")
+                segmenter_uri=SHIPPED_UNET_DIR, crop_size=256, ci_method="jackknife",
+                # A few hundred synthetic radiographs: 240 give 4 validation positives.
+                min_validation_positives=3, min_split_positives=3)
     demo.update(overrides)
     return dataclasses.replace(PipelineConfig(), **demo)

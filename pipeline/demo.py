@@ -19,7 +19,7 @@ import time
 from typing import Callable
 
 from cardio.data import convert
-from cardio.pipeline import configs, local_runner, outputs, report
+from cardio.pipeline import configs, local_runner, outputs, preflight, report
 from cardio.serving import demo as serving_demo
 
 # realpath: src/cardio/pipeline is a link to the checkout's pipeline/ folder.
@@ -107,9 +107,9 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
     from cardio.components import evaluator
     random_init = weights in (None, "random")
     # First, and loud: without ImageNet weights the demo is a different demo, on purpose.
-    echo(NO_WEIGHTS if random_init else f"ImageNet weights: {weights}")
-    echo(evaluator.describe_gate(config.gate, config.external_site,
-                                  config.ci_description))
+    used = None if random_init else weights_used(config)
+    echo(NO_WEIGHTS if random_init else f"ImageNet weights: {used}")
+    echo(evaluator.describe_gate(config.gate, config.external_site, config.ci_description))
     if not os.path.exists(os.path.join(data_root, "span-1", "summary.json")):
         with progress_factory(n, "synthesising radiographs") as bar:
             counts = cached_data(data_root, n, seed, size, config, bar.update, echo)
@@ -118,10 +118,12 @@ def run(workdir: str, n: int, seed: int, size: int | None, weights: str | None,
         counts = report.read_counts(data_root)
     echo(report.format_counts(counts))
 
+    found = preflight.check(config, data_root)   # too few positives: stop before training
     data_seconds = time.time() - started
     summary = run_and_report(config, data_root, pipeline_root, serving_root, echo, started)
     summary["stage_seconds"] = [("synthetic radiographs", data_seconds), *summary["stage_seconds"]]
-    summary["imagenet_weights"] = None if random_init else weights
+    summary["splits"] = preflight.split_totals(found)
+    summary["imagenet_weights"] = used
     if random_init and not summary["serving"].get("served"):
         echo("No model was pushed, as expected without ImageNet weights (see the first line).")
     echo(format_stage_seconds(summary["stage_seconds"], time.time() - started))
@@ -134,6 +136,24 @@ def format_stage_seconds(stages: list, total: float) -> str:
     lines = ["\nTime per stage (seconds)"] + [f"  {name:<{width}} {seconds:7.1f}"
                                               for name, seconds in stages]
     return "\n".join(lines + [f"  {'total':<{width}} {total:7.1f}"])
+
+
+def weights_used(config) -> str | dict | None:
+    """The ImageNet weights file the models start from (or {model name: file} when they differ),
+    None when every model starts from random initialisation: what the run uses, not what the
+    configuration said (a directory, `imagenet`, or nothing for Keras's cache)."""
+    from cardio.trainer import model as model_lib
+
+    used = {}
+    for cell in config.grid:
+        try:
+            used[cell.name] = model_lib.resolve_weights(cell.backbone, config.image_size,
+                                                        config.weights)
+        except model_lib.WeightsNotFound:   # the Trainer failed on it; nothing was used
+            used[cell.name] = None
+    if not any(used.values()):
+        return None
+    return next(iter(used.values())) if len(set(used.values())) == 1 else used
 
 
 def run_and_report(config, data_root: str, pipeline_root: str, serving_root: str,
@@ -187,6 +207,7 @@ def machine_summary(summary: dict) -> dict:
         "crop_qc": summary.get("crop_qc"), "serving": summary.get("serving"),
         "comparison": summary.get("comparison"),
         "imagenet_weights": summary.get("imagenet_weights"),
+        "splits": summary.get("splits"),
         "models": {k: {"blessed": v["blessed"], "pushed_to": v["pushed_to"],
                        "gate_failures": v.get("gate_failures", []),
                        "model_card": v.get("model_card")}

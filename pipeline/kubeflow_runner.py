@@ -202,7 +202,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
         config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
     output_dir = os.path.dirname(os.path.abspath(output_file))
     os.makedirs(output_dir, exist_ok=True)
-    schemas.render(config.sites, os.path.join(output_dir, "schema.pbtxt"))
+    schemas.render(config.sites, os.path.join(output_dir, "schema.pbtxt"), views=config.views)
     pipeline = create_pipeline(
         config, data_root=_runtime_parameter(DATA_ROOT, str, data_root),
         pipeline_root=pipeline_root, serving_root=serving_root,

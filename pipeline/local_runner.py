@@ -19,7 +19,8 @@ def metadata_path(pipeline_root: str) -> str:
 
 def run(config: PipelineConfig, data_root: str, pipeline_root: str, serving_root: str):
     os.makedirs(pipeline_root, exist_ok=True)
-    schema_file = schemas.render(config.sites, os.path.join(pipeline_root, "schema", "schema.pbtxt"))
+    schema_file = schemas.render(config.sites, os.path.join(pipeline_root, "schema", "schema.pbtxt"),
+                                 views=config.views)
     pipeline = create_pipeline(
         config, data_root=data_root, pipeline_root=pipeline_root, serving_root=serving_root,
         schema_file=schema_file,

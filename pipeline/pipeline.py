@@ -64,7 +64,9 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                            metadata_connection=baseline_lib.connection_parameter(
                                metadata_connection_config),
                            max_categorical_linf=config.drift_max_categorical_linf,
-                           max_numeric_jsd=config.drift_max_numeric_jsd)
+                           max_numeric_jsd=config.drift_max_numeric_jsd,
+                           min_split_positives=config.min_split_positives,
+                           evaluated_splits=",".join(config.scored_splits))
     components = [example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate,
                   drift_gate]
     examples = example_gen.outputs["examples"]

@@ -112,8 +112,10 @@ def format_cell(name: str, result: dict) -> str:
         return f"{text:>{width}}"
 
     header = f"{'slice':<34}" + "".join(f"{m:>{22 if m in CI_METRICS else 13}}" for m in METRICS)
+    computed = any(result.get("intervals", {}).values())
     lines = [f"\nModel {name}: evaluation per slice (test + external splits), "
-             f"point estimate [{result.get('ci', S.NO_CI)}]", header]
+             + (f"point estimate [{result['ci']}]" if computed and result.get("ci") else
+                "point estimate (no confidence intervals computed)"), header]
     for slice_, values in sorted(result["slices"].items()):
         intervals = result.get("intervals", {}).get(slice_, {})
         lines.append(f"{slice_:<34}" + "".join(cell(values, intervals, m) for m in METRICS))
@@ -151,7 +153,8 @@ def model_comparison(store, config) -> dict | None:
 
 def format_comparison(comparison: dict) -> str:
     lines = ["\nModel comparison (exact AUC; DeLong CIs and tests in the report; the champion is "
-             "chosen on validation, then internal test; the external site never chooses)"]
+             "chosen on validation, ties by a rule fixed beforehand; the test split and the "
+             "external site never choose)"]
     for name, aucs in sorted(comparison["auc"].items()):
         figures = ", ".join(f"{group} {'-' if auc is None else f'{auc:.3f}'}"
                             for group, auc in aucs.items())

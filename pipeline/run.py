@@ -10,7 +10,7 @@ import os
 import time
 from typing import Callable
 
-from cardio.pipeline import demo, preflight
+from cardio.pipeline import demo, preflight, report
 from cardio.pipeline.config_file import RunConfig
 
 
@@ -26,16 +26,20 @@ def run(run_config: RunConfig, echo: Callable[[str], None]) -> dict:
     echo(f"Configuration {run_config.source}: {len(config.grid)} model(s) "
          f"({', '.join(c.name for c in config.grid)}); internal sites "
          f"{', '.join(config.internal_sites)}; external site {config.external_site or 'none'}")
-    echo(evaluator.describe_gate(config.gate, config.external_site,
-                                  config.ci_description))
-    echo(f"ImageNet weights: {config.weights or 'none: random initialisation'}")
+    echo(evaluator.describe_gate(config.gate, config.external_site, config.ci_description))
+    weights = demo.weights_used(config)
+    echo(f"ImageNet weights: {weights or 'none: random initialisation'}")
     echo(f"Lung crop: {'U-Net ' + config.segmenter_uri if config.segmenter_uri else 'OFF'}")
-    found = preflight.check(config, run_config.data_root)   # refuses unknown sites before any run
+    # Refuses unknown sites or views, and evaluated splits with too few positives, before any run.
+    found = preflight.check(config, run_config.data_root)
     for span, counts in found.items():
         echo(f"span-{span}: sites {counts['site']}, views {counts['view']}")
+    echo(report.format_counts(preflight.split_totals(found)))
     summary = demo.run_and_report(config, run_config.data_root, run_config.pipeline_root,
                                   run_config.serving_dir, echo, started)
     summary["config"] = run_config.source
+    summary["splits"] = preflight.split_totals(found)
+    summary["imagenet_weights"] = weights
     echo(demo.format_stage_seconds(summary["stage_seconds"], time.time() - started))
     return summary
 

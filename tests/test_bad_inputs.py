@@ -89,6 +89,11 @@ ROWS = [
     ("no_site.png", "0", "R7", "F", "50", "", "PA", "missing site"),
     ("female.png", "1", "R8", "Female", "70", "site-a", "PA", "accepted"),
     ("lateral.png", "0", "R9", "M", "40", "site-a", "LL", "excluded"),
+    # DICOM Age Strings, as a PACS export carries them.
+    ("dicom_years.png", "0", "R10", "M", "045Y", "site-a", "PA", "accepted"),
+    ("dicom_months.png", "0", "R11", "F", "030M", "site-a", "PA", "accepted"),
+    ("dicom_days.png", "0", "R12", "F", "400D", "site-a", "PA", "accepted"),
+    ("dicom_bad.png", "0", "R13", "F", "045X", "site-a", "PA", "bad age"),
 ]
 
 
@@ -123,12 +128,31 @@ def corpus(tmp_path_factory):
 
 
 def test_every_bad_file_is_quarantined_with_its_reason_or_accepted(corpus):
-    reasons = {row["image_id"]: row["reason"].split(":")[0] for row in corpus["quarantined"]
-               if row["source"] == "image"}
-    for path, outcome in corpus["expected"].items():
+    rows = {row["image_id"]: row for row in corpus["quarantined"]}
+    for line, (path, outcome) in enumerate(corpus["expected"].items(), start=2):
         image_id = records.hash_image_id(path, SALT)
-        got = "accepted" if image_id in corpus["examples"] else reasons.get(image_id)
-        assert got == outcome, path
+        if image_id in corpus["examples"]:
+            assert outcome == "accepted", path
+            continue
+        row = rows[image_id]
+        assert row["reason"].split(":")[0] == outcome, path
+        # The CSV line it was listed on, and a reason a person reads (no Python object repr).
+        assert row["source"] == f"export.csv:{line}", path
+        assert "object at 0x" not in row["reason"] and "BytesIO" not in row["reason"], row
+    text = {records.hash_image_id(p, SALT): p for p in ("text.png", "zero.png")}
+    for image_id in text:
+        assert "not a PNG, JPEG or DICOM file" in rows[image_id]["reason"]
+
+
+def test_dicom_age_strings_become_years(corpus):
+    def age(path):
+        return corpus["examples"][records.hash_image_id(path, SALT)].features.feature[
+            F.AGE].int64_list.value[0]
+
+    assert (age("dicom_years.png"), age("dicom_months.png"), age("dicom_days.png")) == (45, 2, 1)
+    assert convert.parse_age("003W") == 0 and convert.parse_age(" 045y ") == 45
+    with pytest.raises(ValueError, match="DICOM age string"):
+        convert.parse_age("45 years")
 
 
 def test_every_bad_row_is_quarantined_with_its_reason(corpus):

@@ -54,3 +54,86 @@ def test_the_comparison_reports_calibration_per_group():
         metrics.expected_calibration_error(labels, scores))
     assert summary["calibration"]["brier"] == pytest.approx(np.mean((scores - labels) ** 2))
     assert sum(r["n"] for r in summary["calibration"]["reliability"]) == 200
+
+
+def _inverted(n=400, seed=0):
+    """Logits that rank validation backwards (AUC about 0.2)."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.3).astype(int)
+    return labels, rng.normal(0, 1, n) - 1.5 * labels
+
+
+def test_the_slope_stays_positive_and_an_inverted_model_is_refused():
+    labels, logits = _inverted()
+    # The constrained fit never flips the ranking, even where the likelihood would.
+    assert calibration.fit_platt(labels, logits).a > 0
+    platt, record = calibration.calibrate(labels, logits, min_positives=10)
+    assert record["validation_raw_auc"] < 0.5
+    assert any("backwards" in reason for reason in record["refused"])
+    assert platt == calibration.Platt()              # served as the network's own scores
+    # Served probability increasing in the logit: the inverted model stays visibly inverted.
+    served = platt(np.sort(logits))
+    assert np.all(np.diff(served) >= 0)
+    assert metrics.summary(labels, platt(logits))["n"] == len(labels)
+    from cardio.evaluation import statistics as S
+    assert S.auc_with_ci(labels, platt(logits))["auc"] < 0.5
+
+
+def test_too_few_validation_positives_refuse_calibration_naming_the_count():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(60), np.ones(4)]
+    logits = rng.normal(0, 1, 64) + 2 * labels
+    platt, record = calibration.calibrate(labels, logits, min_positives=5)
+    assert record["refused"] == [
+        "validation has 4 positive(s), fewer than min_validation_positives=5: too few to "
+        "calibrate or to choose the operating threshold"]
+    assert platt == calibration.Platt()
+    fitted, record = calibration.calibrate(labels, logits, min_positives=4)
+    direct = calibration.fit_platt(labels, logits)
+    assert record["refused"] == [] and fitted.a > 0
+    assert (fitted.a, fitted.b) == pytest.approx((direct.a, direct.b), rel=1e-9)
+    # The fit is a function of the validation set, not of its order.
+    order = np.random.default_rng(2).permutation(len(labels))
+    assert calibration.calibrate(labels[order], logits[order], 4)[0] == fitted
+
+
+def test_an_inverted_model_is_never_blessed(tmp_path):
+    """The Trainer's refusal travels in the export's metadata; the Evaluator turns a blessing
+    TFMA gave (its metrics judged the model alone) into NOT_BLESSED, naming the reason, and the
+    model card says so."""
+    import json
+
+    from tfx.types import standard_artifacts
+
+    from cardio.components import evaluator, model_card
+
+    labels, logits = _inverted()
+    _, record = calibration.calibrate(labels, logits, min_positives=10)
+    extra = tmp_path / "model" / "Format-Serving" / "assets.extra"
+    extra.mkdir(parents=True)
+    (extra / "cardio_metadata.json").write_text(json.dumps({"calibration": record}))
+    blessing = standard_artifacts.ModelBlessing()
+    blessing.uri = str(tmp_path / "blessing")
+    (tmp_path / "blessing").mkdir()
+    (tmp_path / "blessing" / "BLESSED").write_text("")
+    blessing.set_int_custom_property("blessed", 1)
+    (tmp_path / "evaluation").mkdir()
+    reasons = evaluator.fail_refused(str(tmp_path / "model"), blessing, str(tmp_path / "evaluation"))
+    assert reasons and "backwards" in reasons[0]
+    assert blessing.get_int_custom_property("blessed") == 0
+    assert not (tmp_path / "blessing" / "BLESSED").exists()
+    assert (tmp_path / "blessing" / "NOT_BLESSED").exists()
+    assert json.loads((tmp_path / "evaluation" / evaluator.REFUSALS_FILE).read_text()) == reasons
+    # A model the Trainer calibrated keeps TFMA's verdict.
+    _, fine = calibration.calibrate(labels, -logits, min_positives=10)
+    (extra / "cardio_metadata.json").write_text(json.dumps({"calibration": fine}))
+    kept = standard_artifacts.ModelBlessing()
+    kept.uri = str(tmp_path / "blessing2")
+    (tmp_path / "blessing2").mkdir()
+    (tmp_path / "blessing2" / "BLESSED").write_text("")
+    assert evaluator.fail_refused(str(tmp_path / "model"), kept, str(tmp_path / "evaluation2")) == []
+    assert (tmp_path / "blessing2" / "BLESSED").exists()
+    text = model_card.render_calibration({**record, "validation_before": metrics.summary(
+        labels, calibration.Platt()(logits)), "validation_after": metrics.summary(
+        labels, calibration.Platt()(logits))})
+    assert "REFUSED" in text and "backwards" in text

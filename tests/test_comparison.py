@@ -102,19 +102,54 @@ def test_champion_is_chosen_on_validation_and_never_on_the_external_site():
     champion = out["champion"]
     assert champion["model_name"] == "cardio-good-75-25"
     assert "validation AUC" in champion["reason"] and "external site was not used" in champion["reason"]
+    assert "nor the internal test split" in champion["reason"]
 
 
-def test_validation_ties_are_broken_by_internal_test_auc():
+def test_validation_ties_are_broken_by_the_rule_fixed_beforehand_never_by_test(monkeypatch):
+    """Tied on validation, the 75-25 model wins although the 50-50 one is far better on test;
+    then the smaller backbone. Permuting the test labels changes no choice."""
+    # The fairness review enters no choice and costs seconds per analysis.
+    monkeypatch.setattr(C, "fairness", lambda *args, **kwargs: [])
     cases = _cases()
     test = cases["split"] == C.TEST
-    first, second = _model(cases, 2.0, 1), _model(cases, 2.0, 2)
-    # Equal on validation (the same scores), the second is better on the internal test.
+    first = _model(cases, 2.0, 1)
+    # Equal on validation (the same scores); the 50-50 model is much better on the internal test.
     second = np.where(test, _model(cases, 4.0, 3), first)
-    models = {"cardio-x-75-25": _info("x", "75-25"), "cardio-x-50-50": _info("x", "50-50")}
-    out = _analyse(cases, {"cardio-x-75-25": first, "cardio-x-50-50": second}, models)
-    assert out["champion"]["model_name"] == "cardio-x-50-50"
+    models = {"cardio-x-75-25": _info("mobilenet", "75-25"),
+              "cardio-x-50-50": _info("mobilenet", "50-50")}
+    scores = {"cardio-x-75-25": first, "cardio-x-50-50": second}
+    out = _analyse(cases, scores, models)
+    assert out["models"]["cardio-x-50-50"]["groups"][C.TEST]["auc"] > \
+        out["models"]["cardio-x-75-25"]["groups"][C.TEST]["auc"] + 0.05
+    assert out["champion"]["model_name"] == "cardio-x-75-25"
     assert sorted(out["champion"]["candidates"]) == ["cardio-x-50-50", "cardio-x-75-25"]
-    assert "internal test AUC" in out["champion"]["reason"]
+    assert C.TIE_RULE in out["champion"]["reason"] and "internal test AUC" not in out["champion"]["reason"]
+    # Same weighting: the smaller backbone.
+    sizes = {"cardio-big-75-25": _info("xception", "75-25"),
+             "cardio-small-75-25": _info("mobilenet_025", "75-25")}
+    by_size = _analyse(cases, {"cardio-big-75-25": second, "cardio-small-75-25": first}, sizes)
+    assert by_size["champion"]["model_name"] == "cardio-small-75-25"
+    grids = ((models, scores, out), (sizes, {"cardio-big-75-25": second,
+                                             "cardio-small-75-25": first}, by_size))
+    for seed in range(3):
+        permuted = {k: v.copy() for k, v in cases.items()}
+        order = np.random.default_rng(seed).permutation(int(test.sum()))
+        permuted[F.LABEL][test] = cases[F.LABEL][test][order]
+        for grid, model_scores, original in grids:
+            again = _analyse(permuted, model_scores, grid)
+            assert (again["champion"]["model_name"], again["champion"]["candidates"]) == \
+                (original["champion"]["model_name"], original["champion"]["candidates"])
+            # What the test split reports did change: permuted labels rank at chance.
+            for name in grid:
+                assert again["models"][name]["groups"][C.TEST]["auc"] != \
+                    original["models"][name]["groups"][C.TEST]["auc"]
+
+
+def test_champion_reason_without_an_external_site_does_not_claim_one():
+    models = {"m": {"blessed": True, "groups": {C.VALIDATION: {"auc": 0.8, "ci": [0.7, 0.9]}}}}
+    alone = C.choose_champion(models, [], external_site=None)["reason"]
+    assert "external site was not used" not in alone and "No external site is configured" in alone
+    assert "external site was not used" in C.choose_champion(models, [], external_site="b")["reason"]
 
 
 def test_only_blessed_models_can_be_champion():
@@ -194,3 +229,10 @@ def test_champion_reason_when_validation_lacks_a_class():
     assert "undefined (the split lacks a class)" in champion["reason"]
     models["m"]["groups"][C.VALIDATION] = {"auc": 0.75, "ci": [0.6, 0.9]}
     assert f"0.750 ({S.DELONG_CI} 0.600-0.900)" in C.choose_champion(models, [])["reason"]
+
+
+def test_the_tie_rule_knows_every_backbone_the_trainer_builds():
+    from cardio.trainer import model as model_lib
+
+    assert set(model_lib.BACKBONES) <= set(C.BACKBONE_PARAMETERS)
+    assert C.BACKBONE_PARAMETERS["mobilenet_025"] == 218_544   # tests/test_trainer.py counts it

@@ -65,6 +65,17 @@ def _compare(spans, name):
     return problems
 
 
+def test_an_evaluated_split_with_too_few_positives_is_named_from_the_statistics(spans):
+    """The gate's split check reads the label counts StatisticsGen wrote (200 images, 30
+    cardiomegaly), so it stops a Kubeflow run too, before any Trainer."""
+    stats = drift_gate._split_stats(spans["stable"])
+    assert drift_gate.label_counts(stats["train"]) == (30, N)
+    assert drift_gate.too_few_positives(spans["stable"], ["train"], 30) == []
+    assert drift_gate.too_few_positives(spans["stable"], ["train", "test"], 31) == [
+        "train: 30 cardiomegaly image(s) of 200, fewer than min_split_positives=31",
+        "test: 0 cardiomegaly image(s) of 0, fewer than min_split_positives=31"]
+
+
 def test_a_stable_span_shows_no_drift(spans):
     assert _compare(spans, "stable") == []
 

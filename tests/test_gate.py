@@ -107,6 +107,30 @@ def test_a_regression_against_the_cells_baseline_is_neither_blessed_nor_pushed(t
     assert first["blessed"] and first["pushed"], first["failures"]
 
 
+def test_a_model_the_trainer_refused_to_calibrate_is_neither_blessed_nor_pushed(tmp_path, data):
+    """Metrics that pass every floor do not bless a model whose raw logits ranked validation
+    backwards: the Trainer's refusal, carried in the export, fails it with its reason."""
+    from cardio.trainer import calibration
+
+    model_uri = _export(tmp_path, data, gate_models.GOOD)
+    rng = np.random.default_rng(0)
+    labels = (rng.random(300) < 0.3).astype(int)
+    _, refused = calibration.calibrate(labels, rng.normal(0, 1, 300) - 1.5 * labels, 10)
+    path = os.path.join(model_uri, "Format-Serving", F.ASSETS_EXTRA, F.METADATA_FILE)
+    with open(path) as f:
+        metadata = json.load(f)
+    with open(path, "w") as f:
+        json.dump({**metadata, "calibration": refused}, f)
+    result = evaluate(tmp_path, data[0], model_uri, STUDY)
+    assert not result["blessed"] and not result["pushed"]
+    assert result["blessing"].get_int_custom_property("blessed") == 0
+    assert [f for f in result["failures"] if "calibration refused" in f] == [
+        f"calibration refused: {reason}" for reason in refused["refused"]]
+    assert "backwards" in result["failures"][0]
+    # Its metrics alone passed: every other line would be a TFMA threshold.
+    assert len(result["failures"]) == len(refused["refused"])
+
+
 def test_a_random_init_model_fails_the_demo_profile(tmp_path, data):
     """The demo's MobileNet, untrained, on synthetic radiographs of both sites."""
     from cardio.data import convert

@@ -33,7 +33,8 @@ def test_shipped_files_are_the_study_the_demo_and_the_nih_set():
     assert (study.internal_sites, study.external_site) == (("padchest",), "openi")
     demo, coded = config_file.load("demo").config, configs.demo_config("random")
     for field in ("grid", "gate", "image_size", "crop_size", "epochs", "internal_sites",
-                  "external_site", "segmenter_uri", "weights", "pipeline_name"):
+                  "external_site", "segmenter_uri", "weights", "pipeline_name",
+                  "min_validation_positives", "min_split_positives"):
         assert getattr(demo, field) == getattr(coded, field), field
     nih = config_file.load("nih").config
     assert nih.sites == ("nih",) and nih.external_site is None
@@ -51,6 +52,16 @@ def test_shipped_files_are_the_study_the_demo_and_the_nih_set():
     ("spans: [3, 1]\n", ["spans"]),
     ("batching: {max_batch_size: 8, timeout: 1}\n", ["key batching", "timeout"]),
     ("- a list\n", ["expected a mapping"]),
+    ("learning_rate: -1\n", ["key learning_rate", "-1"]),
+    ("positive_copies: -3\n", ["key positive_copies", "-3"]),
+    ("steps_per_epoch: 0\n", ["key steps_per_epoch", "0"]),
+    ("drift_max_categorical_linf: -0.1\n", ["key drift_max_categorical_linf"]),
+    ("min_split_positives: -1\n", ["key min_split_positives"]),
+    ("gate: {name: g, external_auc_min: 1.5, internal_auc_min: 0.6, sensitivity_min: 0.4}\n",
+     ["key gate.external_auc_min", "1.5"]),
+    ("gate: {name: g, external_auc_min: 0.5, internal_auc_min: 0.6, sensitivity_min: 0.4,\n"
+     "       auc_regression_tolerence: 0.1}\n", ["key gate", "auc_regression_tolerence"]),
+    ("batching: {max_batch_size: 0}\n", ["key batching.max_batch_size"]),
     ("epochs: [\n", ["not valid YAML"]),
 ])
 def test_errors_name_the_file_and_the_key(tmp_path, text, names):
@@ -59,6 +70,31 @@ def test_errors_name_the_file_and_the_key(tmp_path, text, names):
     assert "pipeline.yaml" in str(error.value)
     for name in names:
         assert name in str(error.value)
+
+
+def test_every_numeric_key_has_a_range():
+    """Every int or float field of the configuration, nested ones included, is bounded in the
+    schema: a field added without a range fails here."""
+    import typing
+
+    def numeric(schema, path=""):
+        if "anyOf" in schema:
+            for option in schema["anyOf"]:
+                yield from numeric(option, path)
+        elif schema.get("type") in ("integer", "number"):
+            yield path, schema
+        for name, sub in schema.get("properties", {}).items():
+            yield from numeric(sub, f"{path}.{name}".lstrip("."))
+
+    found = dict(numeric(config_file.json_schema()))
+    expected = {f.name for f in dataclasses.fields(configs.PipelineConfig)
+                if typing.get_type_hints(configs.PipelineConfig)[f.name] in (
+                    int, float, int | None, float | None)}
+    assert expected <= set(found)
+    assert {"gate.external_auc_min", "batching.max_batch_size"} <= set(found)
+    unbounded = [k for k, v in found.items()
+                 if not {"minimum", "exclusiveMinimum"} & set(v)]
+    assert not unbounded
 
 
 def test_every_config_field_is_a_key_with_no_loader_change(tmp_path):
@@ -93,22 +129,44 @@ def test_without_an_external_site_the_gate_judges_internal_slices_only():
     assert "NO EXTERNAL SITE" in evaluator.describe_gate(config.gate, config.external_site)
 
 
-def _write_span(data_root, span, sites, view="PA"):
-    directory = os.path.join(data_root, f"span-{span}", F.TEST)
+def _write_span(data_root, span, sites, view="PA", split=F.TEST, labels=None):
+    directory = os.path.join(data_root, f"span-{span}", split)
     os.makedirs(directory)
     with tf.io.TFRecordWriter(os.path.join(directory, "data.tfrecord.gz"), "GZIP") as writer:
         for i, site in enumerate(sites):
             writer.write(records.to_example(records.Record(
-                image_png=b"", label=i % 2, image_id=f"img{i}", patient_id=f"p{i}", site=site,
-                view=view)).SerializeToString())
+                image_png=b"", label=labels[i] if labels else i % 2, image_id=f"img{i}",
+                patient_id=f"p{i}", site=site, view=view)).SerializeToString())
+
+
+def test_an_evaluated_split_with_too_few_positives_stops_the_run_naming_it(tmp_path):
+    """Checked before anything runs; the counts of the selected spans add up."""
+    config = dataclasses.replace(config_file.load("nih").config, min_split_positives=3)
+    _write_span(str(tmp_path), 1, ["nih"] * 6, split=F.VALIDATION, labels=[1, 1, 1, 0, 0, 0])
+    _write_span(str(tmp_path), 1, ["nih"] * 5, split=F.TEST, labels=[1, 1, 0, 0, 0])
+    with pytest.raises(preflight.SpanError, match=r"the test split has 2 cardiomegaly image\(s\) "
+                       r"\(and 3 normal\), fewer than min_split_positives=3"):
+        preflight.check(config, str(tmp_path))
+    _write_span(str(tmp_path), 2, ["nih"] * 2, split=F.TEST, labels=[1, 0])
+    found = preflight.check(dataclasses.replace(config, spans=(1, 2)), str(tmp_path))
+    assert found[2]["splits"][F.TEST] == {"normal": 1, "cardiomegaly": 1}
+    # The validation split is judged too; no external split without an external site.
+    with pytest.raises(preflight.SpanError, match="the validation split has 3"):
+        preflight.check(dataclasses.replace(config, spans=(1, 2), min_split_positives=4),
+                        str(tmp_path))
 
 
 def test_a_span_with_unconfigured_sites_is_refused_naming_them(tmp_path):
     config = config_file.load("demo").config
     _write_span(str(tmp_path), 1, ["site-a", "site-b"])
     _write_span(str(tmp_path), 2, ["site-a", "padchest", "openi"])
+    config = dataclasses.replace(config, min_split_positives=0)
     assert preflight.check(dataclasses.replace(config, spans=(1, 1)), str(tmp_path)) == {
-        1: {"site": {"site-a": 1, "site-b": 1}, "view": {"PA": 2}}}
+        1: {"site": {"site-a": 1, "site-b": 1}, "view": {"PA": 2},
+            "splits": {F.TRAIN: {"normal": 0, "cardiomegaly": 0},
+                       F.VALIDATION: {"normal": 0, "cardiomegaly": 0},
+                       F.TEST: {"normal": 1, "cardiomegaly": 1},
+                       F.EXTERNAL: {"normal": 0, "cardiomegaly": 0}}}}
     with pytest.raises(preflight.SpanError, match=r"span-2: site\(s\) openi, padchest are not"):
         preflight.check(config, str(tmp_path))      # the newest span
     _write_span(str(tmp_path), 3, ["site-a"], view="AP")
@@ -118,6 +176,13 @@ def test_a_span_with_unconfigured_sites_is_refused_naming_them(tmp_path):
 
 def test_pipeline_run_refuses_the_span_before_anything_runs(tmp_path):
     _write_span(str(tmp_path / "data"), 1, ["nih", "internal"])
+    small = tmp_path / "small"
+    _write_span(str(small), 1, ["nih"] * 4, split=F.VALIDATION, labels=[1, 0, 0, 0])
+    result = CliRunner().invoke(main, ["pipeline", "run", "--config", "nih", "--data-root",
+                                       str(small), "--workdir", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert "the validation split has 1 cardiomegaly image(s)" in result.output
+    assert not (tmp_path / "run").exists()
     result = CliRunner().invoke(main, ["pipeline", "run", "--config", "nih", "--data-root",
                                        str(tmp_path / "data"), "--workdir", str(tmp_path / "run")])
     assert result.exit_code == 1, result.output
@@ -140,3 +205,21 @@ def test_compile_takes_the_same_file(tmp_path):
     assert [list(d.value) for d in schema.string_domain if d.name == F.SITE] == [["nih"]]
     job = output.read_text()      # the input config is JSON inside the job's JSON
     assert "span-{SPAN}/test/*" in job and "span-{SPAN}/external/*" not in job
+
+
+def test_the_summary_names_the_weights_file_each_model_starts_from(tmp_path):
+    from cardio.pipeline import demo
+
+    nih = config_file.load("nih").config
+    assert demo.weights_used(dataclasses.replace(nih, weights="random")) is None
+    weights = tmp_path / "mobilenet_2_5_128_tf_no_top.h5"
+    weights.write_bytes(b"")
+    # A directory in the configuration; the file the Trainer loads in the summary.
+    assert demo.weights_used(dataclasses.replace(nih, weights=str(tmp_path))) == str(weights)
+    mixed = dataclasses.replace(nih, weights=str(tmp_path), grid=(
+        configs.GridCell("mobilenet_025", "75-25"), configs.GridCell("xception", "75-25")))
+    assert demo.weights_used(mixed) == {"cardio-mobilenet-025-75-25": str(weights),
+                                        "cardio-xception-75-25": None}
+    found = {1: {"splits": {s: {"normal": 2, "cardiomegaly": 1} for s in F.SPLITS}},
+             2: {"splits": {s: {"normal": 1, "cardiomegaly": 0} for s in F.SPLITS}}}
+    assert preflight.split_totals(found)[F.TEST] == {"normal": 3, "cardiomegaly": 1}

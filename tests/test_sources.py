@@ -39,6 +39,10 @@ def test_padchest_rules(tmp_path):
     # Unreadable label lists are quarantined with the reason, not hidden among the exclusions.
     assert [(image, reason.split(":")[0]) for _, image, reason in selection.quarantined] == [
         ("x", "labels unparseable"), ("q", "labels unparseable")]
+    # Each names the file's line, so a quarantined image can be found in the export.
+    assert [c.source for c in selection.candidates] == [
+        "labels.csv:2", "labels.csv:3", "labels.csv:9"]
+    assert [source for source, _, _ in selection.quarantined] == ["labels.csv:8", "labels.csv:10"]
 
 
 def _report(uid, majors, images):

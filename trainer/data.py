@@ -4,9 +4,14 @@ Parallel read and decode, shuffle, prefetch; augmentation runs on the CPU inside
 only on cardiomegaly images: each one is kept and `positive_copies` augmented copies of it are
 added, every epoch (the study augmented cardiomegaly images "to reduce the training set
 imbalance", which only adding copies does).
+
+`deterministic` (the pipeline's default) makes an epoch a function of the examples and the seed:
+records in an order fixed by their content (not Beam's), seeded shuffles, stateless augmentation
+seeds, and tf.data's deterministic element order.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import tensorflow as tf
@@ -27,6 +32,17 @@ def list_files(file_patterns) -> list:
     if not files:
         raise FileNotFoundError(f"no TFRecord files match {list(file_patterns)}")
     return files
+
+
+def ordered_records(files) -> tf.data.Dataset:
+    """Every record of `files` in an order fixed by its content (the SHA-256 of its bytes): the
+    same examples give the same order however Beam sharded and ordered them, so a seeded
+    shuffle of them is the same shuffle. Holds the split's serialized records in memory (about
+    the size of its TFRecord files)."""
+    records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+    records.sort(key=lambda record: hashlib.sha256(record).digest())
+    return tf.data.Dataset.from_generator(lambda: iter(records),
+                                          output_signature=tf.TensorSpec([], tf.string))
 
 
 def random_affine(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -60,8 +76,11 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
     `workers`: training processes sharing the data (MultiWorkerMirroredStrategy). Each reads its
     own files when there are enough of them, else every example and keeps its share."""
     files = list_files(file_patterns)
-    ds = tf.data.TFRecordDataset(files, compression_type="GZIP",
-                                 num_parallel_reads=min(len(files), tf.data.AUTOTUNE))
+    if deterministic:
+        ds = ordered_records(files)
+    else:
+        ds = tf.data.TFRecordDataset(files, compression_type="GZIP",
+                                     num_parallel_reads=min(len(files), tf.data.AUTOTUNE))
     if training:
         ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
     if repeat if repeat is not None else training:
@@ -71,7 +90,8 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
         parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
         return decode.preprocess(parsed[F.IMAGE], image_size), tf.cast(parsed[F.LABEL], tf.float32)
 
-    ds = ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic or not training)
+    ds = ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=deterministic or not training)
     if training and augment_positives and positive_copies > 0:
         # Every cardiomegaly image is followed by its augmented copies. Stateless seeds from a
         # counter keep a deterministic run reproducible.

@@ -45,8 +45,11 @@ class TrainingConfig:
     mixed_precision: bool = True          # float16 compute on GPUs
     steps_per_epoch: int | None = None    # None: one pass over the training split
     target_sensitivity: float = 0.9
+    # Fewer validation positives: calibration and the operating threshold are refused, and the
+    # gate fails the model naming why (trainer/calibration.py).
+    min_validation_positives: int = 10
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool = True            # same examples + config + seed -> the same model
     segmenter_weights: str | None = None  # the U-Net the crop stage used; None: no crop stage
     crop_size: int = 512                  # side of the stored crops (see components/lung_crop.py)
 
@@ -86,7 +89,8 @@ def count_positives(file_patterns) -> int:
 def predict(model, file_patterns, config: TrainingConfig):
     """(labels, logits): the network's pre-sigmoid output, which does not saturate."""
     logit = export.logit_function(model)
-    ds = data.make_dataset(file_patterns, config.batch_size, config.image_size, training=False)
+    ds = data.make_dataset(file_patterns, config.batch_size, config.image_size, training=False,
+                           deterministic=config.deterministic)
     labels, logits = [], []
     for images, batch_labels in ds:
         logits.append(logit(images).numpy().reshape(-1))
@@ -116,8 +120,10 @@ def train_and_export(fn_args):
     the chief into the Trainer's directories and the others into temporary ones."""
     config = TrainingConfig.from_custom_config(fn_args.custom_config)
     logging.info("training config: %s", config)
+    # Weight initialisation, dropout and the head's shuffles draw from the seeded generators.
+    keras.utils.set_random_seed(config.seed)
     if config.deterministic:
-        keras.utils.set_random_seed(config.seed)
+        # TensorFlow's deterministic kernels (GPU reductions, cuDNN algorithm choice).
         tf.config.experimental.enable_op_determinism()
 
     strategy = distribution.choose_strategy(config.mixed_precision)
@@ -143,7 +149,8 @@ def train_and_export(fn_args):
     # CPU kernels reject; validation loss (for the LR schedule) does without it. The operating
     # threshold below still scores every validation image.
     val_ds = data.make_dataset(fn_args.eval_files, config.batch_size, config.image_size,
-                               training=False, drop_remainder=strategy.num_replicas_in_sync > 1,
+                               training=False, deterministic=config.deterministic,
+                               drop_remainder=strategy.num_replicas_in_sync > 1,
                                workers=distribution.cluster_workers())
     backup = backup_dir(fn_args, config)
     logging.info("epoch checkpoints (resumed from when present): %s", backup)
@@ -159,13 +166,15 @@ def train_and_export(fn_args):
 
     # Platt scaling on validation; the operating threshold is chosen on the calibrated probability.
     labels, logits = predict(model, fn_args.eval_files, config)
-    platt = calibration.fit_platt(labels, logits)
+    platt, calibrated = calibration.calibrate(labels, logits, config.min_validation_positives)
     probabilities = platt(logits)
     threshold = operating_point.choose_threshold(labels, probabilities, config.target_sensitivity)
-    calibrated = {"method": "platt", "a": platt.a, "b": platt.b, "fitted_on": "validation",
-                  "validation_before": calibration_metrics.summary(
-                      labels, calibration.Platt()(logits)),
-                  "validation_after": calibration_metrics.summary(labels, probabilities)}
+    calibrated.update(validation_before=calibration_metrics.summary(
+                          labels, calibration.Platt()(logits)),
+                      validation_after=calibration_metrics.summary(labels, probabilities))
+    for reason in calibrated["refused"]:
+        logging.warning("calibration and operating threshold refused; the gate will fail this "
+                        "model: %s", reason)
     logging.info("Platt scaling a=%.4f b=%.4f; operating threshold %.4f for validation "
                  "sensitivity >= %.2f; %s", platt.a, platt.b, threshold,
                  config.target_sensitivity, calibrated)

@@ -68,7 +68,9 @@ def main(verbose):
               help="ImageNet weights file or directory (default: $CARDIO_WEIGHTS, ../shared/weights).")
 @click.option("--random-init", is_flag=True, help="Train from random initialisation on purpose.")
 @click.option("--epochs", default=None, type=int, help="Training epochs (demo default: 8).")
-@click.option("--deterministic", is_flag=True, help="Op determinism: reruns give the same model.")
+@click.option("--deterministic/--nondeterministic", default=True, show_default=True,
+              help="Seeded, content-ordered, op-deterministic training: reruns give the same "
+                   "model (--nondeterministic may be faster on GPUs).")
 @click.option("--segmenter", default=None, type=click.Path(exists=True, file_okay=False),
               help="Directory holding unet_lungs.weights.h5 (default: the shipped U-Net).")
 def demo(workdir, n, seed, size, full, weights, random_init, epochs, deterministic, segmenter):
@@ -83,8 +85,13 @@ def demo(workdir, n, seed, size, full, weights, random_init, epochs, determinist
         overrides["segmenter_uri"] = os.path.abspath(segmenter)
     if epochs:
         overrides["epochs"] = epochs
-    summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo, _progress,
-                           **overrides)
+    from cardio.pipeline import preflight
+
+    try:
+        summary = demo_lib.run(os.path.abspath(workdir), n, seed, size, weights, click.echo,
+                               _progress, **overrides)
+    except preflight.SpanError as error:   # e.g. too few positives in a small --n
+        raise click.ClickException(str(error))
     click.echo(json.dumps(demo_lib.machine_summary(summary)))
 
 
@@ -105,6 +112,9 @@ def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, s
     if dry_run:
         click.echo(json.dumps(convert.dry_run_summary(selection, external_sites, seed, salt)))
         return
+    if id_map:
+        _check_writable(id_map)
+    convert.exit_on_sigterm()
     with _progress(len(selection.candidates), "converting radiographs") as bar:
         try:
             summary = convert.convert(
@@ -116,6 +126,9 @@ def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, s
                 f"{error}; no span was written; see {convert.failed_dir(out, span)}/quarantine.csv")
         except FileExistsError as error:
             raise click.ClickException(str(error))
+    for name in summary["removed"]:
+        click.echo(f"removed {os.path.join(out, name)}, left by an interrupted or failed "
+                   f"conversion of span {span}", err=True)
     click.echo(f"quarantined {summary['quarantined']} record(s): {summary['quarantine_reasons']}",
                err=True)
     click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary}))
@@ -128,9 +141,31 @@ _dry_run = click.option("--dry-run", is_flag=True,
 _seed = click.option("--seed", default=0, show_default=True, help="Split seed.")
 _limit = click.option("--quarantine-limit", default=0.05, show_default=True,
                       help="Fail when more than this fraction of records is quarantined.")
+_bits_stored = click.option(
+    "--bits-stored", type=click.IntRange(8, 16), default=None,
+    help="Bits the site's 16-bit PNGs really use (12 for a 12-bit detector), when the files "
+         "carry no sBIT chunk: they are scaled to 16 bits as a DICOM of that depth is, so both "
+         "reach the model alike. Default: the sBIT chunk, else the values as stored.")
 _id_map = click.option("--id-map", type=click.Path(dir_okay=False),
                        help="Where to write the salted image id -> source image table (keep it "
                             "with the source data; default: beside the metadata file).")
+
+
+def _check_writable(id_map: str):
+    """Before any image is read: the id map's place (by default beside the source metadata,
+    which a hospital often mounts read-only) must take the file."""
+    directory = os.path.dirname(os.path.abspath(id_map))
+    try:   # a real write: permission bits say nothing for root or on a read-only mount
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".id-map-check-"):
+            pass
+        writable = not os.path.exists(id_map) or os.access(id_map, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        raise click.UsageError(
+            f"cannot write the image-id map {id_map} (its directory is missing or read-only); "
+            f"pass --id-map PATH to write it elsewhere (keep it with the source data, never with "
+            f"the span)")
 
 
 def _id_map_path(id_map, metadata_path):
@@ -183,7 +218,8 @@ def preview(out, n, seed):
 @_seed
 @_limit
 @_id_map
-def padchest(labels, images, out, span, dry_run, seed, quarantine_limit, id_map):
+@_bits_stored
+def padchest(labels, images, out, span, dry_run, seed, quarantine_limit, id_map, bits_stored):
     """PadChest -> the study's cohort (PA, physician-labelled, no external objects)."""
     import functools
 
@@ -193,7 +229,8 @@ def padchest(labels, images, out, span, dry_run, seed, quarantine_limit, id_map)
     if not dry_run and not (images and out):
         raise click.UsageError("--images and --out are required unless --dry-run")
     selection = source.select(labels)
-    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images or ""), out, span,
+    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images or "",
+                                                     bits_stored=bits_stored), out, span,
                         ("openi",), dry_run, seed, quarantine_limit=quarantine_limit,
                         id_map=_id_map_path(id_map, labels))
 
@@ -236,14 +273,18 @@ def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_
 @click.option("--site", "default_site",
               help="Site of rows without one (a site of the schema); rows with neither are "
                    "quarantined.")
+@click.option("--view", "views", multiple=True, default=("PA",), show_default=True,
+              help="Projection(s) to keep (repeatable: --view PA --view AP); other rows are "
+                   "excluded and counted. List the same in the configuration's `views`.")
 @_out
 @_span
 @_dry_run
 @_seed
 @_limit
 @_id_map
-def csv_(csv_path, images, external_sites, default_site, out, span, dry_run, seed,
-         quarantine_limit, id_map):
+@_bits_stored
+def csv_(csv_path, images, external_sites, default_site, views, out, span, dry_run, seed,
+         quarantine_limit, id_map, bits_stored):
     """Any other hospital's export, described by a CSV."""
     import functools
 
@@ -252,10 +293,11 @@ def csv_(csv_path, images, external_sites, default_site, out, span, dry_run, see
     if not dry_run and not out:
         raise click.UsageError("--out is required unless --dry-run")
     try:
-        selection = convert.csv_selection(csv_path, default_site)
+        selection = convert.csv_selection(csv_path, default_site, views)
     except ValueError as error:
         raise click.ClickException(str(error))
-    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images), out, span,
+    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images,
+                                                     bits_stored=bits_stored), out, span,
                         tuple(external_sites), dry_run, seed, quarantine_limit=quarantine_limit,
                         id_map=_id_map_path(id_map, csv_path))
 

@@ -19,10 +19,14 @@ import functools
 import json
 import multiprocessing
 import os
+import re
 import shutil
+import signal
+import sys
 from typing import Callable
 
 import numpy as np
+from PIL import UnidentifiedImageError
 
 from cardio import features as F
 from cardio.data import splits, synth
@@ -68,16 +72,23 @@ class Quarantine:
                 f"{limit:.1%}); reasons: {self.reasons()}")
 
 
+# DICOM's Age String (PS3.5 6.2, VR AS): nnnD, nnnW, nnnM or nnnY, as PACS exports carry it.
+DICOM_AGE = re.compile(r"^(\d{3})([DWMY])$")
+DAYS_PER = {"D": 1.0, "W": 7.0, "M": 365.25 / 12, "Y": 365.25}
+
+
 def parse_age(value) -> int | None:
-    """Age in whole years, None when blank; ValueError (with the value) when not a number or
-    outside 0-MAX_AGE."""
+    """Age in whole years, None when blank; ValueError (with the value) when neither a number
+    nor a DICOM age string (`045Y`, `003M`, `012W`, `020D`), or outside 0-MAX_AGE."""
     text = str(value or "").strip()
     if not text:
         return None
+    dicom = DICOM_AGE.match(text.upper())
     try:
-        age = float(text)
+        age = (int(dicom.group(1)) * DAYS_PER[dicom.group(2)] / 365.25 if dicom else float(text))
     except ValueError:
-        raise ValueError(f"bad age: {text!r} is not a number") from None
+        raise ValueError(f"bad age: {text!r} is neither a number of years nor a DICOM age "
+                         f"string (nnnD, nnnW, nnnM, nnnY)") from None
     if not 0 <= age <= MAX_AGE:
         raise ValueError(f"bad age: {text!r} is outside 0-{MAX_AGE} years")
     return int(age)
@@ -89,7 +100,9 @@ class ImageError(ValueError):
     """An unreadable image; the message names the failure, not the file (its name may be an MRN)."""
 
 
-def file_loader(image_root: str, candidate: Candidate) -> bytes:
+def file_loader(image_root: str, candidate: Candidate, bits_stored: int | None = None) -> bytes:
+    """`bits_stored`: the site's declared depth of its 16-bit PNGs without an sBIT chunk
+    (cardio.imaging.files.normalised_pixels)."""
     root = os.path.realpath(image_root)
     path = os.path.realpath(os.path.join(image_root, candidate.path))
     if os.path.commonpath([root, path]) != root:
@@ -99,22 +112,26 @@ def file_loader(image_root: str, candidate: Candidate) -> bytes:
             raise ImageError("broken or looping symbolic link")
         raise FileNotFoundError("missing file")
     try:
-        return normalised_png(path)
+        return normalised_png(path, bits_stored)
     except DicomError as error:  # "<path>: <reason>: <detail>"
         raise ImageError(_without(str(error).removeprefix(f"{path}: "), path,
                                   candidate.path)) from None
     except RejectedImage as error:
         raise ImageError(str(error)) from None
+    except UnidentifiedImageError:
+        raise ImageError("unreadable image: not a PNG, JPEG or DICOM file, or damaged beyond "
+                         "recognition") from None
     except Exception as error:  # PIL raises many types for corrupt data
         raise ImageError(f"unreadable image: {type(error).__name__}: "
                          f"{_without(str(error), path, candidate.path)}") from None
 
 
 def _without(message: str, *paths: str) -> str:
+    """The message without file names (they may carry an MRN) or Python object reprs."""
     for path in paths:
         if path:
             message = message.replace(path, "<image>")
-    return message
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-fA-F]+>", "the file", message)
 
 
 def synthetic_loader(seed: int, size: int | None, candidate: Candidate):
@@ -161,10 +178,12 @@ def synthetic_selection(seed: int, n: int) -> Selection:
     return selection
 
 
-def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
+def csv_selection(csv_path: str, default_site: str | None = None, views=("PA",)) -> Selection:
     """Any hospital's export: CSV with path, label, patient_id; optional sex, age, view, site.
 
-    A row without a site takes `default_site`; with neither it is quarantined. Rows are
+    Rows whose view (PA when blank) is not among `views` are excluded and counted by view; the
+    pipeline configuration's `views` must list the same. A row without a site takes
+    `default_site`; with neither it is quarantined. Rows are
     quarantined (never dropped) for a label other than 0/1, an age that is not a number or outside
     0-MAX_AGE, a missing site, a repeated image path, or a patient whose rows disagree on sex.
     A file that is not UTF-8 or lacks a required column fails as a whole, naming the file.
@@ -181,6 +200,7 @@ def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
     missing = {"path", "label", "patient_id"} - set(fieldnames)
     if missing:
         raise ValueError(f"{csv_path}: missing column(s) {sorted(missing)}")
+    kept_views = tuple(v.strip().upper() for v in views)
     seen, sexes, kept = set(), collections.defaultdict(set), []
     for line, row in enumerate(rows, start=2):
         source, path = f"{name}:{line}", (row.get("path") or "").strip()
@@ -202,8 +222,8 @@ def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
             continue
         seen.add(path)
         view = (row.get("view") or "PA").strip().upper()
-        if view != "PA":
-            selection.exclude("not PA projection")
+        if view not in kept_views:
+            selection.exclude(f"not {'/'.join(kept_views)} projection")
             continue
         sex = normalise_sex(row.get("sex"))
         patient = row["patient_id"].strip()
@@ -211,7 +231,8 @@ def csv_selection(csv_path: str, default_site: str | None = None) -> Selection:
             sexes[patient].add(sex)
         kept.append((source, Candidate(
             image_id=path, path=path, patient_id=patient, label=int(row["label"]),
-            site=(row.get("site") or default_site).strip(), sex=sex, age=age)))
+            site=(row.get("site") or default_site).strip(), sex=sex, age=age, view=view,
+            source=source)))
     for source, candidate in kept:
         if len(sexes[candidate.patient_id]) > 1:
             selection.quarantine(source, "conflicting sex: the patient's rows disagree",
@@ -254,6 +275,35 @@ def failed_dir(out_dir: str, span: int) -> str:
     return os.path.join(out_dir, f"failed-span-{span}")
 
 
+def exit_on_sigterm():
+    """SIGTERM (a scheduler stopping the job) unwinds like Ctrl-C, so `convert` removes its
+    partial span; by default Python would die at once and leave it."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # alive, another user's
+        return True
+    return True
+
+
+def remove_leftovers(out_dir: str, span: int) -> list[str]:
+    """Removes what interrupted conversions of `span` left: `.span-N.partial-<pid>` of a process
+    no longer running (a kill or power loss skips every cleanup). Returns the names removed."""
+    removed = []
+    prefix = f".span-{span}.partial-"
+    for name in sorted(os.listdir(out_dir)) if os.path.isdir(out_dir) else ():
+        pid = name[len(prefix):]
+        if name.startswith(prefix) and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(os.path.join(out_dir, name), ignore_errors=True)
+            removed.append(name)
+    return removed
+
+
 def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir: str, span: int,
             external_sites, salt: str, seed: int = 0, quarantine: Quarantine | None = None,
             quarantine_limit: float = DEFAULT_QUARANTINE_LIMIT, workers: int | None = None,
@@ -264,7 +314,10 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
     given, receives the mapping back to the source names: keep it beside the source data, never
     with the span. The span is written under a temporary name and renamed into place only when
     the quarantine is within the limit, so a failed conversion leaves no span for the pipeline
-    to read (its quarantine.csv and summary.json go to `failed_dir`).
+    to read (its quarantine.csv and summary.json go to `failed_dir`). An interrupted
+    conversion removes its temporary directory; one killed outright leaves it, and the next
+    conversion of the span removes it (`remove_leftovers`). A successful conversion removes the
+    span's `failed_dir` of an earlier attempt. The summary's `removed` names what was removed.
     """
     import tensorflow as tf
 
@@ -278,6 +331,7 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
     candidates = selection.candidates
     image_id = functools.partial(hash_image_id, salt=salt)
     split_of = _splits(candidates, external_sites, seed, salt)
+    removed = remove_leftovers(out_dir, span)
     partial = os.path.join(out_dir, f".span-{span}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     options = tf.io.TFRecordOptions(compression_type="GZIP")
@@ -288,7 +342,7 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
             if progress:
                 progress(1)
             if png is None:
-                quarantine.add("image", reason, candidate.image_id)
+                quarantine.add(candidate.source or "image", reason, candidate.image_id)
                 continue
             png, extras = png if isinstance(png, tuple) else (png, {})
             patient = hash_patient_id(candidate.patient_id, salt)
@@ -304,15 +358,20 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
                     partial, split, f"data-{key[1]:05d}-of-{shards:05d}.tfrecord.gz"), options)
             writers[key].write(to_example(record).SerializeToString())
             counts[(split, candidate.label)] += 1
-    finally:
+    except BaseException:   # Ctrl-C, SIGTERM (the CLI makes it an exit), a failing loader
         for writer in writers.values():
             writer.close()
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for writer in writers.values():
+        writer.close()
     os.makedirs(partial, exist_ok=True)
     total = rows_before + len(candidates)
     summary = {
         "splits": {s: {"normal": counts[(s, 0)], "cardiomegaly": counts[(s, 1)]} for s in F.SPLITS},
         "written": sum(counts.values()), "quarantined": len(quarantine.entries),
-        "quarantine_reasons": quarantine.reasons(), "excluded": dict(selection.excluded)}
+        "quarantine_reasons": quarantine.reasons(), "excluded": dict(selection.excluded),
+        "removed": removed}
     quarantine.write(os.path.join(partial, "quarantine.csv"), image_id)
     with open(os.path.join(partial, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -330,6 +389,9 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
         shutil.rmtree(partial)
         raise
     os.replace(partial, final)
+    if os.path.isdir(failed_dir(out_dir, span)):   # an earlier attempt's report, now superseded
+        shutil.rmtree(failed_dir(out_dir, span))
+        summary["removed"].append(os.path.basename(failed_dir(out_dir, span)))
     return summary
 
 

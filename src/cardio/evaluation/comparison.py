@@ -6,7 +6,7 @@ model and hands the arrays here; `analyse` returns what `comparison.json` holds 
 
 Groups of images, never mixing sites across the internal/external line:
   validation            internal sites (chooses the operating threshold and the champion)
-  test                  internal sites, the source's prevalence (breaks validation ties)
+  test                  internal sites, the source's prevalence: reports, never chooses
   test site=<s>         each internal site, when there are several
   external              the external site: gates and reports, never chooses
 """
@@ -101,27 +101,53 @@ def _auc_text(group: dict) -> str:
     return f"{group['auc']:.3f} ({S.DELONG_CI} {lower:.3f}-{upper:.3f})"
 
 
-def choose_champion(models: dict, delong: list, alpha: float = ALPHA) -> dict:
-    """The model to push, chosen on internal data only.
+# The tie rule, fixed before any evaluation: the study's class weighting first, then the model
+# with fewer parameters (ImageNet backbones without their top, Keras applications), then the
+# higher validation AUC, then the name. Never the test split: its AUC is reported, and a choice
+# made on it would bias the one figure a reviewer must be able to trust.
+WEIGHTING_PREFERENCE = ("75-25", "50-50")
+BACKBONE_PARAMETERS = {"mobilenet_025": 218_544, "mobilenet": 3_228_864,
+                       "densenet121": 7_037_504, "efficientnetb2": 7_768_569,
+                       "xception": 20_861_480, "inceptionv3": 21_802_784}
+TIE_RULE = ("the study's class weighting (75-25) first, then the smaller backbone, then the "
+            "higher validation AUC")
+
+
+def tie_break_key(info: dict, validation_auc: float) -> tuple:
+    """Smaller is preferred; reads nothing measured but validation."""
+    weighting = info.get("weighting")
+    return (WEIGHTING_PREFERENCE.index(weighting) if weighting in WEIGHTING_PREFERENCE
+            else len(WEIGHTING_PREFERENCE),
+            BACKBONE_PARAMETERS.get(info.get("backbone"), float("inf")), -validation_auc)
+
+
+def choose_champion(models: dict, delong: list, alpha: float = ALPHA,
+                    external_site: str | None = "configured") -> dict:
+    """The model to push, chosen on validation only.
 
     Among blessed models (those that passed their Evaluator's gate): the highest validation AUC;
-    models validation cannot tell apart from it (DeLong p >= alpha) are ranked by internal test
-    AUC. The external site never enters the choice.
+    models validation cannot tell apart from it (DeLong p >= alpha) are ranked by a rule fixed
+    beforehand (TIE_RULE). Neither the internal test split nor the external site enters the
+    choice.
     """
     def auc(name, group):
         value = models[name]["groups"].get(group, {}).get("auc")
         return -1.0 if value is None else value
 
-    not_external = "The external site was not used to choose; it gates and reports only."
+    not_external = ("The external site was not used to choose, nor the internal test split: "
+                    "both report only (the external site also gates)." if external_site else
+                    "The internal test split was not used to choose; it reports only. No "
+                    "external site is configured: the champion has not been measured on "
+                    "another hospital's data.")
     blessed = sorted(m for m, info in models.items() if info.get("blessed"))
     if not blessed:
         return {"model_name": None, "reason": "No model was blessed by its Evaluator's gate, so "
                 "none may be pushed. " + not_external, "candidates": []}
-    best = max(blessed, key=lambda m: (auc(m, VALIDATION), auc(m, TEST), m))
+    best = max(blessed, key=lambda m: (auc(m, VALIDATION), m))
     tied = [m for m in blessed if m == best or
             (delong_p(delong, VALIDATION, best, m) or 0.0) >= alpha]
-    champion = max(tied, key=lambda m: (auc(m, TEST), auc(m, VALIDATION), m))
-    v, t = models[champion]["groups"][VALIDATION], models[champion]["groups"].get(TEST, {})
+    champion = min(tied, key=lambda m: (tie_break_key(models[m], auc(m, VALIDATION)), m))
+    v = models[champion]["groups"][VALIDATION]
     if len(tied) == 1:
         reason = (f"Highest validation AUC among {len(blessed)} blessed model(s): "
                   f"{_auc_text(v)}")
@@ -130,8 +156,8 @@ def choose_champion(models: dict, delong: list, alpha: float = ALPHA) -> dict:
         reason += "."
     else:
         reason = (f"Validation AUC could not separate {', '.join(tied)} (DeLong p >= {alpha} "
-                  f"against the best, {best}); of these, the highest internal test AUC: "
-                  f"{_auc_text(t)} (validation {_auc_text(v)}).")
+                  f"against the best, {best}); of these, by the rule fixed beforehand "
+                  f"({TIE_RULE}): validation {_auc_text(v)}.")
     unblessed = sorted(set(models) - set(blessed))
     if unblessed:
         reason += f" Not blessed, so not eligible: {', '.join(unblessed)}."
@@ -224,7 +250,7 @@ def analyse(cases: dict, scores: dict, models: dict, internal_sites, external_si
             g: group_summary(labels_by_group[g], scores_by_group[name][g], info["threshold"],
                              prevalence) for g in masks}}
     delong = pairwise_delong(labels_by_group, scores_by_group, models)
-    champion = choose_champion(out_models, delong, alpha)
+    champion = choose_champion(out_models, delong, alpha, external_site)
     if champion["model_name"]:   # where serving finds it (version to label `stable`)
         champion["pushed"] = models[champion["model_name"]].get("pushed")
     sites = tuple(internal_sites) + ((external_site,) if external_site else ())

@@ -290,7 +290,8 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
                "tests are unreliable and models are hard to tell apart there." + "\n"
                for g, i in groups.items()
                if min(i["positives"], i["n"] - i["positives"]) < settings["fairness_min_per_class"]],
-             "The champion is chosen on internal data only (validation, then internal test). "
+             "The champion is chosen on validation only; ties are broken by a rule fixed "
+             f"beforehand ({C.TIE_RULE}); the internal test split reports only. "
              + (f"The external site ({settings['external_site']}) gates and reports but never "
                 "chooses." if settings["external_site"] else
                 "No external site is configured: no figure here says how the models generalise "

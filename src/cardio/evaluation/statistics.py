@@ -32,7 +32,7 @@ LEVEL = 0.95
 #   they agree within TFMA's threshold resolution.
 BOOTSTRAP_CI = "95% CI: TFMA Poisson bootstrap"
 JACKKNIFE_CI = "95% CI: TFMA jackknife"
-NO_CI = "no CI computed"
+NO_CI = "no confidence intervals computed"
 # The configuration's `ci_method` -> what every table that shows TFMA's intervals says.
 TFMA_CI = {"bootstrap": BOOTSTRAP_CI, "jackknife": JACKKNIFE_CI}
 DELONG_CI = "95% CI: DeLong"

@@ -6,8 +6,10 @@ air becomes dark). The result is scaled from the range the *header* defines (Bit
 the same LUTs) to 8 bits when at most 8 bits are stored, else to 16 bits; never by the image's own
 minimum and maximum. So a DICOM and a PNG of the same pixels become the same pixels.
 
-Compressed transfer syntaxes (JPEG baseline and lossless, JPEG-LS, JPEG 2000, RLE) are decoded by
-pydicom's plugins (pylibjpeg with its libjpeg, OpenJPEG and RLE codecs).
+Compressed transfer syntaxes (JPEG baseline, extended 12-bit and lossless, JPEG-LS, JPEG 2000,
+RLE) are decoded by pydicom's plugins (pylibjpeg with its libjpeg, OpenJPEG and RLE codecs); a
+stream they refuse goes to GDCM's own decoder (python-gdcm), which reads, for example, the 12-bit
+JPEG Extended files GDCM's transcoder writes at 16-bit sample precision.
 """
 from __future__ import annotations
 
@@ -55,8 +57,14 @@ def read_dicom(path) -> np.ndarray:
         pixels = ds.pixel_array
     except Exception as error:  # no decoder for the transfer syntax, or damaged pixel data
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        raise DicomError(f"{path}: undecodable DICOM pixel data: transfer syntax {syntax} "
-                         f"({error})") from error
+        try:
+            pixels = _gdcm_pixels(path) if getattr(syntax, "is_compressed", False) else None
+        except Exception as gdcm_error:   # GDCM's reason joins pydicom's plugins'
+            error = f"{error}; GDCM: {gdcm_error}"
+            pixels = None
+        if pixels is None:
+            raise DicomError(f"{path}: undecodable DICOM pixel data: transfer syntax {syntax} "
+                             f"({error})") from None
     if pixels.ndim != 2:
         raise DicomError(f"{path}: not a single 2-D frame: shape {pixels.shape}")
     low, high = _header_range(ds)
@@ -71,6 +79,30 @@ def read_dicom(path) -> np.ndarray:
     if high - low <= 255:
         return np.round(scaled * 255).astype(np.uint8)
     return np.round(scaled * 65535).astype(np.uint16)
+
+
+def _gdcm_pixels(path) -> np.ndarray:
+    """The first frame as GDCM's own codecs decode it. They read streams pydicom's plugins
+    refuse, such as a 12-bit image coded at 16-bit sample precision in the lossy JPEG Extended
+    syntax, which GDCM's own transcoder (and so some PACS) writes."""
+    import gdcm
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    if not reader.Read():
+        raise ValueError("GDCM cannot read the file")
+    image = reader.GetImage()
+    pixel_format = image.GetPixelFormat()
+    dtype = {(8, 0): np.uint8, (16, 0): np.uint16, (16, 1): np.int16}.get(
+        (pixel_format.GetBitsAllocated(), pixel_format.GetPixelRepresentation()))
+    if dtype is None or pixel_format.GetSamplesPerPixel() != 1:
+        raise ValueError(f"unsupported pixel format {pixel_format.GetBitsAllocated()} bits, "
+                         f"{pixel_format.GetSamplesPerPixel()} samples")
+    # python-gdcm hands the buffer over as a str of raw bytes.
+    buffer = image.GetBuffer().encode("utf-8", errors="surrogateescape")
+    rows, columns = image.GetDimension(1), image.GetDimension(0)
+    return np.frombuffer(buffer, dtype=np.dtype(dtype).newbyteorder("<"),
+                         count=rows * columns).reshape(rows, columns)
 
 
 def write_dicom(path: str, pixels: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12,

@@ -29,13 +29,46 @@ class RejectedImage(ValueError):
     """A readable file that is not a usable radiograph; the message starts with the reason."""
 
 
-def normalised_pixels(path: str) -> np.ndarray:
+def png_significant_bits(data: bytes) -> int | None:
+    """The grey channel's significant bits from a PNG's sBIT chunk (before IDAT), else None."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        if kind == b"sBIT" and length >= 1:
+            return data[position + 8]
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        position += 12 + length
+    return None
+
+
+def to_full_range(pixels: np.ndarray, bits: int) -> np.ndarray:
+    """Values stored in the low `bits` of a 16-bit image -> the 16-bit range, as read_dicom
+    scales a DICOM with that Bits Stored: the same radiograph reaches the model alike."""
+    top = 2 ** bits - 1
+    if pixels.max(initial=0) > top:
+        raise RejectedImage(f"pixel values above the declared bit depth: maximum "
+                            f"{int(pixels.max())} > {top} ({bits} bits); declare the depth the "
+                            f"site exports (--bits-stored) or none")
+    return np.round(pixels.astype(np.float64) * (65535 / top)).astype(np.uint16)
+
+
+def normalised_pixels(path: str, bits_stored: int | None = None) -> np.ndarray:
     """Any supported file (PNG 8/16-bit, JPEG, DICOM) -> MONOCHROME2 uint8 or uint16 pixels.
 
     DICOM is recognised by its `DICM` magic (or a .dcm/.dicom name), not by its name alone.
     Other files: EXIF orientation is applied; colour, palette and CMYK images become greyscale
-    (ITU-R 601 luma); the alpha channel is ignored; 16-bit greyscale keeps its values (no
-    stretch: a DICOM and a PNG of the same pixels must stay the same pixels).
+    (ITU-R 601 luma); the alpha channel is ignored.
+
+    The bit-depth rule: a 16-bit greyscale PNG whose values use fewer bits (a 12-bit detector's
+    export, as PadChest ships) is scaled to the 16-bit range exactly as a DICOM of the same Bits
+    Stored is (`to_full_range`), so both reach the model in the same intensity range. The depth
+    is the PNG's own sBIT chunk when present, else `bits_stored`, the site's declared export
+    depth (`cardio data csv --bits-stored`); with neither the values are kept (no stretch by the
+    image's own maximum, which would depend on its content).
     """
     with open(path, "rb") as f:
         data = f.read()
@@ -49,6 +82,9 @@ def normalised_pixels(path: str) -> np.ndarray:
             pixels = np.asarray(image)
             if pixels.dtype != np.uint16:
                 pixels = np.clip(pixels, 0, 65535).astype(np.uint16)
+            bits = png_significant_bits(data) or bits_stored
+            if bits and bits < 16:
+                pixels = to_full_range(pixels, bits)
         else:
             pixels = np.asarray(image.convert("L"))
     if min(pixels.shape) < MIN_SIDE:
@@ -57,6 +93,6 @@ def normalised_pixels(path: str) -> np.ndarray:
     return pixels
 
 
-def normalised_png(path: str) -> bytes:
+def normalised_png(path: str, bits_stored: int | None = None) -> bytes:
     """Any supported file -> MONOCHROME2 PNG bytes, the form every example stores."""
-    return encode_png(normalised_pixels(path))
+    return encode_png(normalised_pixels(path, bits_stored))

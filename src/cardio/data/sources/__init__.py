@@ -26,6 +26,7 @@ class Candidate:
     sex: str = "unknown"
     age: int | None = None
     view: str = "PA"
+    source: str = ""      # where it was listed ("labels.csv:12"), named when its image fails
 
 
 @dataclasses.dataclass

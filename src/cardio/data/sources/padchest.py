@@ -14,6 +14,7 @@ Images are 16-bit PNGs at <images>/<ImageDir>/<ImageID>.
 from __future__ import annotations
 
 import ast
+import os
 import re
 
 import pandas as pd
@@ -71,7 +72,9 @@ def _age(row) -> int | None:
 def select(labels_csv: str) -> Selection:
     frame = pd.read_csv(labels_csv, usecols=COLUMNS, dtype=str, keep_default_na=False)
     selection = Selection()
-    for row in frame.itertuples(index=False):
+    name = os.path.basename(labels_csv)
+    # The file's line of each row (header on line 1), named when its image fails.
+    for line, row in enumerate(frame.itertuples(index=False), start=2):
         if row.Projection != "PA":
             selection.exclude("not PA projection")
             continue
@@ -81,7 +84,7 @@ def select(labels_csv: str) -> Selection:
         try:
             labels = parse_labels(row.Labels)
         except (ValueError, SyntaxError):
-            selection.quarantine("labels file", f"labels unparseable: {row.Labels!r}",
+            selection.quarantine(f"{name}:{line}", f"labels unparseable: {row.Labels!r}",
                                  row.ImageID.rsplit(".", 1)[0])
             continue
         if EXTERNAL_OBJECT_LABELS.intersection(labels):
@@ -97,5 +100,6 @@ def select(labels_csv: str) -> Selection:
         sex = normalise_sex(row.PatientSex_DICOM)
         selection.candidates.append(Candidate(
             image_id=row.ImageID.rsplit(".", 1)[0], path=f"{row.ImageDir}/{row.ImageID}",
-            patient_id=row.PatientID, label=label, site=SITE, sex=sex, age=_age(row)))
+            patient_id=row.PatientID, label=label, site=SITE, sex=sex, age=_age(row),
+            source=f"{name}:{line}"))
     return selection
