@@ -84,7 +84,10 @@ def run_demo(workdir: Path, cut_network: bool,
         command = ["unshare", "--net", "--", "sh", "-c",
                    f'{sys.executable} -c "$1" && cat /proc/self/net/dev > "$0" && shift && exec "$@"',
                    str(netdev), LOOPBACK_UP, *command]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=2400)
+    # Its own cache of drawn radiographs: the run draws them, as a first demo does.
+    env = {**os.environ, "CARDIO_DATA_CACHE": str(workdir / "synthetic-cache")}
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=2400,
+                            env=env)
     if result.returncode != 0:
         pytest.fail(f"demo failed ({result.returncode}):\n{result.stderr[-6000:]}")
     return result, command

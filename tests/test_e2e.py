@@ -304,3 +304,17 @@ def test_every_interval_names_its_method(e2e):
     assert S.JACKKNIFE_CI in e2e.stdout and S.DELONG_CI in texts["comparison report"]
     for name in e2e.summary["models"]:       # the card says the method its evaluation used
         assert S.JACKKNIFE_CI in texts[f"model card of {name}"], name
+
+
+def test_the_demo_ends_with_the_time_each_stage_took(e2e):
+    """Where a run's minutes went, as the demo prints them last: drawing the radiographs, every
+    component that ran (MLMD's times), reporting, serving, and the total."""
+    table = e2e.stdout[e2e.stdout.rindex("Time per stage (seconds)"):].splitlines()[1:]
+    rows = {}
+    for line in table:
+        name, _, seconds = line.strip().rpartition(" ")
+        if name and seconds.replace(".", "", 1).isdigit():
+            rows[name.strip()] = float(seconds)
+    components = ("LungCrop", f"Trainer.{CELL.name}", f"Evaluator.{CELL.name}", "ModelComparison")
+    assert {"synthetic radiographs", *components, "serving over gRPC", "total"} <= set(rows), table
+    assert rows["total"] >= sum(rows[c] for c in components) > 0

@@ -73,3 +73,24 @@ def test_a_patients_images_share_their_heart():
     repeats = [ctrs for ctrs in by_patient.values() if len(ctrs) > 1]
     assert repeats
     assert max(abs(a - b) for a, b in repeats) < 0.05
+
+
+def test_the_demo_draws_a_set_once_per_seed_and_size_and_copies_it_after(tmp_path, monkeypatch):
+    from cardio.pipeline import configs, demo
+
+    # Six radiographs: drawn in this process (the converter spawns workers from eight on).
+    monkeypatch.setenv("CARDIO_DATA_CACHE", str(tmp_path / "cache"))
+    config, said = configs.demo_config(None), []
+    first = demo.cached_data(str(tmp_path / "a"), 6, 3, 64, config, None, said.append)
+    assert said == [] and sum(sum(c.values()) for c in first.values()) == 6
+    second = demo.cached_data(str(tmp_path / "b"), 6, 3, 64, config, None, said.append)
+    assert second == first and len(said) == 1 and said[0].startswith("Reusing")
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(tmp_path / "b")
+                                     for p in (tmp_path / "b").rglob("*") if p.is_file())
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    # Another seed or size is another set; nothing half-written is left in the cache.
+    assert demo.synthetic_cache(12, 4, 64, "site-b") != demo.synthetic_cache(12, 3, 64, "site-b")
+    assert demo.synthetic_cache(12, 3, 96, "site-b") != demo.synthetic_cache(12, 3, 64, "site-b")
+    assert not list((tmp_path / "cache").glob("*.partial-*"))
