@@ -61,8 +61,9 @@ class PipelineRun:
         return self.workdir / "pipeline"
 
 
-# Small but real: two sites, every split, a few epochs; deterministic so reruns agree.
-E2E_ARGS = ["--n", "240", "--size", "384", "--epochs", "5", "--deterministic"]
+# Small but real: two sites, every split, a few epochs. Seed 2 gives each evaluated split 7
+# cardiomegaly cases (seed 0: validation 4, too few to place the operating threshold reliably).
+E2E_ARGS = ["--n", "240", "--size", "384", "--epochs", "5", "--seed", "2"]
 
 
 # `ip link set lo up` without iproute2: SIOCSIFFLAGS with IFF_UP | IFF_LOOPBACK | IFF_RUNNING.

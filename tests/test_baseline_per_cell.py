@@ -161,6 +161,7 @@ def test_card_names_the_unet_licence_first_when_the_model_embeds_it(tmp_path):
                                                   "target_sensitivity": 0.9, "per_site": {}},
             "data": {"sites": ["a"], "examples": 0, "fingerprint_sha256": "0" * 64, "counts": {}},
             "evaluation": {"gate": dataclasses.asdict(GATE), "compares": "point estimates",
+                           "ci": "no confidence intervals computed",
                            "failures": [], "baseline": None, "slices": {}},
             "limitations": ["x"], "lineage": {"git_commit": "abc"}}
     md_path, json_path = model_card.write(str(tmp_path), card)

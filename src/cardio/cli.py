@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import sys
+import tempfile
 
 # Keras 2 for TFX/TFT/TFMA, set before anything imports TensorFlow.
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
