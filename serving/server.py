@@ -51,6 +51,10 @@ class ServerOptions:
     reload_config_allowed_roots: str = ""     # comma-separated; reloaded base paths must be under one
     max_tensor_elements: int = 1 << 28        # per request tensor, checked before it is expanded
     max_tensor_bytes: int = 512 << 20
+    rest_api_max_body_bytes: int = 64 << 20   # larger bodies: 413, refused before they are read
+    rest_api_header_timeout_in_ms: int = 10_000   # connect (or last answer) to a whole header
+    rest_api_body_timeout_in_ms: int = 30_000     # header to a whole body
+    rest_api_max_connections: int = 256       # open REST connections; past it: 503 and closed
 
 
 # tensorflow_model_server's flags that `cardio serve` implements, with their types.
@@ -194,12 +198,18 @@ class Server:
             raise OSError(f"cannot bind {self.host}:{self.options.port}")
         self._grpc.start()
         if self.options.rest_api_port:
-            app = rest.RestApi(self.manager, self.options.enable_signature_method_name_check,
-                               self.options.rest_api_timeout_in_ms,
-                               self.options.rest_api_num_threads or 4 * (os.cpu_count() or 1),
-                               self.metrics, self.metrics_path)
+            api = rest.RestApi(self.manager, self.options.enable_signature_method_name_check,
+                               self.options.rest_api_timeout_in_ms, self.metrics,
+                               self.metrics_path)
+            limits = rest.HttpLimits(
+                max_body_bytes=self.options.rest_api_max_body_bytes,
+                header_timeout=self.options.rest_api_header_timeout_in_ms / 1000,
+                body_timeout=self.options.rest_api_body_timeout_in_ms / 1000,
+                max_connections=self.options.rest_api_max_connections)
             # --rest_api_port=-1 (cardio serve only): any free port, as --port=0 is for gRPC.
-            self._rest = rest.RestServer(app, self.host, max(self.options.rest_api_port, 0))
+            self._rest = rest.RestServer(
+                api, self.host, max(self.options.rest_api_port, 0),
+                self.options.rest_api_num_threads or 4 * (os.cpu_count() or 1), limits)
             self._rest.start()
             self.rest_port = self._rest.port
             log.info("Exporting HTTP/REST API at:%s:%d ...", self.host, self.rest_port)
