@@ -8,6 +8,7 @@ unloads versions the policy no longer selects only after their replacements are 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -22,7 +23,7 @@ from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from cardio import features as F
-from cardio.serving import config as config_lib
+from cardio.serving import config as config_lib, memory
 from cardio.serving.batching import Batcher
 from cardio.serving.errors import ServingError, from_tensorflow
 
@@ -42,15 +43,24 @@ def dtype_name(enum: int) -> str:
 STRING_OVERHEAD = 48
 
 
+# Copies a request tensor is held in while it runs: the ndarray built from its proto, the
+# tensor fed to the model and, with batching, the batch it is concatenated into.
+EXPANSION_COPIES = 3
+
+
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Per-tensor caps checked on a request's TensorProto *before* it is expanded: a proto may
     declare a shape far larger than the values it carries (TensorFlow repeats the last value),
-    so a 61-byte request could otherwise allocate gigabytes."""
+    so a 61-byte request could otherwise allocate gigabytes. With a `budget`
+    (serving/memory.py), a request also holds its expanded size from it while it runs."""
     max_tensor_elements: int = 1 << 28
     max_tensor_bytes: int = 512 << 20
+    budget: memory.Budget | None = dataclasses.field(default=None, compare=False)
 
-    def check(self, alias: str, proto):
+    def check(self, alias: str, proto) -> int:
+        """The bytes `proto` expands to, whatever its encoding (values repeated to fill its
+        shape, tensor_content, strings); refused past the caps."""
         dims = [d.size for d in proto.tensor_shape.dim]
         if any(d < 0 for d in dims):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -73,6 +83,18 @@ class Limits:
                                f"input {alias!r}: shape {dims} expands to about {size} bytes; at "
                                f"most {self.max_tensor_bytes} are accepted per tensor "
                                f"(--max_tensor_bytes)")
+        return size
+
+    @contextlib.contextmanager
+    def admitted(self, tensors: dict):
+        """Holds the request's expanded size from the budget while it runs (checked first, so
+        a request that does not fit is refused before anything is built)."""
+        size = EXPANSION_COPIES * sum(self.check(a, p) for a, p in tensors.items())
+        if self.budget is None:
+            yield
+            return
+        with self.budget.held(size, "the request"):
+            yield
 
 
 class Servable:

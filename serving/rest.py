@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import dataclasses
 import json
 import logging
@@ -188,6 +189,13 @@ def examples_input(body: dict, target):
         target.example_list.examples.extend(_example(e) for e in examples)
 
 
+def json_expansion(body: bytes) -> int:
+    """An upper estimate of the bytes parsing `body` takes, counted before parsing it: the text
+    twice (str, base64-decoded bytes) and, per JSON value (at most one per comma or bracket),
+    its Python object and list slot, its ndarray element and its TensorProto value (64)."""
+    return 2 * len(body) + 64 * (body.count(b",") + body.count(b"[") + 1)
+
+
 # --- the application --------------------------------------------------------------------------
 
 class RestApi:
@@ -195,8 +203,11 @@ class RestApi:
     whole, then hands it to a worker thread that calls `handle`."""
 
     def __init__(self, manager, method_check: bool = False, timeout_ms: int = 30_000,
-                 metrics=None, metrics_path: str | None = None):
+                 metrics=None, metrics_path: str | None = None, budget=None):
+        """`budget` (serving/memory.py's Budget): bodies and their parsed JSON hold their
+        size from it while they run."""
         self.manager, self.method_check, self.metrics = manager, method_check, metrics
+        self.budget = budget
         self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
         self.metrics_path = metrics_path if metrics is not None else None
 
@@ -259,14 +270,16 @@ class RestApi:
                         raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
                                            "Deadline exceeded before a worker took the request "
                                            "(--rest_api_timeout_in_ms)")
-                try:
-                    parsed = json.loads(body)
-                except ValueError as error:
-                    raise _bad(f"JSON Parse error: {error}") from None
-                response = service.measured(
-                    self.metrics, api, "REST", args["model"],
-                    lambda: self.infer(parsed, **args, timeout=timeout))
-                return self.render(args["method"], parsed, response), 200
+                with (self.budget.held(json_expansion(body), "the JSON body") if self.budget
+                      else contextlib.nullcontext()):
+                    try:
+                        parsed = json.loads(body)
+                    except ValueError as error:
+                        raise _bad(f"JSON Parse error: {error}") from None
+                    response = service.measured(
+                        self.metrics, api, "REST", args["model"],
+                        lambda: self.infer(parsed, **args, timeout=timeout))
+                    return self.render(args["method"], parsed, response), 200
             call = self.status if endpoint == "status" else self.metadata
             return call(**args), 200
         except ServingError as error:
@@ -368,18 +381,29 @@ class RestServer:
             return self._closing(_json_response(
                 {"error": f"Request body of {declared} bytes is over the limit of {limit} bytes "
                           f"(--rest_api_max_body_bytes)"}, 413))
+        held = limit if declared is None else declared     # chunked: up to the cap
+        budget = self.api.budget
         try:
-            async with asyncio.timeout(self.limits.body_timeout):
-                body = await request.read()
-        except web.HTTPRequestEntityTooLarge:     # a chunked body that grew past the limit
-            return self._closing(_json_response(
-                {"error": f"Request body is over the limit of {limit} bytes "
-                          f"(--rest_api_max_body_bytes)"}, 413))
-        except TimeoutError:
-            return self._closing(_json_response(
-                {"error": f"Request body not received within {self.limits.body_timeout:g} s"},
-                408))
-        return await self._run(self._workers, "infer", self._args(request), body, arrived)
+            if budget is not None:
+                budget.reserve(held, "the request body")
+        except ServingError as error:        # no room to buffer it now: refused unread
+            return self._closing(_json_response({"error": error.message}, 429))
+        try:
+            try:
+                async with asyncio.timeout(self.limits.body_timeout):
+                    body = await request.read()
+            except web.HTTPRequestEntityTooLarge:     # a chunked body that grew past the limit
+                return self._closing(_json_response(
+                    {"error": f"Request body is over the limit of {limit} bytes "
+                              f"(--rest_api_max_body_bytes)"}, 413))
+            except TimeoutError:
+                return self._closing(_json_response(
+                    {"error": f"Request body not received within "
+                              f"{self.limits.body_timeout:g} s"}, 408))
+            return await self._run(self._workers, "infer", self._args(request), body, arrived)
+        finally:
+            if budget is not None:
+                budget.release(held)
 
     @staticmethod
     def _closing(response: web.Response) -> web.Response:

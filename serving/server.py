@@ -18,7 +18,8 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from cardio.serving import config as config_lib, metrics as metrics_lib, rest, service
+from cardio.serving import (config as config_lib, memory, metrics as metrics_lib, rest,
+                            service)
 from cardio.serving.models import Limits, ModelManager
 
 log = logging.getLogger("cardio.serve")
@@ -49,9 +50,12 @@ class ServerOptions:
     bind_address: str = "0.0.0.0"             # interface the gRPC and REST ports listen on
     allow_reload_config_request: bool = True  # false: HandleReloadConfigRequest is refused
     reload_config_allowed_roots: str = ""     # comma-separated; reloaded base paths must be under one
+    # Memory caps: 0 derives them from --memory_limit_bytes (serving/memory.py's formula).
+    memory_limit_bytes: int = 0               # 0: $CARDIO_SERVE_MEMORY_LIMIT_BYTES, cgroup, RAM
+    grpc_max_concurrent_rpcs: int = 0         # 0: 2 per gRPC worker; past it RESOURCE_EXHAUSTED
     max_tensor_elements: int = 1 << 28        # per request tensor, checked before it is expanded
-    max_tensor_bytes: int = 512 << 20
-    rest_api_max_body_bytes: int = 64 << 20   # larger bodies: 413, refused before they are read
+    max_tensor_bytes: int = 0
+    rest_api_max_body_bytes: int = 0          # larger bodies: 413, refused before they are read
     rest_api_header_timeout_in_ms: int = 10_000   # connect (or last answer) to a whole header
     rest_api_body_timeout_in_ms: int = 30_000     # header to a whole body
     rest_api_max_connections: int = 256       # open REST connections; past it: 503 and closed
@@ -128,10 +132,12 @@ def parse_flags(argv: list[str]) -> ServerOptions:
     return options
 
 
-def channel_arguments(text: str) -> list[tuple[str, object]]:
-    """--grpc_channel_arguments "k=v,k=v" -> gRPC options. Message sizes are unlimited unless
-    set here, as in TF Serving."""
-    arguments = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1}
+def channel_arguments(text: str, max_message_bytes: int = -1) -> list[tuple[str, object]]:
+    """--grpc_channel_arguments "k=v,k=v" -> gRPC options. Received messages are capped at
+    `max_message_bytes` (-1: unlimited, as in TF Serving), sent ones unlimited, unless set
+    here."""
+    arguments = {"grpc.max_receive_message_length": max_message_bytes,
+                 "grpc.max_send_message_length": -1}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -165,12 +171,21 @@ class Server:
                         f.read(), options.batching_parameters_file)
             else:   # TF Serving's defaults when no file is given
                 batching = config_lib.parse_batching_parameters("", "defaults")
+        self.workers = options.grpc_max_threads or 4 * (os.cpu_count() or 1)
+        self.max_concurrent_rpcs = options.grpc_max_concurrent_rpcs or 2 * self.workers
+        limit, source = memory.memory_limit(options.memory_limit_bytes)
+        self.caps = memory.derived(limit, self.max_concurrent_rpcs)
+        self.budget = memory.Budget(self.caps["budget"])
+        log.info("memory limit %d bytes (%s): %s", limit, source, self.caps)
         self.manager = ModelManager(batching, options.num_request_iterations_for_warmup,
                                     options.enable_model_warmup, options.max_num_load_retries,
                                     options.load_retry_interval_micros,
-                                    Limits(options.max_tensor_elements, options.max_tensor_bytes))
+                                    Limits(options.max_tensor_elements,
+                                           options.max_tensor_bytes or self.caps["max_tensor_bytes"],
+                                           self.budget))
         self.manager.set_config(model_server_config(options))
-        self._grpc_options = channel_arguments(options.grpc_channel_arguments)
+        self._grpc_options = channel_arguments(options.grpc_channel_arguments,
+                                               self.caps["max_message_bytes"])
         self.metrics_path = (metrics_lib.read_monitoring_config(options.monitoring_config_file)
                              if options.monitoring_config_file else None)
         self.metrics = metrics_lib.Metrics() if self.metrics_path else None
@@ -182,9 +197,11 @@ class Server:
 
     def start(self) -> int:
         self.manager.reconcile()
-        workers = self.options.grpc_max_threads or 4 * (os.cpu_count() or 1)
-        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=workers),
-                                 options=self._grpc_options)
+        # Past max_concurrent_rpcs (running or queued for a worker), gRPC itself answers
+        # RESOURCE_EXHAUSTED before reading the request.
+        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.workers),
+                                 options=self._grpc_options,
+                                 maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             service.PredictionService(self.manager,
                                       self.options.enable_signature_method_name_check,
@@ -200,9 +217,10 @@ class Server:
         if self.options.rest_api_port:
             api = rest.RestApi(self.manager, self.options.enable_signature_method_name_check,
                                self.options.rest_api_timeout_in_ms, self.metrics,
-                               self.metrics_path)
+                               self.metrics_path, self.budget)
             limits = rest.HttpLimits(
-                max_body_bytes=self.options.rest_api_max_body_bytes,
+                max_body_bytes=(self.options.rest_api_max_body_bytes
+                                or self.caps["rest_api_max_body_bytes"]),
                 header_timeout=self.options.rest_api_header_timeout_in_ms / 1000,
                 body_timeout=self.options.rest_api_body_timeout_in_ms / 1000,
                 max_connections=self.options.rest_api_max_connections)

@@ -47,12 +47,13 @@ def predict(servable, request: predict_pb2.PredictRequest,
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"output tensor alias not found in signature: {alias} Outputs "
                                f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
-    inputs, rows = servable.validate(signature_name, request.inputs)
-    outputs = servable.infer(signature_name, inputs, rows, timeout)
-    response = predict_pb2.PredictResponse()
-    _model_spec(response.model_spec, servable, signature_name)
-    for alias in request.output_filter or outputs:
-        response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias]))
+    with servable.limits.admitted(request.inputs):
+        inputs, rows = servable.validate(signature_name, request.inputs)
+        outputs = servable.infer(signature_name, inputs, rows, timeout)
+        response = predict_pb2.PredictResponse()
+        _model_spec(response.model_spec, servable, signature_name)
+        for alias in request.output_filter or outputs:
+            response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias]))
     return response
 
 
@@ -83,8 +84,9 @@ def _run_examples(servable, signature_name: str, request_input, timeout) -> tupl
     (alias,) = signature.inputs
     examples = _serialized_examples(request_input)
     proto = tf.make_tensor_proto(np.array(examples, dtype=object))
-    inputs, rows = servable.validate(signature_name, {alias: proto})
-    return servable.infer(signature_name, inputs, rows, timeout), len(examples)
+    with servable.limits.admitted({alias: proto}):
+        inputs, rows = servable.validate(signature_name, {alias: proto})
+        return servable.infer(signature_name, inputs, rows, timeout), len(examples)
 
 
 def _check_method(signature, expected: str, method_check: bool, what: str):
