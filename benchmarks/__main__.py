@@ -4,10 +4,11 @@ runs it without the lung crop."""
 import sys
 
 from benchmarks import (crop_throughput, data_throughput, nih_pipeline, serving_grpc,
-                        slow_checks, training_throughput)
+                        serving_memory, slow_checks, training_throughput)
 
 BENCHMARKS = {"data": data_throughput.main, "crop": crop_throughput.main,
               "training": training_throughput.main, "serving": serving_grpc.main,
+              "serving-memory": serving_memory.main,
               "checks": slow_checks.main, "nih": nih_pipeline.main}
 NAMED_ONLY = ("nih",)
 

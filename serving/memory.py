@@ -3,17 +3,21 @@
     M         --memory_limit_bytes; 0: the CARDIO_SERVE_MEMORY_LIMIT_BYTES environment variable
               (kubernetes/base/deployment.yaml sets it from the pod's limits.memory), else the
               cgroup's memory limit, else the machine's physical memory
-    budget    M / 2: what all requests in flight may hold at once once expanded (the other half
-              is for the loaded models, TensorFlow's runtime and the model runs' activations)
-    per request (--max_tensor_bytes, a REST body's expansion): budget / 4
-    gRPC message (grpc.max_receive_message_length): M / (8 x --grpc_max_concurrent_rpcs), so that
-              messages received before any check (and their parsed copies) hold at most M / 4
+    idle      the server's resident memory once its initial models are loaded
+    budget    M - idle - M / 4: what all requests in flight may hold at once once expanded
+              (M / 4 is headroom: received gRPC messages, allocator slack, later loads);
+              at least M / 16
+    per tensor (--max_tensor_bytes): budget / (2 x COPIES), so one request holds at most half
+    gRPC message (grpc.max_receive_message_length): budget / (2 x --grpc_max_concurrent_rpcs),
+              at most 2 GiB - 1 (gRPC's own maximum)
     REST body (--rest_api_max_body_bytes): budget / 16
 
 Before a request is expanded (tensors built from their protos, a REST body read and parsed)
 it reserves its estimated size from the budget and gives it back when answered; a request
 that does not fit in what is left is refused with RESOURCE_EXHAUSTED (HTTP 429) before it
-allocates anything. A caller sees only a server that is busy, never one killed for memory.
+allocates anything. COPIES is measured (`python -m benchmarks serving-memory`): an input
+tensor is held about six times over while it runs (its ndarray, the tensor fed to the model,
+the output, the output's ndarray, TensorProto and serialized response).
 """
 from __future__ import annotations
 
@@ -87,9 +91,19 @@ class Budget:
             self.release(nbytes)
 
 
-def derived(limit: int, concurrent_rpcs: int) -> dict[str, int]:
-    """The caps the module docstring's formula gives for a memory limit of `limit` bytes."""
-    budget = limit // 2
-    return {"budget": budget, "max_tensor_bytes": budget // 4,
-            "max_message_bytes": limit // (8 * max(concurrent_rpcs, 1)),
+COPIES = 6
+GRPC_MAX = (1 << 31) - 1      # gRPC's message limits are C ints
+
+
+def derived(limit: int, idle: int, concurrent_rpcs: int) -> dict[str, int]:
+    """The caps the module docstring's formula gives for a memory limit of `limit` bytes and
+    an idle resident size of `idle` bytes."""
+    budget = max(limit - idle - limit // 4, limit // 16)
+    return {"budget": budget, "max_tensor_bytes": budget // (2 * COPIES),
+            "max_message_bytes": min(budget // (2 * max(concurrent_rpcs, 1)), GRPC_MAX),
             "rest_api_max_body_bytes": budget // 16}
+
+
+def resident() -> int:
+    """This process's resident memory, in bytes."""
+    return psutil.Process().memory_info().rss

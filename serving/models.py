@@ -8,6 +8,7 @@ unloads versions the policy no longer selects only after their replacements are 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -30,6 +31,9 @@ from cardio.serving.errors import ServingError, from_tensorflow
 log = logging.getLogger("cardio.serve")
 State = get_model_status_pb2.ModelVersionStatus.State
 MAX_WARMUP_RECORDS = 1000   # TF Serving reads at most this many
+# Model calls with a deadline run on these (per version), unbatched; TF Serving's default
+# gRPC workers, 4 per core, call the model at most that many at once too.
+RUN_THREADS = 4 * (os.cpu_count() or 1)
 
 
 def dtype_name(enum: int) -> str:
@@ -43,17 +47,13 @@ def dtype_name(enum: int) -> str:
 STRING_OVERHEAD = 48
 
 
-# Copies a request tensor is held in while it runs: the ndarray built from its proto, the
-# tensor fed to the model and, with batching, the batch it is concatenated into.
-EXPANSION_COPIES = 3
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Limits:
     """Per-tensor caps checked on a request's TensorProto *before* it is expanded: a proto may
     declare a shape far larger than the values it carries (TensorFlow repeats the last value),
     so a 61-byte request could otherwise allocate gigabytes. With a `budget`
-    (serving/memory.py), a request also holds its expanded size from it while it runs."""
+    (serving/memory.py), a request also holds its expanded size from it while it runs. The
+    server sets the caps once its first models are loaded (they derive from its idle size)."""
     max_tensor_elements: int = 1 << 28
     max_tensor_bytes: int = 512 << 20
     budget: memory.Budget | None = dataclasses.field(default=None, compare=False)
@@ -89,7 +89,7 @@ class Limits:
     def admitted(self, tensors: dict):
         """Holds the request's expanded size from the budget while it runs (checked first, so
         a request that does not fit is refused before anything is built)."""
-        size = EXPANSION_COPIES * sum(self.check(a, p) for a, p in tensors.items())
+        size = memory.COPIES * sum(self.check(a, p) for a, p in tensors.items())
         if self.budget is None:
             yield
             return
@@ -115,6 +115,7 @@ class Servable:
         self.model_calls = 0
         self._calls_lock = threading.Lock()
         self._batcher = Batcher(self.run, batching, f"{name}-{version}") if batching else None
+        self._runs = concurrent.futures.ThreadPoolExecutor(RUN_THREADS, f"run-{name}-{version}")
 
     def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
         name = name or "serving_default"
@@ -178,7 +179,20 @@ class Servable:
         """A request's call: through the batcher when batching is on."""
         signature_name = signature_name or "serving_default"
         if self._batcher is None:
-            return self.run(signature_name, inputs)
+            if timeout is None:
+                return self.run(signature_name, inputs)
+            # On a thread of its own so the caller answers at its deadline; a model call cannot
+            # be stopped, so it runs on, but on at most `_runs` threads.
+            try:
+                future = self._runs.submit(self.run, signature_name, inputs)
+            except RuntimeError:    # the version is being unloaded: a late request runs here
+                return self.run(signature_name, inputs)
+            try:
+                return future.result(timeout=max(timeout, 0))
+            except concurrent.futures.TimeoutError:
+                future.cancel()      # still queued: never runs
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "Deadline exceeded waiting for the model to run") from None
         if rows is None:   # TF Serving's batching session refuses what it cannot split in rows
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                "Batching session Run() input tensors must have equal "
@@ -212,6 +226,7 @@ class Servable:
     def close(self):
         if self._batcher:
             self._batcher.close()
+        self._runs.shutdown(wait=False)
 
 
 @dataclasses.dataclass

@@ -173,19 +173,14 @@ class Server:
                 batching = config_lib.parse_batching_parameters("", "defaults")
         self.workers = options.grpc_max_threads or 4 * (os.cpu_count() or 1)
         self.max_concurrent_rpcs = options.grpc_max_concurrent_rpcs or 2 * self.workers
-        limit, source = memory.memory_limit(options.memory_limit_bytes)
-        self.caps = memory.derived(limit, self.max_concurrent_rpcs)
-        self.budget = memory.Budget(self.caps["budget"])
-        log.info("memory limit %d bytes (%s): %s", limit, source, self.caps)
+        self.memory_limit, self._memory_source = memory.memory_limit(options.memory_limit_bytes)
+        self.budget = memory.Budget(0)
+        self.limits = Limits(options.max_tensor_elements, options.max_tensor_bytes, self.budget)
+        self._derive_caps()     # for the warm-up requests of the first loads; again after them
         self.manager = ModelManager(batching, options.num_request_iterations_for_warmup,
                                     options.enable_model_warmup, options.max_num_load_retries,
-                                    options.load_retry_interval_micros,
-                                    Limits(options.max_tensor_elements,
-                                           options.max_tensor_bytes or self.caps["max_tensor_bytes"],
-                                           self.budget))
+                                    options.load_retry_interval_micros, self.limits)
         self.manager.set_config(model_server_config(options))
-        self._grpc_options = channel_arguments(options.grpc_channel_arguments,
-                                               self.caps["max_message_bytes"])
         self.metrics_path = (metrics_lib.read_monitoring_config(options.monitoring_config_file)
                              if options.monitoring_config_file else None)
         self.metrics = metrics_lib.Metrics() if self.metrics_path else None
@@ -195,11 +190,26 @@ class Server:
         self._rest = None
         self.port = self.rest_port = None
 
+    def _derive_caps(self):
+        """serving/memory.py's caps from the memory limit and the resident size now; a cap
+        given by its flag stays."""
+        self.caps = memory.derived(self.memory_limit, memory.resident(),
+                                   self.max_concurrent_rpcs)
+        self.budget.total = self.caps["budget"]
+        self.limits.max_tensor_bytes = (self.options.max_tensor_bytes
+                                        or self.caps["max_tensor_bytes"])
+
     def start(self) -> int:
         self.manager.reconcile()
+        self._derive_caps()
+        log.info("memory limit %d bytes (%s); caps: %s", self.memory_limit, self._memory_source,
+                 self.caps)
+        self._grpc_options = channel_arguments(self.options.grpc_channel_arguments,
+                                               self.caps["max_message_bytes"])
         # Past max_concurrent_rpcs (running or queued for a worker), gRPC itself answers
         # RESOURCE_EXHAUSTED before reading the request.
-        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=self.workers),
+        # One worker more than --grpc_max_threads: the one reload request that may wait.
+        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(self.workers + 1),
                                  options=self._grpc_options,
                                  maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
@@ -298,7 +308,7 @@ def main(argv: list[str], echo=print) -> int:
         signal.signal(signum, lambda *_: done.set())
     echo(json.dumps({"port": server.port, "rest_api_port": server.rest_port,
                      "available": server.manager.available(),
-                     "labels": server.manager.labels()}))
+                     "labels": server.manager.labels(), "memory_caps": server.caps}))
     done.wait()
     log.info("shutting down")
     server.stop(grace=5.0)

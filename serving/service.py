@@ -5,7 +5,10 @@ PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import os
+import threading
 import time
 
 import grpc
@@ -302,6 +305,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         otherwise make the server load a SavedModel, i.e. run its graph, from anywhere)."""
         self.manager, self.allow_reload = manager, allow_reload
         self.allowed_roots = tuple(_normalised(root) for root in allowed_roots)
+        self._waiting = threading.Lock()      # held by the one reload request waiting
+        self._reloads = concurrent.futures.ThreadPoolExecutor(1, "reload")
 
     def GetModelStatus(self, request, context):
         return _answer(context, lambda: model_status(self.manager, request.model_spec))
@@ -320,24 +325,42 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                                        f"outside --reload_config_allowed_roots")
 
     def HandleReloadConfigRequest(self, request, context):
+        """Answered once the new config's models are loaded (as TF Serving). The loads run on
+        the reload thread, and one request at a time waits for them (the server keeps a gRPC
+        worker spare for it): a reload never holds a Predict worker, and a second reload while
+        one waits is answered UNAVAILABLE at once."""
         response = model_management_pb2.ReloadConfigResponse()
         try:
             self.check_reload(request.config)
         except ServingError as error:
             context.abort(error.code, error.message)
+        if not self._waiting.acquire(blocking=False):
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "Another HandleReloadConfigRequest is in progress; retry once it is "
+                          "answered")
         try:
             self.manager.set_config(request.config)
-            self.manager.reconcile()
+            loads = self._reloads.submit(self.manager.reconcile)
+            try:
+                loads.result(timeout=context.time_remaining())
+            except concurrent.futures.TimeoutError:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "Deadline exceeded before the new config's models were loaded; "
+                              "they go on loading")
         except ValueError as error:
             response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
             response.status.error_message = str(error)
+        finally:
+            self._waiting.release()
         return response
 
 
 def _normalised(path: str) -> str:
-    """A base path with `..` and `.` resolved, so `root/../elsewhere` is not under `root`."""
+    """A base path compared as what it names: a local one with symlinks resolved
+    (os.path.realpath), so a link inside an allowed root that points outside is outside; `..`
+    and `.` resolved in any scheme's, so `root/../elsewhere` is not under `root`."""
     import posixpath
     scheme, sep, rest = path.partition("://")
     if not sep:
-        return posixpath.normpath(path) + "/"
+        return os.path.realpath(path).rstrip("/") + "/"
     return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}/"

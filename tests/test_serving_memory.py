@@ -18,7 +18,7 @@ from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 from cardio.serving import memory
 
 MODEL = "generic"
-LIMIT = 256 << 20           # budget 128 MiB, 32 MiB per tensor, 8 MiB REST bodies
+LIMIT = 256 << 20       # under this process's size: the smallest budget, LIMIT / 16
 RPCS = 2
 
 
@@ -55,10 +55,12 @@ def _refused(running, proto, code=grpc.StatusCode.RESOURCE_EXHAUSTED) -> str:
     return raised.value.details()
 
 
-def test_caps_follow_the_documented_formula_and_the_limit_sources(monkeypatch):
-    assert memory.derived(2 << 30, 16) == {"budget": 1 << 30, "max_tensor_bytes": 256 << 20,
-                                           "max_message_bytes": 16 << 20,
-                                           "rest_api_max_body_bytes": 64 << 20}
+def test_caps_follow_the_documented_formula_and_the_limit_sources(served, monkeypatch):
+    assert memory.derived(2 << 30, 1 << 30, 16) == {
+        "budget": 512 << 20, "max_tensor_bytes": (512 << 20) // 12,
+        "max_message_bytes": 16 << 20, "rest_api_max_body_bytes": 32 << 20}
+    assert memory.derived(2 << 30, 4 << 30, 16)["budget"] == 128 << 20
+    assert served.server.caps["budget"] == LIMIT // 16 == served.server.budget.total
     monkeypatch.setenv(memory.ENV, str(3 << 30))
     assert memory.memory_limit(1 << 30) == (1 << 30, "--memory_limit_bytes")
     assert memory.memory_limit() == (3 << 30, memory.ENV)
@@ -79,7 +81,7 @@ def test_strings_repeated_to_a_huge_shape_are_refused_before_expansion(served):
 
 
 def test_tensor_content_past_the_message_cap_is_refused_by_grpc(served):
-    rows = memory.derived(LIMIT, RPCS)["max_message_bytes"] // 4 + 1
+    rows = served.server.caps["max_message_bytes"] // 4 + 1
     proto = _proto(types_pb2.DT_FLOAT, [rows, 1],
                    tensor_content=np.zeros([rows, 1], np.float32).tobytes())
     assert "larger than max" in _refused(served, proto)
@@ -87,15 +89,15 @@ def test_tensor_content_past_the_message_cap_is_refused_by_grpc(served):
 
 def test_a_request_that_does_not_fit_in_what_is_left_is_refused(served):
     budget = served.server.budget
-    proto = _proto(types_pb2.DT_FLOAT, [1 << 20, 1], float_val=[1.0])    # 4 MiB, 12 held
-    budget.reserve(budget.total - (8 << 20), "other requests")
+    proto = _proto(types_pb2.DT_FLOAT, [1 << 16, 1], float_val=[1.0])    # 256 KiB, 1.5 MiB held
+    budget.reserve(budget.total - (1 << 20), "other requests")
     try:
         assert "are free (--memory_limit_bytes)" in _refused(served, proto)
         status, body = http("POST", f"{served.rest}/v1/models/{MODEL}:predict",
                             {"instances": [[1.0]] * 100_000})
         assert status == 429 and "--memory_limit_bytes" in body["error"], body
     finally:
-        budget.release(budget.total - (8 << 20))
+        budget.release(budget.total - (1 << 20))
     assert budget.used == 0
     with served.client(timeout=30, retries=0) as client:    # the budget is whole again
         answer = client.predict_raw({"x": np.ones([8, 1], np.float32)}, MODEL)
@@ -103,8 +105,9 @@ def test_a_request_that_does_not_fit_in_what_is_left_is_refused(served):
 
 
 def test_a_rest_body_whose_json_expands_past_the_budget_is_429(served):
-    body = json.dumps({"instances": [[0]] * 1_000_000}).encode()    # 7 MiB, under the cap
-    assert len(body) < memory.derived(LIMIT, RPCS)["rest_api_max_body_bytes"]
+    cap = served.server.caps["rest_api_max_body_bytes"]
+    body = json.dumps({"instances": [[0]] * (cap // 5 - 10)}).encode()
+    assert len(body) <= cap
     process = psutil.Process()
     before = process.memory_info().rss
     import urllib.request
