@@ -274,7 +274,7 @@ class RestApi:
                       else contextlib.nullcontext()):
                     try:
                         parsed = json.loads(body)
-                    except ValueError as error:
+                    except (ValueError, RecursionError) as error:   # too deeply nested too
                         raise _bad(f"JSON Parse error: {error}") from None
                     response = service.measured(
                         self.metrics, api, "REST", args["model"],
