@@ -232,6 +232,12 @@ class RestApi:
             request = predict_pb2.PredictRequest()
             fill_model_spec(request.model_spec, model, version, label, signature_name)
             servable = self.manager.resolve(request.model_spec)
+            name = signature_name or "serving_default"
+            if name not in servable.signature_defs:
+                # TF Serving's HTTP handler (model_servers/http_rest_api_handler.cc, GetInfoMap)
+                # answers this one INVALID_ARGUMENT (400), where its gRPC Predict answers
+                # FAILED_PRECONDITION.
+                raise _bad(f'Serving signature name: "{name}" not found in signature def')
             signature = servable.signature(signature_name)
             for alias, proto in predict_request(body, signature).items():
                 request.inputs[alias].CopyFrom(proto)

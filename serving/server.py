@@ -20,6 +20,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from cardio.serving import (config as config_lib, memory, metrics as metrics_lib, rest,
                             service)
+from cardio.serving import errors
 from cardio.serving.models import Limits, ModelManager
 
 log = logging.getLogger("cardio.serve")
@@ -302,6 +303,12 @@ def main(argv: list[str], echo=print) -> int:
     except ValueError as error:   # a models.config or batching file that does not parse
         print(error, file=sys.stderr)
         return 1
+    except tf.errors.OpError as error:
+        # A config file missing or unreadable: TF Serving's one line on stdout and its exit
+        # status (model_servers/main.cc: "Failed to start server. Error: " << status; -1).
+        code = errors.code_from_number(error.error_code).name
+        print(f"Failed to start server. Error: {code}: {error.message}")
+        return 255
     server.start()
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -140,3 +140,9 @@ def test_routes_and_error_mapping_are_kept(rest):
     assert status == 400 and "instances" in body["error"]
     status, body = http("GET", f"{rest.rest}/v1/models/absent")
     assert status == 404 and "absent" in body["error"]
+    with _connect(rest) as s:      # nested past Python's recursion limit: a parse error
+        body = b"[" * 100_000
+        s.sendall(f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nConnection: close"
+                  f"\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        answer = _answer(s, timeout=10)
+    assert answer.startswith(b"HTTP/1.1 400") and b"JSON Parse error" in answer, answer[:300]
