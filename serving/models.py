@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import threading
+import time
 
 import grpc
 import tensorflow as tf
@@ -251,8 +252,10 @@ class ModelManager:
     def __init__(self, batching: config_lib.BatchingConfig | None = None,
                  warmup_iterations: int = 1, enable_warmup: bool = True,
                  max_num_load_retries: int = 5, load_retry_interval_micros: int = 60_000_000,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, metrics=None):
+        """`metrics` (serving/metrics.py's Metrics): each load attempt is recorded."""
         self.batching, self.warmup_iterations = batching, warmup_iterations
+        self.metrics = metrics
         self.enable_warmup = enable_warmup
         # TF Serving's --max_num_load_retries and --load_retry_interval_micros (same defaults).
         self.max_num_load_retries = max_num_load_retries
@@ -340,10 +343,15 @@ class ModelManager:
         attempts = 1 + max(self.max_num_load_retries, 0)
         for attempt in range(1, attempts + 1):
             log.info("Loading servable: {name: %s version: %d}", name, version)
+            started = time.monotonic()
             try:
                 servable = self._load_once(name, version, path)
+                if self.metrics is not None:
+                    self.metrics.loaded(path, True, (time.monotonic() - started) * 1e6)
                 break
             except Exception as error:   # a broken version fails alone; the server keeps serving
+                if self.metrics is not None:
+                    self.metrics.loaded(path, False, (time.monotonic() - started) * 1e6)
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 log.error("Loading servable: {name: %s version: %d} failed (attempt %d of %d): "
                           "%s", name, version, attempt, attempts, message)

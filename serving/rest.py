@@ -287,7 +287,8 @@ class RestApi:
                         lambda: self.infer(parsed, **args, timeout=timeout))
                     return self.render(args["method"], parsed, response), 200
             call = self.status if endpoint == "status" else self.metadata
-            return call(**args), 200
+            return service.measured(self.metrics, api, "REST", args["model"],
+                                    lambda: call(**args)), 200
         except ServingError as error:
             return {"error": error.message}, HTTP_STATUS.get(error.code, 500)
         except Exception as error:    # answered, logged; the server keeps serving

@@ -178,13 +178,13 @@ class Server:
         self.budget = memory.Budget(0)
         self.limits = Limits(options.max_tensor_elements, options.max_tensor_bytes, self.budget)
         self._derive_caps()     # for the warm-up requests of the first loads; again after them
-        self.manager = ModelManager(batching, options.num_request_iterations_for_warmup,
-                                    options.enable_model_warmup, options.max_num_load_retries,
-                                    options.load_retry_interval_micros, self.limits)
-        self.manager.set_config(model_server_config(options))
         self.metrics_path = (metrics_lib.read_monitoring_config(options.monitoring_config_file)
                              if options.monitoring_config_file else None)
         self.metrics = metrics_lib.Metrics() if self.metrics_path else None
+        self.manager = ModelManager(batching, options.num_request_iterations_for_warmup,
+                                    options.enable_model_warmup, options.max_num_load_retries,
+                                    options.load_retry_interval_micros, self.limits, self.metrics)
+        self.manager.set_config(model_server_config(options))
         self._stop = threading.Event()
         self._poller = None
         self._grpc = None

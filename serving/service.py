@@ -6,6 +6,7 @@ PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import logging
 import os
 import threading
@@ -52,12 +53,24 @@ def predict(servable, request: predict_pb2.PredictRequest,
                                f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
     with servable.limits.admitted(request.inputs):
         inputs, rows = servable.validate(signature_name, request.inputs)
-        outputs = servable.infer(signature_name, inputs, rows, timeout)
+        outputs = _infer(servable, signature_name, inputs, rows, timeout)
         response = predict_pb2.PredictResponse()
         _model_spec(response.model_spec, servable, signature_name)
         for alias in request.output_filter or outputs:
             response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias]))
     return response
+
+
+# Set by `measured` for the request its thread runs: records each model run's latency.
+_RUNTIME = contextvars.ContextVar("runtime_observer", default=None)
+
+
+def _infer(servable, signature_name: str, inputs: dict, rows, timeout) -> dict:
+    observe, started = _RUNTIME.get(), time.monotonic()
+    outputs = servable.infer(signature_name, inputs, rows, timeout)
+    if observe is not None:
+        observe((time.monotonic() - started) * 1e6)
+    return outputs
 
 
 def _serialized_examples(request_input) -> list[bytes]:
@@ -89,7 +102,7 @@ def _run_examples(servable, signature_name: str, request_input, timeout) -> tupl
     proto = tf.make_tensor_proto(np.array(examples, dtype=object))
     with servable.limits.admitted({alias: proto}):
         inputs, rows = servable.validate(signature_name, {alias: proto})
-        return servable.infer(signature_name, inputs, rows, timeout), len(examples)
+        return _infer(servable, signature_name, inputs, rows, timeout), len(examples)
 
 
 def _check_method(signature, expected: str, method_check: bool, what: str):
@@ -230,6 +243,8 @@ def measured(metrics, api: str, entrypoint: str, model_name: str, call):
     """Runs one request and records its count and latency (when metrics are on): the version
     is the one that answered (from the response's model_spec), empty when none did."""
     started, code, response = time.monotonic(), grpc.StatusCode.OK, None
+    token = _RUNTIME.set(None if metrics is None else
+                         lambda micros: metrics.runtime(model_name, api, micros))
     try:
         response = call()
         return response
@@ -240,6 +255,7 @@ def measured(metrics, api: str, entrypoint: str, model_name: str, call):
         code = grpc.StatusCode.INTERNAL
         raise
     finally:
+        _RUNTIME.reset(token)
         if metrics is not None:
             spec = getattr(response, "model_spec", None)
             if spec is None and getattr(response, "results", None):

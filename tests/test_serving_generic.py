@@ -174,7 +174,7 @@ def _samples(text: str) -> dict:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def test_prometheus_metrics_count_requests_per_model_version_and_api(generic, stub):
+def test_prometheus_metrics_are_tf_servings_series_plus_the_projects_own(generic, stub):
     url = f"{generic.rest}/monitoring/prometheus/metrics"
     status, text = http("GET", url)
     assert status == 200
@@ -182,17 +182,34 @@ def test_prometheus_metrics_count_requests_per_model_version_and_api(generic, st
     _predict(stub, [[1.0]])
     http("POST", f"{generic.rest}/v1/models/{MODEL}:predict", {"instances": [[1.0]]})
     http("POST", f"{generic.rest}/v1/models/{MODEL}:predict", {"instances": [["text"]]})
-    after = _samples(http("GET", url)[1])
+    text = http("GET", url)[1]
+    after = _samples(text)
 
     def delta(name, **labels):
-        key = (name, tuple(sorted({"model_name": MODEL, "API": "predict", **labels}.items())))
+        key = (name, tuple(sorted({"model_name": MODEL, **labels}.items())))
         return after.get(key, 0) - before.get(key, 0)
 
-    count = ":tensorflow:serving:request_count_total"
-    assert delta(count, version="123", entrypoint="GRPC", status="OK") == 1
-    assert delta(count, version="123", entrypoint="REST", status="OK") == 1
-    assert delta(count, version="", entrypoint="REST", status="INVALID_ARGUMENT") == 1
+    # TF Serving's names, types and labels (servables/tensorflow/util.cc; its exporter,
+    # util/prometheus_exporter.cc, writes a counter under its bare name).
+    assert "# TYPE :tensorflow:serving:request_count counter" in text
+    assert "# TYPE :tensorflow:serving:request_latency histogram" in text
+    assert "# TYPE :tensorflow:serving:runtime_latency histogram" in text
+    count = ":tensorflow:serving:request_count"
+    assert f'{count}{{model_name="{MODEL}",status="OK"}}' in text
+    # (prometheus_client's parser names a counter's samples `..._total`, whatever the text)
+    assert delta(count + "_total", status="OK") == 2
+    assert delta(count + "_total", status="INVALID_ARGUMENT") == 1
     latency = ":tensorflow:serving:request_latency_count"
-    assert delta(latency, version="123", entrypoint="GRPC") == 1
-    assert after[(":tensorflow:serving:request_latency_sum", tuple(sorted({
-        "model_name": MODEL, "API": "predict", "version": "123", "entrypoint": "GRPC"}.items())))] > 0
+    assert delta(latency, API="Predict", entrypoint="GRPC") == 1
+    assert delta(latency, API="predict", entrypoint="REST") == 1     # successes only
+    # Model runs, from either entry point, as TF Serving's predict_util.cc labels them.
+    assert delta(":tensorflow:serving:runtime_latency_count", API="Predict", runtime="TF1") == 2
+    assert f'{latency[:-6]}_bucket{{model_name="{MODEL}",API="Predict",entrypoint="GRPC",' \
+           f'le="+Inf"}}' in text
+    loads = [k for k in after if k[0] == ":tensorflow:cc:saved_model:load_attempt_count_total"]
+    assert loads and dict(loads[0][1])["status"] == "success"
+    # The project's own, per version and API, under its prefix.
+    assert delta("cardio_serve_requests_total", version="123", API="predict",
+                 entrypoint="GRPC", status="OK") == 1
+    assert delta("cardio_serve_requests_total", version="", API="predict", entrypoint="REST",
+                 status="INVALID_ARGUMENT") == 1
