@@ -109,7 +109,7 @@ def main():
             server.terminate()
             server.wait(timeout=60)
     print(f"\ncardio serve peak resident memory, --memory_limit_bytes={LIMIT >> 20} MiB "
-          f"({os.cpu_count()} cores: {8 * (os.cpu_count() or 1)} concurrent RPCs; caps: "
+          f"({os.cpu_count()} cores: {16 * (os.cpu_count() or 1)} concurrent RPCs; caps: "
           + ", ".join(f"{k} {v >> 20} MiB" for k, v in caps.items()) + ")")
     print(f"{'request':<66}{'answer':>22}{'peak MiB':>10}{'over idle':>10}")
     for what, answer, peak, grown in rows:

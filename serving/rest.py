@@ -189,6 +189,11 @@ def examples_input(body: dict, target):
         target.example_list.examples.extend(_example(e) for e in examples)
 
 
+def _with_defaults(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
 def json_expansion(body: bytes) -> int:
     """An upper estimate of the bytes parsing `body` takes, counted before parsing it: the text
     twice (str, base64-decoded bytes) and, per JSON value (at most one per comma or bracket),
@@ -215,14 +220,18 @@ class RestApi:
         request = get_model_status_pb2.GetModelStatusRequest()
         fill_model_spec(request.model_spec, model, version, label)
         response = service.model_status(self.manager, request.model_spec)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
+        return _with_defaults(response)
 
     def metadata(self, model, version=None, label=None, **_):
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         fill_model_spec(request.model_spec, model, version, label)
         response = service.model_metadata(self.manager.resolve(request.model_spec), request)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+        # As TF Serving's http_rest_api_util.cc ToJsonString(GetModelMetadataResponse): the
+        # model spec and the unpacked SignatureDefMap (no "@type"), each with default fields.
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return {"model_spec": _with_defaults(response.model_spec),
+                "metadata": {"signature_def": _with_defaults(signatures)}}
 
     def infer(self, body, model, method, version=None, label=None, timeout=None):
         if not isinstance(body, dict):

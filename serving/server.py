@@ -53,7 +53,7 @@ class ServerOptions:
     reload_config_allowed_roots: str = ""     # comma-separated; reloaded base paths must be under one
     # Memory caps: 0 derives them from --memory_limit_bytes (serving/memory.py's formula).
     memory_limit_bytes: int = 0               # 0: $CARDIO_SERVE_MEMORY_LIMIT_BYTES, cgroup, RAM
-    grpc_max_concurrent_rpcs: int = 0         # 0: 2 per gRPC worker; past it RESOURCE_EXHAUSTED
+    grpc_max_concurrent_rpcs: int = 0         # 0: 4 per gRPC worker; past it RESOURCE_EXHAUSTED
     max_tensor_elements: int = 1 << 28        # per request tensor, checked before it is expanded
     max_tensor_bytes: int = 0
     rest_api_max_body_bytes: int = 0          # larger bodies: 413, refused before they are read
@@ -173,7 +173,7 @@ class Server:
             else:   # TF Serving's defaults when no file is given
                 batching = config_lib.parse_batching_parameters("", "defaults")
         self.workers = options.grpc_max_threads or 4 * (os.cpu_count() or 1)
-        self.max_concurrent_rpcs = options.grpc_max_concurrent_rpcs or 2 * self.workers
+        self.max_concurrent_rpcs = options.grpc_max_concurrent_rpcs or 4 * self.workers
         self.memory_limit, self._memory_source = memory.memory_limit(options.memory_limit_bytes)
         self.budget = memory.Budget(0)
         self.limits = Limits(options.max_tensor_elements, options.max_tensor_bytes, self.budget)

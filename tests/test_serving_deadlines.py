@@ -114,7 +114,7 @@ def test_reloads_never_hold_predict_workers(root):
                 assert time.monotonic() - started < 1
             answers = sorted(r.result() for r in reloads)
         # One waited for the loads until its deadline; the others were answered at once
-        # (another reload waits, or past --grpc_max_concurrent_rpcs, 2 per worker).
+        # (another reload waits, or past --grpc_max_concurrent_rpcs, 4 per worker).
         assert answers[0] == "DEADLINE_EXCEEDED", answers
         assert set(answers[1:]) <= {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}, answers
     finally:

@@ -4,6 +4,7 @@ MultiInference, the REST API; version life cycle (availability-preserving unload
 retries) and a malformed models.config."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import grpc
@@ -127,9 +128,18 @@ def test_generic_model_over_rest(generic):
     status, body = http("POST", f"{url}:predict", {"instances": [[1.0]] * 1000})
     assert status == 400 and "x has 1000 or more values" in body["error"]
     status, body = http("GET", f"{url}/metadata")
-    assert status == 200 and body["model_spec"] == {"name": MODEL, "version": "123"}
-    assert set(body["metadata"]["signature_def"]["signature_def"]) >= {"serving_default",
-                                                                        "regress"}
+    # The shape of TF Serving's golden half_plus_two_model_metadata.json
+    # (servables/tensorflow/testdata): default fields printed, the Any unpacked.
+    assert status == 200 and body["model_spec"] == {"name": MODEL, "signature_name": "",
+                                                    "version": "123"}
+    assert set(body) == {"model_spec", "metadata"} and "@type" not in json.dumps(body)
+    signatures = body["metadata"]["signature_def"]["signature_def"]
+    assert set(signatures) >= {"serving_default", "regress"}
+    x = signatures["serving_default"]["inputs"]["x"]
+    assert x["dtype"] == "DT_FLOAT" and x["tensor_shape"] == {
+        "dim": [{"size": "-1", "name": ""}, {"size": "1", "name": ""}], "unknown_rank": False}
+    assert signatures["regress"]["method_name"] == "tensorflow/serving/regress"
+    assert signatures["regress"]["defaults"] == {}
 
 
 def test_failed_new_version_keeps_the_old_one_serving_and_loads_are_retried(tmp_path):
