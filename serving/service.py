@@ -186,10 +186,13 @@ def regress(servable, request: regression_pb2.RegressionRequest, method_check: b
     return response
 
 
-def multi_inference(manager, request: inference_pb2.MultiInferenceRequest,
-                    timeout=None) -> inference_pb2.MultiInferenceResponse:
+def multi_inference(manager, request: inference_pb2.MultiInferenceRequest, timeout=None,
+                    method_check: bool = False) -> inference_pb2.MultiInferenceResponse:
     """Several classify/regress signatures of one model over the same Examples, with TF
-    Serving's checks (one model, no signature twice, only classify and regress methods)."""
+    Serving's checks (servables/tensorflow/multi_inference.cc: one model, no signature twice,
+    the task's method classify or regress; the signature's own method_name only with
+    --enable_signature_method_name_check, so a TF2 model's `predict`-method signatures are
+    accepted as TF Serving accepts them)."""
     if not request.tasks:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Expected at least one task")
     names, seen = {task.model_spec.name for task in request.tasks}, set()
@@ -205,14 +208,17 @@ def multi_inference(manager, request: inference_pb2.MultiInferenceRequest,
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Duplicate evaluation of signature: {signature_name}")
         seen.add(signature_name)
+        if signature_name not in servable.signature_defs:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Requested signature not found in model graph: {signature_name}")
         result = response.results.add()
         _model_spec(result.model_spec, servable, signature_name)
         if task.method_name == CLASSIFY_METHOD:
             result.classification_result.CopyFrom(classification_result(
-                servable, signature_name, request.input, True, timeout))
+                servable, signature_name, request.input, method_check, timeout))
         elif task.method_name == REGRESS_METHOD:
             result.regression_result.CopyFrom(regression_result(
-                servable, signature_name, request.input, True, timeout))
+                servable, signature_name, request.input, method_check, timeout))
         else:
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                f"Unsupported signature method_name: {task.method_name}")
@@ -307,7 +313,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def MultiInference(self, request, context):
         return self._serve("MultiInference", request, context, lambda: multi_inference(
-            self.manager, request, context.time_remaining()))
+            self.manager, request, context.time_remaining(), self.method_check))
 
     def GetModelMetadata(self, request, context):
         return self._serve("GetModelMetadata", request, context, lambda: model_metadata(

@@ -11,7 +11,8 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from serving_helpers import examples, export_generic, http, start_cardio, wait_for
+from serving_helpers import (GenericModel, examples, export_generic, http, start_cardio,
+                             wait_for)
 from tensorflow_serving.apis import (
     inference_pb2,
     model_pb2,
@@ -92,13 +93,14 @@ def test_regress_and_multi_inference(stub):
     assert [r.value for r in regressed.regression_result.regressions] == [1.0]
     assert [(c.label, c.score) for c in classified.classification_result.classifications[0]
             .classes] == [("neg", 0.5), ("pos", 0.5)]
-    # serving_default is a predict signature: TF Serving's method check refuses it here.
+    # serving_default (a float input, output `y`) cannot regress Examples: TF Serving's
+    # PreProcessRegression refuses it (no `outputs` output).
     wrong = inference_pb2.MultiInferenceRequest(input=multi.input)
     wrong.tasks.add(model_spec={"name": MODEL}, method_name="tensorflow/serving/regress")
     with pytest.raises(grpc.RpcError) as raised:
         stub.MultiInference(wrong, timeout=60)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "method_name" in raised.value.details()
+    assert "No output Tensor with name outputs." in raised.value.details()
     duplicate = inference_pb2.MultiInferenceRequest(input=multi.input)
     duplicate.tasks.add(model_spec={"name": MODEL, "signature_name": "regress"},
                         method_name="tensorflow/serving/regress")
@@ -223,3 +225,33 @@ def test_prometheus_metrics_are_tf_servings_series_plus_the_projects_own(generic
                  entrypoint="GRPC", status="OK") == 1
     assert delta("cardio_serve_requests_total", version="", API="predict", entrypoint="REST",
                  status="INVALID_ARGUMENT") == 1
+
+
+def test_multi_inference_accepts_a_tf2_models_predict_method_signatures(tmp_path):
+    # tf.saved_model.save writes method_name "tensorflow/serving/predict" for every signature;
+    # TF Serving checks only the task's method unless --enable_signature_method_name_check.
+    module = GenericModel()
+    tf.saved_model.save(module, str(tmp_path / "m" / "1"),
+                        signatures={"regress": module.regress, "classify": module.classify})
+    running = start_cardio([f"--model_base_path={tmp_path}/m", "--model_name=m"])
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(running.target))
+        multi = inference_pb2.MultiInferenceRequest()
+        multi.input.example_list.examples.extend(examples(1.0))
+        multi.tasks.add(model_spec={"name": "m", "signature_name": "regress"},
+                        method_name="tensorflow/serving/regress")
+        multi.tasks.add(model_spec={"name": "m", "signature_name": "classify"},
+                        method_name="tensorflow/serving/classify")
+        regressed, classified = stub.MultiInference(multi, timeout=60).results
+        assert [r.value for r in regressed.regression_result.regressions] == [3.0]
+        assert len(classified.classification_result.classifications[0].classes) == 2
+        unknown = inference_pb2.MultiInferenceRequest(input=multi.input)
+        unknown.tasks.add(model_spec={"name": "m", "signature_name": "nope"},
+                          method_name="tensorflow/serving/regress")
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.MultiInference(unknown, timeout=60)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Requested signature not found in model graph: nope" in raised.value.details()
+    finally:
+        running.stop()
