@@ -112,7 +112,18 @@ class Servable:
         if meta_graph is None:
             raise ValueError(f"{path}: no MetaGraph tagged 'serve'")
         self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
-        self._loaded = tf.saved_model.load(path, tags=["serve"])
+        self._loaded = self._session = None
+        if meta_graph.object_graph_def.nodes:
+            self._loaded = tf.saved_model.load(path, tags=["serve"])
+        else:
+            # A TF1 SavedModel (no object graph): into a session, as TF Serving's
+            # SavedModelBundle loads it; TensorFlow 2's loader re-infers shapes of graphs
+            # written by old TensorFlow and refuses some (TF Serving's saved_model_half_plus_three:
+            # its ParseExample).
+            graph = tf.Graph()
+            self._session = tf.compat.v1.Session(graph=graph)
+            with graph.as_default():
+                tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
         self.model_calls = 0
         self._calls_lock = threading.Lock()
         self._batcher = Batcher(self.run, batching, f"{name}-{version}") if batching else None
@@ -163,10 +174,14 @@ class Servable:
     def run(self, signature_name: str, inputs: dict) -> dict:
         """One model call on validated inputs -> {alias: ndarray}."""
         signature = self.signature_defs[signature_name]
-        function = self._loaded.signatures[signature_name]
         with self._calls_lock:
             self.model_calls += 1
         try:
+            if self._session is not None:       # a TF1 SavedModel: its tensors by name
+                return self._session.run(
+                    {alias: info.name for alias, info in signature.outputs.items()},
+                    {signature.inputs[alias].name: value for alias, value in inputs.items()})
+            function = self._loaded.signatures[signature_name]
             outputs = function(**{alias: tf.constant(value, tf.dtypes.as_dtype(
                 signature.inputs[alias].dtype)) for alias, value in inputs.items()})
         except tf.errors.OpError as error:
@@ -228,6 +243,8 @@ class Servable:
         if self._batcher:
             self._batcher.close()
         self._runs.shutdown(wait=False)
+        if self._session is not None:
+            self._session.close()
 
 
 @dataclasses.dataclass

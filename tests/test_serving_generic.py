@@ -14,6 +14,7 @@ import tensorflow as tf
 from serving_helpers import (GenericModel, examples, export_generic, http, start_cardio,
                              wait_for)
 from tensorflow_serving.apis import (
+    classification_pb2,
     inference_pb2,
     model_pb2,
     predict_pb2,
@@ -253,5 +254,52 @@ def test_multi_inference_accepts_a_tf2_models_predict_method_signatures(tmp_path
             stub.MultiInference(unknown, timeout=60)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "Requested signature not found in model graph: nope" in raised.value.details()
+    finally:
+        running.stop()
+
+
+def _tf1_half_plus_three(path: str):
+    """Like TF Serving's saved_model_half_plus_three: a TF1 SavedModel (SavedModelBuilder, no
+    object graph) with y = 0.5 x + 3 over a float input and over Examples (ParseExample)."""
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default(), v1.Session(graph=graph) as session:
+        a, b = v1.Variable(0.5, name="a"), v1.Variable(3.0, name="b")
+        serialized = v1.placeholder(tf.string, name="tf_example")
+        parsed = v1.parse_example(serialized, {"x": v1.FixedLenFeature([1], tf.float32)})["x"]
+        x = v1.placeholder(tf.float32, [None, 1], name="x")
+        session.run(v1.global_variables_initializer())
+        info = v1.saved_model.utils.build_tensor_info
+        signature = v1.saved_model.signature_def_utils.build_signature_def
+        builder = v1.saved_model.builder.SavedModelBuilder(path)
+        builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
+            "serving_default": signature({"x": info(x)}, {"y": info(a * x + b)},
+                                         "tensorflow/serving/predict"),
+            "regress_x_to_y": signature({"inputs": info(serialized)},
+                                        {"outputs": info(a * parsed + b)},
+                                        "tensorflow/serving/regress"),
+            "classify_x_to_y": signature({"inputs": info(serialized)},
+                                         {"scores": info(a * parsed + b)},
+                                         "tensorflow/serving/classify")})
+        builder.save()
+
+
+def test_a_tf1_saved_model_loads_into_a_session_and_serves_every_api(tmp_path):
+    _tf1_half_plus_three(str(tmp_path / "hp3" / "123"))
+    running = start_cardio([f"--model_base_path={tmp_path}/hp3", "--model_name=hp3",
+                            "--rest_api_port=-1"])
+    try:
+        assert http("POST", f"{running.rest}/v1/models/hp3:predict",
+                    {"instances": [[1.0], [2.0]]}) == (200, {"predictions": [[3.5], [4.0]]})
+        assert http("POST", f"{running.rest}/v1/models/hp3:regress", {
+            "signature_name": "regress_x_to_y", "examples": [{"x": 2.0}]}) == \
+            (200, {"results": [4.0]})
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(
+            grpc.insecure_channel(running.target))
+        request = classification_pb2.ClassificationRequest()
+        request.model_spec.name, request.model_spec.signature_name = "hp3", "classify_x_to_y"
+        request.input.example_list.examples.extend(examples(4.0))
+        assert stub.Classify(request, timeout=60).result.classifications[0].classes[0].score \
+            == 5.0
     finally:
         running.stop()
