@@ -136,9 +136,11 @@ class Servable:
                                f'Serving signature key "{name}" not found.')
         return self.signature_defs[name]
 
-    def validate(self, signature_name: str, tensors: dict) -> tuple[dict, int | None]:
+    def validate(self, signature_name: str, tensors: dict,
+                 check_dtypes: bool = True) -> tuple[dict, int | None]:
         """TensorProtos of a request -> ({alias: ndarray}, rows), or the error TF Serving gives
-        for a missing, extra or mistyped input. Shapes are the model's to judge (TF Serving
+        for a missing, extra or mistyped input (`check_dtypes` False: serialized Examples, fed
+        whatever dtype the signature declares, as TF Serving's classifier and regressor do). Shapes are the model's to judge (TF Serving
         feeds what it gets); `rows` is the common 0th dimension, None when there is none.
         Sizes are checked against the limits before any tensor is built."""
         signature = self.signature(signature_name)
@@ -157,7 +159,7 @@ class Servable:
         arrays, rows = {}, set()
         for index, alias in enumerate(sorted(expected)):
             info, proto = signature.inputs[alias], tensors[alias]
-            if proto.dtype != info.dtype:
+            if check_dtypes and proto.dtype != info.dtype:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"Expects arg[{index}] to be {dtype_name(info.dtype)} but "
                                    f"{dtype_name(proto.dtype)} is provided")

@@ -101,7 +101,7 @@ def _run_examples(servable, signature_name: str, request_input, timeout) -> tupl
     examples = _serialized_examples(request_input)
     proto = tf.make_tensor_proto(np.array(examples, dtype=object))
     with servable.limits.admitted({alias: proto}):
-        inputs, rows = servable.validate(signature_name, {alias: proto})
+        inputs, rows = servable.validate(signature_name, {alias: proto}, check_dtypes=False)
         return _infer(servable, signature_name, inputs, rows, timeout), len(examples)
 
 

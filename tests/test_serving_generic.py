@@ -271,11 +271,15 @@ def _tf1_half_plus_three(path: str):
         session.run(v1.global_variables_initializer())
         info = v1.saved_model.utils.build_tensor_info
         signature = v1.saved_model.signature_def_utils.build_signature_def
+        # As in TF Serving's own export, the regress input is declared float though it is fed
+        # serialized Examples (TF Serving's regressor does not check it).
+        examples_as_float = info(serialized)
+        examples_as_float.dtype = tf.float32.as_datatype_enum
         builder = v1.saved_model.builder.SavedModelBuilder(path)
         builder.add_meta_graph_and_variables(session, ["serve"], signature_def_map={
             "serving_default": signature({"x": info(x)}, {"y": info(a * x + b)},
                                          "tensorflow/serving/predict"),
-            "regress_x_to_y": signature({"inputs": info(serialized)},
+            "regress_x_to_y": signature({"inputs": examples_as_float},
                                         {"outputs": info(a * parsed + b)},
                                         "tensorflow/serving/regress"),
             "classify_x_to_y": signature({"inputs": info(serialized)},
