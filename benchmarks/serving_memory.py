@@ -66,8 +66,8 @@ class _Peak:
 
 def _proto(dtype, shape, **values) -> tensor_pb2.TensorProto:
     return tensor_pb2.TensorProto(
-        dtype=dtype, tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": d} for d in shape]),
-        **values)
+        dtype=dtype, **values,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[{"size": d} for d in shape]))
 
 
 def _outcome(call) -> str:

@@ -140,8 +140,9 @@ class Servable:
                  check_dtypes: bool = True) -> tuple[dict, int | None]:
         """TensorProtos of a request -> ({alias: ndarray}, rows), or the error TF Serving gives
         for a missing, extra or mistyped input (`check_dtypes` False: serialized Examples, fed
-        whatever dtype the signature declares, as TF Serving's classifier and regressor do). Shapes are the model's to judge (TF Serving
-        feeds what it gets); `rows` is the common 0th dimension, None when there is none.
+        whatever dtype the signature declares, as TF Serving's classifier and regressor do).
+        Shapes are the model's to judge (TF Serving feeds what it gets); `rows` is the common
+        0th dimension, None when there is none.
         Sizes are checked against the limits before any tensor is built."""
         signature = self.signature(signature_name)
         expected = set(signature.inputs)

@@ -34,7 +34,8 @@ class _Slow(tf.Module):
 def root(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     module = _Slow()
-    tf.saved_model.save(module, str(root / SLOW / "1"), signatures={"serving_default": module.predict})
+    tf.saved_model.save(module, str(root / SLOW / "1"),
+                        signatures={"serving_default": module.predict})
     export_generic(str(root / GOOD), "1")
     (root / BROKEN / "1").mkdir(parents=True)
     (root / BROKEN / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
@@ -47,10 +48,6 @@ def served(root):
                             "--rest_api_port=-1", "--rest_api_timeout_in_ms=500"])
     yield running
     running.stop()
-
-
-def _slow(client, seconds: float, timeout: float):
-    return client.predict_raw({"seconds": np.array([seconds])}, SLOW)
 
 
 @pytest.mark.parametrize("batching", [False, True])
