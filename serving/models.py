@@ -105,6 +105,10 @@ class Servable:
                  limits: "Limits | None" = None):
         self.name, self.version, self.path = name, version, path
         self.limits = limits or Limits()
+        if tf.io.gfile.exists(os.path.join(path, "export.meta")):
+            # TF Serving's answer (session_bundle/oss/session_bundle_util.cc).
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                               "Session Bundle is deprecated and removed.")
         with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
             saved_model = saved_model_pb2.SavedModel.FromString(f.read())
         meta_graph = next((g for g in saved_model.meta_graphs
@@ -378,7 +382,9 @@ class ModelManager:
                 if attempt == attempts or self.stopping.wait(self.load_retry_interval):
                     with self._lock:
                         status.state = State.END
-                        status.error = ServingError(grpc.StatusCode.UNKNOWN, message)
+                        status.error = ServingError(
+                            error.code if isinstance(error, ServingError)
+                            else grpc.StatusCode.UNKNOWN, message)
                     return
         with self._lock:
             status.servable, status.state = servable, State.AVAILABLE

@@ -307,3 +307,23 @@ def test_a_tf1_saved_model_loads_into_a_session_and_serves_every_api(tmp_path):
             == 5.0
     finally:
         running.stop()
+
+
+def test_a_session_bundle_fails_to_load_as_in_tf_serving(tmp_path):
+    # TF Serving's bad_half_plus_two: a SessionBundle (export.meta), no saved_model.pb.
+    export_generic(str(tmp_path / "m"), "1")
+    (tmp_path / "m" / "2").mkdir()
+    (tmp_path / "m" / "2" / "export.meta").write_bytes(b"")
+    running = start_cardio([f"--model_base_path={tmp_path}/m", "--model_name=m",
+                            "--max_num_load_retries=0",
+                            "--rest_api_port=-1"])
+    try:
+        status, body = http("GET", f"{running.rest}/v1/models/m/versions/2")
+        assert status == 200 and body["model_version_status"][0]["status"] == {
+            "error_code": "UNIMPLEMENTED",
+            "error_message": "Session Bundle is deprecated and removed."}, body
+        # Not loaded: TF Serving's manager answers NOT_FOUND (core/basic_manager.cc).
+        assert http("POST", f"{running.rest}/v1/models/m/versions/2:predict",
+                    {"instances": [[1.0]]})[0] == 404
+    finally:
+        running.stop()
