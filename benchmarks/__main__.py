@@ -8,7 +8,8 @@ import sys
 
 BENCHMARKS = {"data": "data_throughput", "crop": "crop_throughput",
               "training": "training_throughput", "serving": "serving_grpc",
-              "checks": "slow_checks", "nih": "nih_pipeline", "newcomer": "newcomer"}
+              "serving-memory": "serving_memory", "checks": "slow_checks", "nih": "nih_pipeline",
+              "newcomer": "newcomer"}
 NAMED_ONLY = ("nih", "newcomer")
 
 if __name__ == "__main__":

@@ -8,11 +8,14 @@ unloads versions the policy no longer selects only after their replacements are 
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import threading
+import time
 
 import grpc
 import tensorflow as tf
@@ -22,13 +25,16 @@ from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from cardio import features as F
-from cardio.serving import config as config_lib
+from cardio.serving import config as config_lib, memory
 from cardio.serving.batching import Batcher
 from cardio.serving.errors import ServingError, from_tensorflow
 
 log = logging.getLogger("cardio.serve")
 State = get_model_status_pb2.ModelVersionStatus.State
 MAX_WARMUP_RECORDS = 1000   # TF Serving reads at most this many
+# Model calls with a deadline run on these (per version), unbatched; TF Serving's default
+# gRPC workers, 4 per core, call the model at most that many at once too.
+RUN_THREADS = 4 * (os.cpu_count() or 1)
 
 
 def dtype_name(enum: int) -> str:
@@ -42,15 +48,20 @@ def dtype_name(enum: int) -> str:
 STRING_OVERHEAD = 48
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Limits:
     """Per-tensor caps checked on a request's TensorProto *before* it is expanded: a proto may
     declare a shape far larger than the values it carries (TensorFlow repeats the last value),
-    so a 61-byte request could otherwise allocate gigabytes."""
+    so a 61-byte request could otherwise allocate gigabytes. With a `budget`
+    (serving/memory.py), a request also holds its expanded size from it while it runs. The
+    server sets the caps once its first models are loaded (they derive from its idle size)."""
     max_tensor_elements: int = 1 << 28
     max_tensor_bytes: int = 512 << 20
+    budget: memory.Budget | None = dataclasses.field(default=None, compare=False)
 
-    def check(self, alias: str, proto):
+    def check(self, alias: str, proto) -> int:
+        """The bytes `proto` expands to, whatever its encoding (values repeated to fill its
+        shape, tensor_content, strings); refused past the caps."""
         dims = [d.size for d in proto.tensor_shape.dim]
         if any(d < 0 for d in dims):
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
@@ -73,6 +84,18 @@ class Limits:
                                f"input {alias!r}: shape {dims} expands to about {size} bytes; at "
                                f"most {self.max_tensor_bytes} are accepted per tensor "
                                f"(--max_tensor_bytes)")
+        return size
+
+    @contextlib.contextmanager
+    def admitted(self, tensors: dict):
+        """Holds the request's expanded size from the budget while it runs (checked first, so
+        a request that does not fit is refused before anything is built)."""
+        size = memory.COPIES * sum(self.check(a, p) for a, p in tensors.items())
+        if self.budget is None:
+            yield
+            return
+        with self.budget.held(size, "the request"):
+            yield
 
 
 class Servable:
@@ -82,6 +105,10 @@ class Servable:
                  limits: "Limits | None" = None):
         self.name, self.version, self.path = name, version, path
         self.limits = limits or Limits()
+        if tf.io.gfile.exists(os.path.join(path, "export.meta")):
+            # TF Serving's answer (session_bundle/oss/session_bundle_util.cc).
+            raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
+                               "Session Bundle is deprecated and removed.")
         with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
             saved_model = saved_model_pb2.SavedModel.FromString(f.read())
         meta_graph = next((g for g in saved_model.meta_graphs
@@ -89,10 +116,22 @@ class Servable:
         if meta_graph is None:
             raise ValueError(f"{path}: no MetaGraph tagged 'serve'")
         self.signature_defs: dict[str, meta_graph_pb2.SignatureDef] = dict(meta_graph.signature_def)
-        self._loaded = tf.saved_model.load(path, tags=["serve"])
+        self._loaded = self._session = None
+        if meta_graph.object_graph_def.nodes:
+            self._loaded = tf.saved_model.load(path, tags=["serve"])
+        else:
+            # A TF1 SavedModel (no object graph): into a session, as TF Serving's
+            # SavedModelBundle loads it; TensorFlow 2's loader re-infers shapes of graphs
+            # written by old TensorFlow and refuses some (TF Serving's saved_model_half_plus_three:
+            # its ParseExample).
+            graph = tf.Graph()
+            self._session = tf.compat.v1.Session(graph=graph)
+            with graph.as_default():
+                tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
         self.model_calls = 0
         self._calls_lock = threading.Lock()
         self._batcher = Batcher(self.run, batching, f"{name}-{version}") if batching else None
+        self._runs = concurrent.futures.ThreadPoolExecutor(RUN_THREADS, f"run-{name}-{version}")
 
     def signature(self, name: str) -> meta_graph_pb2.SignatureDef:
         name = name or "serving_default"
@@ -101,10 +140,13 @@ class Servable:
                                f'Serving signature key "{name}" not found.')
         return self.signature_defs[name]
 
-    def validate(self, signature_name: str, tensors: dict) -> tuple[dict, int | None]:
+    def validate(self, signature_name: str, tensors: dict,
+                 check_dtypes: bool = True) -> tuple[dict, int | None]:
         """TensorProtos of a request -> ({alias: ndarray}, rows), or the error TF Serving gives
-        for a missing, extra or mistyped input. Shapes are the model's to judge (TF Serving
-        feeds what it gets); `rows` is the common 0th dimension, None when there is none.
+        for a missing, extra or mistyped input (`check_dtypes` False: serialized Examples, fed
+        whatever dtype the signature declares, as TF Serving's classifier and regressor do).
+        Shapes are the model's to judge (TF Serving feeds what it gets); `rows` is the common
+        0th dimension, None when there is none.
         Sizes are checked against the limits before any tensor is built."""
         signature = self.signature(signature_name)
         expected = set(signature.inputs)
@@ -122,7 +164,7 @@ class Servable:
         arrays, rows = {}, set()
         for index, alias in enumerate(sorted(expected)):
             info, proto = signature.inputs[alias], tensors[alias]
-            if proto.dtype != info.dtype:
+            if check_dtypes and proto.dtype != info.dtype:
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                    f"Expects arg[{index}] to be {dtype_name(info.dtype)} but "
                                    f"{dtype_name(proto.dtype)} is provided")
@@ -139,10 +181,14 @@ class Servable:
     def run(self, signature_name: str, inputs: dict) -> dict:
         """One model call on validated inputs -> {alias: ndarray}."""
         signature = self.signature_defs[signature_name]
-        function = self._loaded.signatures[signature_name]
         with self._calls_lock:
             self.model_calls += 1
         try:
+            if self._session is not None:       # a TF1 SavedModel: its tensors by name
+                return self._session.run(
+                    {alias: info.name for alias, info in signature.outputs.items()},
+                    {signature.inputs[alias].name: value for alias, value in inputs.items()})
+            function = self._loaded.signatures[signature_name]
             outputs = function(**{alias: tf.constant(value, tf.dtypes.as_dtype(
                 signature.inputs[alias].dtype)) for alias, value in inputs.items()})
         except tf.errors.OpError as error:
@@ -156,7 +202,20 @@ class Servable:
         """A request's call: through the batcher when batching is on."""
         signature_name = signature_name or "serving_default"
         if self._batcher is None:
-            return self.run(signature_name, inputs)
+            if timeout is None:
+                return self.run(signature_name, inputs)
+            # On a thread of its own so the caller answers at its deadline; a model call cannot
+            # be stopped, so it runs on, but on at most `_runs` threads.
+            try:
+                future = self._runs.submit(self.run, signature_name, inputs)
+            except RuntimeError:    # the version is being unloaded: a late request runs here
+                return self.run(signature_name, inputs)
+            try:
+                return future.result(timeout=max(timeout, 0))
+            except concurrent.futures.TimeoutError:
+                future.cancel()      # still queued: never runs
+                raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                   "Deadline exceeded waiting for the model to run") from None
         if rows is None:   # TF Serving's batching session refuses what it cannot split in rows
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                "Batching session Run() input tensors must have equal "
@@ -190,6 +249,9 @@ class Servable:
     def close(self):
         if self._batcher:
             self._batcher.close()
+        self._runs.shutdown(wait=False)
+        if self._session is not None:
+            self._session.close()
 
 
 @dataclasses.dataclass
@@ -214,8 +276,10 @@ class ModelManager:
     def __init__(self, batching: config_lib.BatchingConfig | None = None,
                  warmup_iterations: int = 1, enable_warmup: bool = True,
                  max_num_load_retries: int = 5, load_retry_interval_micros: int = 60_000_000,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, metrics=None):
+        """`metrics` (serving/metrics.py's Metrics): each load attempt is recorded."""
         self.batching, self.warmup_iterations = batching, warmup_iterations
+        self.metrics = metrics
         self.enable_warmup = enable_warmup
         # TF Serving's --max_num_load_retries and --load_retry_interval_micros (same defaults).
         self.max_num_load_retries = max_num_load_retries
@@ -303,17 +367,24 @@ class ModelManager:
         attempts = 1 + max(self.max_num_load_retries, 0)
         for attempt in range(1, attempts + 1):
             log.info("Loading servable: {name: %s version: %d}", name, version)
+            started = time.monotonic()
             try:
                 servable = self._load_once(name, version, path)
+                if self.metrics is not None:
+                    self.metrics.loaded(path, True, (time.monotonic() - started) * 1e6)
                 break
             except Exception as error:   # a broken version fails alone; the server keeps serving
+                if self.metrics is not None:
+                    self.metrics.loaded(path, False, (time.monotonic() - started) * 1e6)
                 message = str(error).splitlines()[0] if str(error) else type(error).__name__
                 log.error("Loading servable: {name: %s version: %d} failed (attempt %d of %d): "
                           "%s", name, version, attempt, attempts, message)
                 if attempt == attempts or self.stopping.wait(self.load_retry_interval):
                     with self._lock:
                         status.state = State.END
-                        status.error = ServingError(grpc.StatusCode.UNKNOWN, message)
+                        status.error = ServingError(
+                            error.code if isinstance(error, ServingError)
+                            else grpc.StatusCode.UNKNOWN, message)
                     return
         with self._lock:
             status.servable, status.state = servable, State.AVAILABLE

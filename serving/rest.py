@@ -1,4 +1,4 @@
-"""TF Serving's REST API (--rest_api_port), served by Werkzeug over the same request handling
+"""TF Serving's REST API (--rest_api_port), served by aiohttp over the same request handling
 as the gRPC services (serving/service.py), so both answer alike.
 
   GET  /v1/models/{name}[/versions/{v}|/labels/{l}]             model status
@@ -15,10 +15,16 @@ status to.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
+import contextlib
+import dataclasses
 import json
 import logging
+import socket
 import threading
+import time
 
 import grpc
 import numpy as np
@@ -31,10 +37,7 @@ from tensorflow_serving.apis import (
     predict_pb2,
     regression_pb2,
 )
-from werkzeug.exceptions import HTTPException
-from werkzeug.routing import BaseConverter, Map, Rule
-from werkzeug.serving import WSGIRequestHandler, make_server
-from werkzeug.wrappers import Request, Response
+from aiohttp import web
 
 from cardio.serving import service
 from cardio.serving.client import fill_model_spec
@@ -53,23 +56,6 @@ HTTP_STATUS = {
     grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DATA_LOSS: 500, grpc.StatusCode.UNAUTHENTICATED: 401,
 }
-
-
-class _Name(BaseConverter):
-    regex = "[^/:]+"
-
-
-def _routes(metrics_path: str | None) -> Map:
-    rules = []
-    for suffix in ("", "/versions/<int:version>", "/labels/<name:label>"):
-        base = "/v1/models/<name:model>" + suffix
-        rules += [Rule(base, methods=["GET"], endpoint="status"),
-                  Rule(base + "/metadata", methods=["GET"], endpoint="metadata"),
-                  Rule(base + ":<any(predict, classify, regress):method>", methods=["POST"],
-                       endpoint="infer")]
-    if metrics_path:
-        rules.append(Rule(metrics_path, methods=["GET"], endpoint="metrics"))
-    return Map(rules, converters={"name": _Name}, strict_slashes=False)
 
 
 def _bad(message: str) -> ServingError:
@@ -203,31 +189,51 @@ def examples_input(body: dict, target):
         target.example_list.examples.extend(_example(e) for e in examples)
 
 
+def _with_defaults(message) -> dict:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=True)
+
+
+def json_expansion(body: bytes) -> int:
+    """An upper estimate of the bytes parsing `body` takes, counted before parsing it: the text
+    twice (str, base64-decoded bytes) and, per JSON value (at most one per comma or bracket),
+    its Python object and list slot, its ndarray element and its TensorProto value (64)."""
+    return 2 * len(body) + 64 * (body.count(b",") + body.count(b"[") + 1)
+
+
 # --- the application --------------------------------------------------------------------------
 
 class RestApi:
+    """The REST endpoints over serving/service.py, synchronous; `RestServer` reads each request
+    whole, then hands it to a worker thread that calls `handle`."""
+
     def __init__(self, manager, method_check: bool = False, timeout_ms: int = 30_000,
-                 num_threads: int = 0, metrics=None, metrics_path: str | None = None):
+                 metrics=None, metrics_path: str | None = None, budget=None):
+        """`budget` (serving/memory.py's Budget): bodies and their parsed JSON hold their
+        size from it while they run."""
         self.manager, self.method_check, self.metrics = manager, method_check, metrics
+        self.budget = budget
         self.timeout = timeout_ms / 1000 if timeout_ms > 0 else None
-        self.routes = _routes(metrics_path if metrics is not None else None)
-        # --rest_api_num_threads: at most this many requests are handled at once.
-        self._slots = threading.BoundedSemaphore(num_threads) if num_threads > 0 else None
+        self.metrics_path = metrics_path if metrics is not None else None
 
     def status(self, model, version=None, label=None, **_):
         request = get_model_status_pb2.GetModelStatusRequest()
         fill_model_spec(request.model_spec, model, version, label)
         response = service.model_status(self.manager, request.model_spec)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                         always_print_fields_with_no_presence=True)
+        return _with_defaults(response)
 
     def metadata(self, model, version=None, label=None, **_):
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         fill_model_spec(request.model_spec, model, version, label)
         response = service.model_metadata(self.manager.resolve(request.model_spec), request)
-        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+        # As TF Serving's http_rest_api_util.cc ToJsonString(GetModelMetadataResponse): the
+        # model spec and the unpacked SignatureDefMap (no "@type"), each with default fields.
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        response.metadata["signature_def"].Unpack(signatures)
+        return {"model_spec": _with_defaults(response.model_spec),
+                "metadata": {"signature_def": _with_defaults(signatures)}}
 
-    def infer(self, body, model, method, version=None, label=None):
+    def infer(self, body, model, method, version=None, label=None, timeout=None):
         if not isinstance(body, dict):
             raise _bad("The request body must be a JSON object")
         signature_name = body.get("signature_name", "")
@@ -235,10 +241,16 @@ class RestApi:
             request = predict_pb2.PredictRequest()
             fill_model_spec(request.model_spec, model, version, label, signature_name)
             servable = self.manager.resolve(request.model_spec)
+            name = signature_name or "serving_default"
+            if name not in servable.signature_defs:
+                # TF Serving's HTTP handler (model_servers/http_rest_api_handler.cc, GetInfoMap)
+                # answers this one INVALID_ARGUMENT (400), where its gRPC Predict answers
+                # FAILED_PRECONDITION.
+                raise _bad(f'Serving signature name: "{name}" not found in signature def')
             signature = servable.signature(signature_name)
             for alias, proto in predict_request(body, signature).items():
                 request.inputs[alias].CopyFrom(proto)
-            return service.predict(servable, request, self.timeout)
+            return service.predict(servable, request, timeout)
         kind = (classification_pb2.ClassificationRequest if method == "classify"
                 else regression_pb2.RegressionRequest)
         request = kind()
@@ -246,8 +258,8 @@ class RestApi:
         examples_input(body, request.input)
         servable = self.manager.resolve(request.model_spec)
         if method == "classify":
-            return service.classify(servable, request, self.method_check, self.timeout)
-        return service.regress(servable, request, self.method_check, self.timeout)
+            return service.classify(servable, request, self.method_check, timeout)
+        return service.regress(servable, request, self.method_check, timeout)
 
     @staticmethod
     def render(method: str, body: dict, response) -> dict:
@@ -258,67 +270,205 @@ class RestApi:
                                 for row in response.result.classifications]}
         return {"results": [r.value for r in response.result.regressions]}
 
-    def __call__(self, environ, start_response):
-        request = Request(environ)
-        try:
-            endpoint, args = self.routes.bind_to_environ(environ).match()
-        except HTTPException:
-            return self._json({"error": f"Malformed request: {request.method} {request.path}"},
-                              400 if request.path.startswith("/v1/") else 404)(
-                environ, start_response)
-        if endpoint == "metrics":
-            return Response(self.metrics.exposition(), mimetype="text/plain")(
-                environ, start_response)
-        if self._slots:
-            self._slots.acquire()
-        try:
-            return self._json(*self._handle(request, endpoint, args))(environ, start_response)
-        finally:
-            if self._slots:
-                self._slots.release()
-
-    def _handle(self, request, endpoint, args) -> tuple[dict, int]:
+    def handle(self, endpoint: str, args: dict, body: bytes | None = None,
+               arrived: float | None = None) -> tuple[dict, int]:
+        """One request -> (JSON payload, HTTP status). `arrived` (time.monotonic()) starts the
+        --rest_api_timeout_in_ms clock, so time spent queued for a worker counts."""
         api = {"status": "GetModelStatus", "metadata": "GetModelMetadata"}.get(
             endpoint, args.get("method"))
         try:
             if endpoint == "infer":
-                try:
-                    body = json.loads(request.get_data())
-                except ValueError as error:
-                    raise _bad(f"JSON Parse error: {error}") from None
-                response = service.measured(self.metrics, api, "REST", args["model"],
-                                            lambda: self.infer(body, **args))
-                return self.render(args["method"], body, response), 200
+                timeout = None
+                if self.timeout is not None:
+                    timeout = self.timeout - (time.monotonic() - (arrived or time.monotonic()))
+                    if timeout <= 0:
+                        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                           "Deadline exceeded before a worker took the request "
+                                           "(--rest_api_timeout_in_ms)")
+                with (self.budget.held(json_expansion(body), "the JSON body") if self.budget
+                      else contextlib.nullcontext()):
+                    try:
+                        parsed = json.loads(body)
+                    except (ValueError, RecursionError) as error:   # too deeply nested too
+                        raise _bad(f"JSON Parse error: {error}") from None
+                    response = service.measured(
+                        self.metrics, api, "REST", args["model"],
+                        lambda: self.infer(parsed, **args, timeout=timeout))
+                    return self.render(args["method"], parsed, response), 200
             call = self.status if endpoint == "status" else self.metadata
-            return call(**args), 200
+            return service.measured(self.metrics, api, "REST", args["model"],
+                                    lambda: call(**args)), 200
         except ServingError as error:
             return {"error": error.message}, HTTP_STATUS.get(error.code, 500)
         except Exception as error:    # answered, logged; the server keeps serving
-            log.exception("REST %s %s failed", request.method, request.path)
+            log.exception("REST %s %s failed", endpoint, args)
             return {"error": f"{type(error).__name__}: {error}"}, 500
 
-    @staticmethod
-    def _json(payload: dict, status: int) -> Response:
-        return Response(json.dumps(payload), status=status, mimetype="application/json")
+
+# --- the HTTP server --------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    """What clients may hold of the REST server before any worker sees their request. A
+    request is read whole on the event loop (a slow or stalled client holds a connection, never
+    a worker), within `header_timeout` of connecting (or of its previous answer on a kept-alive
+    connection) and `body_timeout` of its header; a declared or actual body over
+    `max_body_bytes` is answered 413 without buffering it; past `max_connections` open
+    connections a new one is answered 503 and closed."""
+    max_body_bytes: int = 64 << 20
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 256
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args, **kwargs):   # no line per request (TF Serving logs none)
-        pass
+def _json_response(payload: dict, status: int) -> web.Response:
+    return web.Response(body=json.dumps(payload).encode(), status=status,
+                        content_type="application/json")
+
+
+class _Refused(asyncio.Protocol):
+    """A connection past --rest_api_max_connections: one 503 answer, then closed."""
+    BODY = json.dumps({"error": "Too many open connections (--rest_api_max_connections)"}).encode()
+    ANSWER = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+              b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY))
+
+    def connection_made(self, transport):
+        transport.write(self.ANSWER)
+        transport.close()
 
 
 class RestServer:
-    """Werkzeug's threaded WSGI server on its own thread."""
+    """aiohttp's HTTP server on an event loop of its own thread; requests run on
+    `num_threads` worker threads (--rest_api_num_threads), status and metadata on two more of
+    their own, so readiness probes never queue behind model runs."""
 
-    def __init__(self, app: RestApi, host: str, port: int):
-        self._server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
-        self.port = self._server.server_port
-        self._thread = threading.Thread(target=self._server.serve_forever, name="rest",
-                                        daemon=True)
+    def __init__(self, api: RestApi, host: str, port: int, num_threads: int,
+                 limits: HttpLimits = HttpLimits()):
+        self.api, self.limits = api, limits
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.create_server((host, port), family=family, backlog=128)
+        self.port = self._socket.getsockname()[1]
+        self._workers = concurrent.futures.ThreadPoolExecutor(max(1, num_threads), "rest")
+        self._control = concurrent.futures.ThreadPoolExecutor(2, "rest-status")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rest", daemon=True)
+        self._runner = self._listener = None
+
+    # --- routes ---
+
+    def _app(self) -> web.Application:
+        app = web.Application(client_max_size=self.limits.max_body_bytes)
+        model = "/v1/models/{model:[^/:]+}"
+        for suffix in ("", "/versions/{version:[0-9]+}", "/labels/{label:[^/:]+}"):
+            app.router.add_get(model + suffix, self._status)
+            app.router.add_get(model + suffix + "/metadata", self._metadata)
+            app.router.add_post(model + suffix + ":{method:predict|classify|regress}",
+                                self._infer)
+        if self.api.metrics_path:
+            app.router.add_get(self.api.metrics_path, self._metrics)
+        app.router.add_route("*", "/{path:.*}", self._malformed)
+        return app
+
+    @staticmethod
+    def _args(request: web.Request) -> dict:
+        args = dict(request.match_info)
+        if "version" in args:
+            args["version"] = int(args["version"])
+        return args
+
+    async def _malformed(self, request: web.Request) -> web.Response:
+        return _json_response({"error": f"Malformed request: {request.method} {request.path}"},
+                              400 if request.path.startswith("/v1/") else 404)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.api.metrics.exposition(), content_type="text/plain",
+                            charset="utf-8")
+
+    async def _status(self, request: web.Request) -> web.Response:
+        return await self._run(self._control, "status", self._args(request))
+
+    async def _metadata(self, request: web.Request) -> web.Response:
+        return await self._run(self._control, "metadata", self._args(request))
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        arrived, limit = time.monotonic(), self.limits.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:    # refused before reading a byte of it
+            return self._closing(_json_response(
+                {"error": f"Request body of {declared} bytes is over the limit of {limit} bytes "
+                          f"(--rest_api_max_body_bytes)"}, 413))
+        held = limit if declared is None else declared     # chunked: up to the cap
+        budget = self.api.budget
+        try:
+            if budget is not None:
+                budget.reserve(held, "the request body")
+        except ServingError as error:        # no room to buffer it now: refused unread
+            return self._closing(_json_response({"error": error.message}, 429))
+        try:
+            try:
+                async with asyncio.timeout(self.limits.body_timeout):
+                    body = await request.read()
+            except web.HTTPRequestEntityTooLarge:     # a chunked body that grew past the limit
+                return self._closing(_json_response(
+                    {"error": f"Request body is over the limit of {limit} bytes "
+                              f"(--rest_api_max_body_bytes)"}, 413))
+            except TimeoutError:
+                return self._closing(_json_response(
+                    {"error": f"Request body not received within "
+                              f"{self.limits.body_timeout:g} s"}, 408))
+            return await self._run(self._workers, "infer", self._args(request), body, arrived)
+        finally:
+            if budget is not None:
+                budget.release(held)
+
+    @staticmethod
+    def _closing(response: web.Response) -> web.Response:
+        response.force_close()      # the rest of the body is not read, so the connection ends
+        return response
+
+    async def _run(self, pool, endpoint: str, *args) -> web.Response:
+        payload, status = await self._loop.run_in_executor(
+            pool, self.api.handle, endpoint, *args)
+        return _json_response(payload, status)
+
+    # --- the connection limit and life cycle ---
+
+    def _protocol(self):
+        if len(self._runner.server.connections) >= self.limits.max_connections:
+            return _Refused()
+        return self._runner.server()
+
+    async def _listen(self):
+        # keepalive_timeout closes a connection that has not sent a whole header this long
+        # after connecting or after its previous answer: aiohttp's header read timeout.
+        self._runner = web.AppRunner(self._app(), access_log=None, handle_signals=False,
+                                     keepalive_timeout=self.limits.header_timeout,
+                                     lingering_time=1.0, shutdown_timeout=1.0)
+        await self._runner.setup()
+        self._listener = await self._loop.create_server(self._protocol, sock=self._socket)
+
+    async def _close(self):
+        # Let connections the kernel has already accepted get their transports first: asyncio
+        # (3.13) cannot attach one to a closed server, and leaks it.
+        for _ in range(3):
+            await asyncio.sleep(0)
+        self._listener.close()
+        await self._runner.cleanup()
+        self._listener.close_clients()      # _Refused ones too; then every transport detaches
+        try:
+            await asyncio.wait_for(self._listener.wait_closed(), 5)
+        except TimeoutError:
+            self._listener.abort_clients()
 
     def start(self):
         self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._listen(), self._loop).result()
 
     def stop(self):
-        self._server.shutdown()
+        if self._listener is not None:
+            asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
+        self._loop.close()
+        self._workers.shutdown(wait=False, cancel_futures=True)
+        self._control.shutdown(wait=False, cancel_futures=True)

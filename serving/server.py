@@ -18,7 +18,9 @@ import tensorflow as tf
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 from tensorflow_serving.config import model_server_config_pb2
 
-from cardio.serving import config as config_lib, metrics as metrics_lib, rest, service
+from cardio.serving import (config as config_lib, memory, metrics as metrics_lib, rest,
+                            service)
+from cardio.serving import errors
 from cardio.serving.models import Limits, ModelManager
 
 log = logging.getLogger("cardio.serve")
@@ -49,8 +51,15 @@ class ServerOptions:
     bind_address: str = "0.0.0.0"             # interface the gRPC and REST ports listen on
     allow_reload_config_request: bool = True  # false: HandleReloadConfigRequest is refused
     reload_config_allowed_roots: str = ""     # comma-separated; reloaded base paths must be under one
+    # Memory caps: 0 derives them from --memory_limit_bytes (serving/memory.py's formula).
+    memory_limit_bytes: int = 0               # 0: $CARDIO_SERVE_MEMORY_LIMIT_BYTES, cgroup, RAM
+    grpc_max_concurrent_rpcs: int = 0         # 0: 4 per gRPC worker; past it RESOURCE_EXHAUSTED
     max_tensor_elements: int = 1 << 28        # per request tensor, checked before it is expanded
-    max_tensor_bytes: int = 512 << 20
+    max_tensor_bytes: int = 0
+    rest_api_max_body_bytes: int = 0          # larger bodies: 413, refused before they are read
+    rest_api_header_timeout_in_ms: int = 10_000   # connect (or last answer) to a whole header
+    rest_api_body_timeout_in_ms: int = 30_000     # header to a whole body
+    rest_api_max_connections: int = 256       # open REST connections; past it: 503 and closed
 
 
 # tensorflow_model_server's flags that `cardio serve` implements, with their types.
@@ -124,10 +133,12 @@ def parse_flags(argv: list[str]) -> ServerOptions:
     return options
 
 
-def channel_arguments(text: str) -> list[tuple[str, object]]:
-    """--grpc_channel_arguments "k=v,k=v" -> gRPC options. Message sizes are unlimited unless
-    set here, as in TF Serving."""
-    arguments = {"grpc.max_receive_message_length": -1, "grpc.max_send_message_length": -1}
+def channel_arguments(text: str, max_message_bytes: int = -1) -> list[tuple[str, object]]:
+    """--grpc_channel_arguments "k=v,k=v" -> gRPC options. Received messages are capped at
+    `max_message_bytes` (-1: unlimited, as in TF Serving), sent ones unlimited, unless set
+    here."""
+    arguments = {"grpc.max_receive_message_length": max_message_bytes,
+                 "grpc.max_send_message_length": -1}
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key:
@@ -161,26 +172,47 @@ class Server:
                         f.read(), options.batching_parameters_file)
             else:   # TF Serving's defaults when no file is given
                 batching = config_lib.parse_batching_parameters("", "defaults")
-        self.manager = ModelManager(batching, options.num_request_iterations_for_warmup,
-                                    options.enable_model_warmup, options.max_num_load_retries,
-                                    options.load_retry_interval_micros,
-                                    Limits(options.max_tensor_elements, options.max_tensor_bytes))
-        self.manager.set_config(model_server_config(options))
-        self._grpc_options = channel_arguments(options.grpc_channel_arguments)
+        self.workers = options.grpc_max_threads or 4 * (os.cpu_count() or 1)
+        self.max_concurrent_rpcs = options.grpc_max_concurrent_rpcs or 4 * self.workers
+        self.memory_limit, self._memory_source = memory.memory_limit(options.memory_limit_bytes)
+        self.budget = memory.Budget(0)
+        self.limits = Limits(options.max_tensor_elements, options.max_tensor_bytes, self.budget)
+        self._derive_caps()     # for the warm-up requests of the first loads; again after them
         self.metrics_path = (metrics_lib.read_monitoring_config(options.monitoring_config_file)
                              if options.monitoring_config_file else None)
         self.metrics = metrics_lib.Metrics() if self.metrics_path else None
+        self.manager = ModelManager(batching, options.num_request_iterations_for_warmup,
+                                    options.enable_model_warmup, options.max_num_load_retries,
+                                    options.load_retry_interval_micros, self.limits, self.metrics)
+        self.manager.set_config(model_server_config(options))
         self._stop = threading.Event()
         self._poller = None
         self._grpc = None
         self._rest = None
         self.port = self.rest_port = None
 
+    def _derive_caps(self):
+        """serving/memory.py's caps from the memory limit and the resident size now; a cap
+        given by its flag stays."""
+        self.caps = memory.derived(self.memory_limit, memory.resident(),
+                                   self.max_concurrent_rpcs)
+        self.budget.total = self.caps["budget"]
+        self.limits.max_tensor_bytes = (self.options.max_tensor_bytes
+                                        or self.caps["max_tensor_bytes"])
+
     def start(self) -> int:
         self.manager.reconcile()
-        workers = self.options.grpc_max_threads or 4 * (os.cpu_count() or 1)
-        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=workers),
-                                 options=self._grpc_options)
+        self._derive_caps()
+        log.info("memory limit %d bytes (%s); caps: %s", self.memory_limit, self._memory_source,
+                 self.caps)
+        self._grpc_options = channel_arguments(self.options.grpc_channel_arguments,
+                                               self.caps["max_message_bytes"])
+        # Past max_concurrent_rpcs (running or queued for a worker), gRPC itself answers
+        # RESOURCE_EXHAUSTED before reading the request.
+        # One worker more than --grpc_max_threads: the one reload request that may wait.
+        self._grpc = grpc.server(concurrent.futures.ThreadPoolExecutor(self.workers + 1),
+                                 options=self._grpc_options,
+                                 maximum_concurrent_rpcs=self.max_concurrent_rpcs)
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
             service.PredictionService(self.manager,
                                       self.options.enable_signature_method_name_check,
@@ -194,12 +226,19 @@ class Server:
             raise OSError(f"cannot bind {self.host}:{self.options.port}")
         self._grpc.start()
         if self.options.rest_api_port:
-            app = rest.RestApi(self.manager, self.options.enable_signature_method_name_check,
-                               self.options.rest_api_timeout_in_ms,
-                               self.options.rest_api_num_threads or 4 * (os.cpu_count() or 1),
-                               self.metrics, self.metrics_path)
+            api = rest.RestApi(self.manager, self.options.enable_signature_method_name_check,
+                               self.options.rest_api_timeout_in_ms, self.metrics,
+                               self.metrics_path, self.budget)
+            limits = rest.HttpLimits(
+                max_body_bytes=(self.options.rest_api_max_body_bytes
+                                or self.caps["rest_api_max_body_bytes"]),
+                header_timeout=self.options.rest_api_header_timeout_in_ms / 1000,
+                body_timeout=self.options.rest_api_body_timeout_in_ms / 1000,
+                max_connections=self.options.rest_api_max_connections)
             # --rest_api_port=-1 (cardio serve only): any free port, as --port=0 is for gRPC.
-            self._rest = rest.RestServer(app, self.host, max(self.options.rest_api_port, 0))
+            self._rest = rest.RestServer(
+                api, self.host, max(self.options.rest_api_port, 0),
+                self.options.rest_api_num_threads or 4 * (os.cpu_count() or 1), limits)
             self._rest.start()
             self.rest_port = self._rest.port
             log.info("Exporting HTTP/REST API at:%s:%d ...", self.host, self.rest_port)
@@ -264,13 +303,19 @@ def main(argv: list[str], echo=print) -> int:
     except ValueError as error:   # a models.config or batching file that does not parse
         print(error, file=sys.stderr)
         return 1
+    except tf.errors.OpError as error:
+        # A config file missing or unreadable: TF Serving's one line on stdout and its exit
+        # status (model_servers/main.cc: "Failed to start server. Error: " << status; -1).
+        code = errors.code_from_number(error.error_code).name
+        print(f"Failed to start server. Error: {code}: {error.message}")
+        return 255
     server.start()
     done = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: done.set())
     echo(json.dumps({"port": server.port, "rest_api_port": server.rest_port,
                      "available": server.manager.available(),
-                     "labels": server.manager.labels()}))
+                     "labels": server.manager.labels(), "memory_caps": server.caps}))
     done.wait()
     log.info("shutting down")
     server.stop(grace=5.0)

@@ -5,7 +5,11 @@ PredictionService: Predict, Classify, Regress, MultiInference, GetModelMetadata.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import logging
+import os
+import threading
 import time
 
 import grpc
@@ -47,13 +51,26 @@ def predict(servable, request: predict_pb2.PredictRequest,
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"output tensor alias not found in signature: {alias} Outputs "
                                f"expected to be in the set {{{','.join(sorted(signature.outputs))}}}.")
-    inputs, rows = servable.validate(signature_name, request.inputs)
-    outputs = servable.infer(signature_name, inputs, rows, timeout)
-    response = predict_pb2.PredictResponse()
-    _model_spec(response.model_spec, servable, signature_name)
-    for alias in request.output_filter or outputs:
-        response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias]))
+    with servable.limits.admitted(request.inputs):
+        inputs, rows = servable.validate(signature_name, request.inputs)
+        outputs = _infer(servable, signature_name, inputs, rows, timeout)
+        response = predict_pb2.PredictResponse()
+        _model_spec(response.model_spec, servable, signature_name)
+        for alias in request.output_filter or outputs:
+            response.outputs[alias].CopyFrom(tf.make_tensor_proto(outputs[alias]))
     return response
+
+
+# Set by `measured` for the request its thread runs: records each model run's latency.
+_RUNTIME = contextvars.ContextVar("runtime_observer", default=None)
+
+
+def _infer(servable, signature_name: str, inputs: dict, rows, timeout) -> dict:
+    observe, started = _RUNTIME.get(), time.monotonic()
+    outputs = servable.infer(signature_name, inputs, rows, timeout)
+    if observe is not None:
+        observe((time.monotonic() - started) * 1e6)
+    return outputs
 
 
 def _serialized_examples(request_input) -> list[bytes]:
@@ -83,8 +100,9 @@ def _run_examples(servable, signature_name: str, request_input, timeout) -> tupl
     (alias,) = signature.inputs
     examples = _serialized_examples(request_input)
     proto = tf.make_tensor_proto(np.array(examples, dtype=object))
-    inputs, rows = servable.validate(signature_name, {alias: proto})
-    return servable.infer(signature_name, inputs, rows, timeout), len(examples)
+    with servable.limits.admitted({alias: proto}):
+        inputs, rows = servable.validate(signature_name, {alias: proto}, check_dtypes=False)
+        return _infer(servable, signature_name, inputs, rows, timeout), len(examples)
 
 
 def _check_method(signature, expected: str, method_check: bool, what: str):
@@ -168,10 +186,13 @@ def regress(servable, request: regression_pb2.RegressionRequest, method_check: b
     return response
 
 
-def multi_inference(manager, request: inference_pb2.MultiInferenceRequest,
-                    timeout=None) -> inference_pb2.MultiInferenceResponse:
+def multi_inference(manager, request: inference_pb2.MultiInferenceRequest, timeout=None,
+                    method_check: bool = False) -> inference_pb2.MultiInferenceResponse:
     """Several classify/regress signatures of one model over the same Examples, with TF
-    Serving's checks (one model, no signature twice, only classify and regress methods)."""
+    Serving's checks (servables/tensorflow/multi_inference.cc: one model, no signature twice,
+    the task's method classify or regress; the signature's own method_name only with
+    --enable_signature_method_name_check, so a TF2 model's `predict`-method signatures are
+    accepted as TF Serving accepts them)."""
     if not request.tasks:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Expected at least one task")
     names, seen = {task.model_spec.name for task in request.tasks}, set()
@@ -187,14 +208,17 @@ def multi_inference(manager, request: inference_pb2.MultiInferenceRequest,
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
                                f"Duplicate evaluation of signature: {signature_name}")
         seen.add(signature_name)
+        if signature_name not in servable.signature_defs:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT,
+                               f"Requested signature not found in model graph: {signature_name}")
         result = response.results.add()
         _model_spec(result.model_spec, servable, signature_name)
         if task.method_name == CLASSIFY_METHOD:
             result.classification_result.CopyFrom(classification_result(
-                servable, signature_name, request.input, True, timeout))
+                servable, signature_name, request.input, method_check, timeout))
         elif task.method_name == REGRESS_METHOD:
             result.regression_result.CopyFrom(regression_result(
-                servable, signature_name, request.input, True, timeout))
+                servable, signature_name, request.input, method_check, timeout))
         else:
             raise ServingError(grpc.StatusCode.UNIMPLEMENTED,
                                f"Unsupported signature method_name: {task.method_name}")
@@ -225,6 +249,8 @@ def measured(metrics, api: str, entrypoint: str, model_name: str, call):
     """Runs one request and records its count and latency (when metrics are on): the version
     is the one that answered (from the response's model_spec), empty when none did."""
     started, code, response = time.monotonic(), grpc.StatusCode.OK, None
+    token = _RUNTIME.set(None if metrics is None else
+                         lambda micros: metrics.runtime(model_name, api, micros))
     try:
         response = call()
         return response
@@ -235,6 +261,7 @@ def measured(metrics, api: str, entrypoint: str, model_name: str, call):
         code = grpc.StatusCode.INTERNAL
         raise
     finally:
+        _RUNTIME.reset(token)
         if metrics is not None:
             spec = getattr(response, "model_spec", None)
             if spec is None and getattr(response, "results", None):
@@ -286,7 +313,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     def MultiInference(self, request, context):
         return self._serve("MultiInference", request, context, lambda: multi_inference(
-            self.manager, request, context.time_remaining()))
+            self.manager, request, context.time_remaining(), self.method_check))
 
     def GetModelMetadata(self, request, context):
         return self._serve("GetModelMetadata", request, context, lambda: model_metadata(
@@ -300,6 +327,8 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
         otherwise make the server load a SavedModel, i.e. run its graph, from anywhere)."""
         self.manager, self.allow_reload = manager, allow_reload
         self.allowed_roots = tuple(_normalised(root) for root in allowed_roots)
+        self._waiting = threading.Lock()      # held by the one reload request waiting
+        self._reloads = concurrent.futures.ThreadPoolExecutor(1, "reload")
 
     def GetModelStatus(self, request, context):
         return _answer(context, lambda: model_status(self.manager, request.model_spec))
@@ -318,24 +347,42 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
                                        f"outside --reload_config_allowed_roots")
 
     def HandleReloadConfigRequest(self, request, context):
+        """Answered once the new config's models are loaded (as TF Serving). The loads run on
+        the reload thread, and one request at a time waits for them (the server keeps a gRPC
+        worker spare for it): a reload never holds a Predict worker, and a second reload while
+        one waits is answered UNAVAILABLE at once."""
         response = model_management_pb2.ReloadConfigResponse()
         try:
             self.check_reload(request.config)
         except ServingError as error:
             context.abort(error.code, error.message)
+        if not self._waiting.acquire(blocking=False):
+            context.abort(grpc.StatusCode.UNAVAILABLE,
+                          "Another HandleReloadConfigRequest is in progress; retry once it is "
+                          "answered")
         try:
             self.manager.set_config(request.config)
-            self.manager.reconcile()
+            loads = self._reloads.submit(self.manager.reconcile)
+            try:
+                loads.result(timeout=context.time_remaining())
+            except concurrent.futures.TimeoutError:
+                context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                              "Deadline exceeded before the new config's models were loaded; "
+                              "they go on loading")
         except ValueError as error:
             response.status.error_code = grpc.StatusCode.INVALID_ARGUMENT.value[0]
             response.status.error_message = str(error)
+        finally:
+            self._waiting.release()
         return response
 
 
 def _normalised(path: str) -> str:
-    """A base path with `..` and `.` resolved, so `root/../elsewhere` is not under `root`."""
+    """A base path compared as what it names: a local one with symlinks resolved
+    (os.path.realpath), so a link inside an allowed root that points outside is outside; `..`
+    and `.` resolved in any scheme's, so `root/../elsewhere` is not under `root`."""
     import posixpath
     scheme, sep, rest = path.partition("://")
     if not sep:
-        return posixpath.normpath(path) + "/"
+        return os.path.realpath(path).rstrip("/") + "/"
     return f"{scheme}://{posixpath.normpath('/' + rest).lstrip('/')}/"

@@ -211,3 +211,11 @@ def test_flags_it_does_not_implement_are_refused_by_name(argv, message):
     with pytest.raises(server_lib.FlagError, match=message and re.escape(message)):
         options = server_lib.parse_flags(argv)
         server_lib.channel_arguments(options.grpc_channel_arguments)
+
+
+def test_a_missing_config_file_fails_with_tf_servings_one_line(tmp_path, capsys):
+    missing = tmp_path / "absent" / "models.config"
+    assert server_lib.main([f"--model_config_file={missing}"]) == 255
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [f"Failed to start server. Error: NOT_FOUND: {missing}; No such file or "
+                   f"directory"], out

@@ -308,8 +308,10 @@ REST_BAD_REQUESTS = {
     "unknown version": (f"/v1/models/{MODEL}/versions/99:predict", {"instances": ["x"]}, 404, "99"),
     "unknown label": (f"/v1/models/{MODEL}/labels/beta:predict", {"instances": ["x"]}, 400,
                       "Unrecognized servable version label: beta"),
+    # TF Serving's HTTP handler (http_rest_api_handler.cc GetInfoMap): 400, not gRPC's 412.
     "unknown signature": (f"/v1/models/{MODEL}:predict", {"signature_name": "nope",
-                                                          "instances": ["x"]}, 412, "nope"),
+                                                          "instances": ["x"]}, 400,
+                          'Serving signature name: "nope" not found in signature def'),
     "wrong dtype": (f"/v1/models/{MODEL}:predict", {"instances": [1.5]}, 400, "string"),
     "undecodable image": (f"/v1/models/{MODEL}:predict", {"instances": [{"b64": "bm90"}]}, 400,
                           "image"),

@@ -32,7 +32,8 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     export_version(str(tmp_path_factory.mktemp("exports")), str(root), MODEL, 1, seed=0)
     running = start_cardio([f"--model_base_path={root}/{MODEL}", f"--model_name={MODEL}",
-                            "--max_tensor_elements=50000000", "--allow_reload_config_request=true",
+                            "--max_tensor_elements=50000000", "--memory_limit_bytes=2147483648",
+                            "--allow_reload_config_request=true",
                             f"--reload_config_allowed_roots={root}"])
     yield root, running
     running.stop()

@@ -545,7 +545,9 @@ def serve(flags):
     --max_num_load_retries, --load_retry_interval_micros, --monitoring_config_file. Its other
     flags are refused by name. Hardening (cardio serve only): --bind_address,
     --allow_reload_config_request, --reload_config_allowed_roots, --max_tensor_elements,
-    --max_tensor_bytes.
+    --max_tensor_bytes, --memory_limit_bytes, --grpc_max_concurrent_rpcs,
+    --rest_api_max_body_bytes, --rest_api_header_timeout_in_ms, --rest_api_body_timeout_in_ms,
+    --rest_api_max_connections.
     """
     from cardio.serving import server
 
