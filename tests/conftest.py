@@ -108,13 +108,15 @@ def e2e(tmp_path_factory) -> PipelineRun:
     return PipelineRun(workdir, result.stdout, result.stderr, summary, interfaces, command)
 
 
-# The longest files first (measured, 2 cores), so the two xdist workers, each taking whole files,
+# The longest files first (measured, 2 cores), so the xdist workers, each taking whole files,
 # finish together instead of one waiting on a long file started last.
-LONGEST_FIRST = ("test_e2e.py", "test_kubeflow_executed.py", "test_backbones.py",
-                 "test_real_data_pipeline.py", "test_tfjob_trainer.py", "test_gate.py", "test_baseline_per_cell.py",
-                 "test_trainer_resume.py", "test_explain.py", "test_distributed_training.py",
-                 "test_lung_crop_component.py", "test_env_unprivileged.py", "test_anomalies.py",
-                 "test_drift.py", "test_comparison.py", "test_launcher_quiet.py")
+LONGEST_FIRST = ("test_e2e.py", "test_kubeflow_executed.py", "test_real_data_pipeline.py",
+                 "test_launcher_quiet.py", "test_tfjob_trainer.py", "test_trainer_resume.py",
+                 "test_reproducible_training.py", "test_explain.py", "test_gate.py",
+                 "test_launcher_signals.py", "test_distributed_training.py",
+                 "test_baseline_per_cell.py", "test_comparison.py", "test_conversion_state.py",
+                 "test_serving_cli.py", "test_anomalies.py", "test_env_unprivileged.py",
+                 "test_lung_crop_component.py", "test_backbones.py", "test_launcher.py")
 
 
 def pytest_collection_modifyitems(config, items):
