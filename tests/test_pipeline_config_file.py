@@ -34,7 +34,7 @@ def test_shipped_files_are_the_study_the_demo_and_the_nih_set():
     demo, coded = config_file.load("demo").config, configs.demo_config("random")
     for field in ("grid", "gate", "image_size", "crop_size", "epochs", "internal_sites",
                   "external_site", "segmenter_uri", "weights", "pipeline_name",
-                  "min_validation_positives", "min_split_positives"):
+                  "min_validation_positives", "min_split_positives", "ci_method"):
         assert getattr(demo, field) == getattr(coded, field), field
     nih = config_file.load("nih").config
     assert nih.sites == ("nih",) and nih.external_site is None
