@@ -146,7 +146,7 @@ build_root() {
   if [ "$(id -u)" = 0 ]; then
     command -v mmdebstrap >/dev/null || {
       log "[0/3] installing mmdebstrap on the host (apt-get)"
-      apt-get update -qq && apt-get install -y -qq --no-install-recommends mmdebstrap
+      apt-get update -qq && apt-get install -y -qq mmdebstrap
     }
   else
     require_unprivileged_build
