@@ -26,15 +26,20 @@ def _uncompressed(path, pixels, bits):
     return pydicom.dcmread(str(path))
 
 
-def _gdcm_transcode(source, target, syntax):
+def _gdcm_transcode(source, target, syntax, pixel_format=None):
+    """GDCM re-encodes `source` in `syntax`; `pixel_format` (gdcm.PixelFormat's arguments)
+    replaces the image's pixel format first."""
     import gdcm
 
     reader = gdcm.ImageReader()
     reader.SetFileName(str(source))
     assert reader.Read()
+    image = reader.GetImage()
+    if pixel_format:
+        image.SetPixelFormat(gdcm.PixelFormat(*pixel_format))
     change = gdcm.ImageChangeTransferSyntax()
     change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
-    change.SetInput(reader.GetImage())
+    change.SetInput(image)
     assert change.Change()
     writer = gdcm.ImageWriter()
     writer.SetFileName(str(target))
@@ -142,22 +147,7 @@ def _gdcm_jpeg_extended_12bit(source, target):
     """JPEG Extended (process 2 & 4) at 12-bit sample precision, encoded by GDCM. GDCM sizes the
     JPEG precision from Bits Allocated, so the image is handed over as 12 bits allocated and the
     header written back as a PACS writes it (16 allocated, 12 stored)."""
-    import gdcm
-
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(source))
-    assert reader.Read()
-    image = reader.GetImage()
-    image.SetPixelFormat(gdcm.PixelFormat(1, 12, 12, 11))
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGExtendedProcess2_4))
-    change.SetInput(image)
-    assert change.Change()
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(target))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    assert writer.Write()
+    _gdcm_transcode(source, target, "JPEGExtendedProcess2_4", pixel_format=(1, 12, 12, 11))
     ds = pydicom.dcmread(str(target))
     ds.BitsAllocated = 16
     ds.save_as(str(target))
