@@ -92,11 +92,7 @@ def render_batching_parameters(batching: BatchingConfig) -> str:
 def parse_batching_parameters(text: str, source: str = "batching parameters") -> BatchingConfig:
     """Text-format BatchingParameters -> BatchingConfig, with TF Serving's defaults for unset
     fields (max_batch_size 1000, no timeout, 10 enqueued batches, one thread per core)."""
-    params = BatchingParameters()
-    try:
-        text_format.Parse(text, params)
-    except text_format.ParseError as error:
-        raise ValueError(f"{source}: not a BatchingParameters text proto: {error}") from None
+    params = parse_text_proto(text, BatchingParameters(), source)
     if params.pad_variable_length_inputs:
         raise ValueError(f"{source}: pad_variable_length_inputs is not implemented by cardio serve")
 
@@ -119,17 +115,27 @@ def parse_batching_parameters(text: str, source: str = "batching parameters") ->
 # --- models.config ------------------------------------------------------------------------------
 
 class ConfigError(ValueError):
-    """A models.config that does not parse; the message is TF Serving's."""
+    """A text-proto file that does not parse, as TF Serving reports it: the status message is
+    `Invalid protobuf file: '<path>'` (util/proto_util.h, ParseProtoTextFile) and protobuf's
+    TextFormat logs the line and column on stderr (`detail`)."""
+
+    def __init__(self, source: str, detail: str):
+        super().__init__(f"Invalid protobuf file: '{source}'")
+        self.detail = detail
+
+
+def parse_text_proto(text: str, message, source: str):
+    """`message` filled from text-format `text`, or ConfigError naming `source`."""
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as error:
+        raise ConfigError(source, f"Error parsing text-format {message.DESCRIPTOR.full_name}: "
+                                  f"{error}") from None
+    return message
 
 
 def parse_models_config(text: str, source: str = MODELS_CONFIG) -> ModelServerConfig:
-    config = ModelServerConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        raise ConfigError(f"Error parsing text-format tensorflow.serving.ModelServerConfig: "
-                          f"{error} (in {source})") from None
-    return config
+    return parse_text_proto(text, ModelServerConfig(), source)
 
 
 def read_models_config(path: str) -> ModelServerConfig:

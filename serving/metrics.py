@@ -19,7 +19,9 @@ import time
 import grpc
 import prometheus_client
 import tensorflow as tf
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from cardio.serving import config as config_lib
 
 DEFAULT_PATH = "/monitoring/prometheus/metrics"
 
@@ -47,12 +49,7 @@ def read_monitoring_config(path: str) -> str | None:
     """The Prometheus path a monitoring config enables, or None when it does not."""
     with tf.io.gfile.GFile(path) as f:
         text = f.read()
-    config = MonitoringConfig()
-    try:
-        text_format.Parse(text, config)
-    except text_format.ParseError as error:
-        raise ValueError(f"Error parsing text-format tensorflow.serving.MonitoringConfig: "
-                         f"{error} (in {path})") from None
+    config = config_lib.parse_text_proto(text, MonitoringConfig(), path)
     if not config.prometheus_config.enable:
         return None
     return config.prometheus_config.path or DEFAULT_PATH

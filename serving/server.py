@@ -300,14 +300,18 @@ def main(argv: list[str], echo=print) -> int:
     options = parse_flags(argv)
     try:
         server = Server(options)
-    except ValueError as error:   # a models.config or batching file that does not parse
-        print(error, file=sys.stderr)
-        return 1
-    except tf.errors.OpError as error:
-        # A config file missing or unreadable: TF Serving's one line on stdout and its exit
-        # status (model_servers/main.cc: "Failed to start server. Error: " << status; -1).
-        code = errors.code_from_number(error.error_code).name
-        print(f"Failed to start server. Error: {code}: {error.message}")
+    except (ValueError, tf.errors.OpError) as error:
+        # A config file missing, unreadable, not parsing or invalid: TF Serving's one line on
+        # stdout and its exit status (model_servers/main.cc: "Failed to start server. Error: "
+        # << status; return -1). A parse error's line and column go to stderr first, where
+        # protobuf's TextFormat logs them.
+        if isinstance(error, tf.errors.OpError):
+            code, message = errors.code_from_number(error.error_code).name, error.message
+        else:
+            code, message = "INVALID_ARGUMENT", str(error)
+        if getattr(error, "detail", None):
+            print(error.detail, file=sys.stderr)
+        print(f"Failed to start server. Error: {code}: {message}")
         return 255
     server.start()
     done = threading.Event()

@@ -318,3 +318,102 @@ def test_the_demo_ends_with_the_time_each_stage_took(e2e):
     components = ("LungCrop", f"Trainer.{CELL.name}", f"Evaluator.{CELL.name}", "ModelComparison")
     assert {"synthetic radiographs", *components, "serving over gRPC", "total"} <= set(rows), table
     assert rows["total"] >= sum(rows[c] for c in components) > 0
+
+
+# saved_model_cli (tensorflow/python/tools/saved_model_cli.py) in a process that imports nothing
+# of this project: `-I` drops PYTHONPATH (and with it this project's start-up module), and the
+# process reports at exit every module of this project it loaded. Its `run` loads the SavedModel
+# with TF1's session loader (`saver.restore` into a `tf.compat.v1.Session`), the path
+# tensorflow_model_server's SavedModelBundle takes, not the TF2 object loader cardio serve uses.
+SAVED_MODEL_CLI = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print('PROJECT_MODULES=' + ','.join(sorted(\n"
+    "    m for m in sys.modules if m.split('.')[0] == 'cardio')), file=sys.stderr))\n"
+    "from tensorflow.python.tools import saved_model_cli\n"
+    "sys.argv = ['saved_model_cli', *sys.argv[1:]]\n"
+    "saved_model_cli.main()\n")
+
+
+def _saved_model_cli_run(version_dir, signature, inputs: dict, workdir) -> dict:
+    import subprocess
+    import sys
+
+    workdir.mkdir(parents=True)
+    arguments = []
+    for key, values in inputs.items():
+        path = workdir / f"{key}.npy"
+        np.save(path, np.array(values, dtype=object), allow_pickle=True)
+        arguments.append(f"{key}={path}")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", SAVED_MODEL_CLI, "run", "--dir", str(version_dir),
+         "--tag_set", "serve", "--signature_def", signature, "--inputs", ";".join(arguments),
+         "--outdir", str(workdir / "out")], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "PROJECT_MODULES=\n" in result.stderr, \
+        f"saved_model_cli imported this project: {result.stderr.splitlines()[-1]}"
+    return {name[:-len(".npy")]: np.load(workdir / "out" / name, allow_pickle=True)
+            for name in os.listdir(workdir / "out")}
+
+
+def test_every_signature_of_the_pushed_model_runs_in_tensorflows_own_cli(e2e, tmp_path):
+    """The pushed SavedModel loads and runs, every signature, in TensorFlow's own saved_model_cli
+    (a session-based loader, as tensorflow_model_server's) in a process that imports nothing of
+    this project, and answers what `cardio serve` answers a plain TF Serving client."""
+    import grpc
+    from serving_helpers import start_cardio
+    from tensorflow.core.protobuf import saved_model_pb2
+    from tensorflow_serving.apis import classification_pb2, predict_pb2
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+    version_dir = _pushed_version_dir(e2e)
+    raw, cropped = _raw_and_cropped(e2e, count=4)
+    example = lambda image: tf.train.Example(features=tf.train.Features(feature={   # noqa: E731
+        F.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image]))}))
+    # What each signature's input is, as a client sends it; a new signature fails here first.
+    inputs = {F.SERVING_DEFAULT: {F.IMAGE_BYTES: [_image(e) for e in raw]},
+              F.SERVING_EXAMPLES: {"examples": [e.SerializeToString() for e in cropped]},
+              F.SERVING_CLASSIFY: {"inputs": [example(_image(e)).SerializeToString()
+                                              for e in raw]}}
+    saved_model = saved_model_pb2.SavedModel.FromString(
+        open(os.path.join(version_dir, "saved_model.pb"), "rb").read())
+    signatures = {key for meta_graph in saved_model.meta_graphs
+                  for key in meta_graph.signature_def if not key.startswith("__")}
+    assert signatures == set(inputs), f"signatures without a check: {signatures ^ set(inputs)}"
+
+    running = start_cardio([f"--model_name={CELL.name}",
+                            f"--model_base_path={os.path.dirname(version_dir)}"])
+    channel = grpc.insecure_channel(running.target)
+    try:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        for signature in sorted(inputs):
+            by_cli = _saved_model_cli_run(version_dir, signature, inputs[signature],
+                                          tmp_path / signature)
+            if signature == F.SERVING_CLASSIFY:
+                request = classification_pb2.ClassificationRequest()
+                request.model_spec.name, request.model_spec.signature_name = CELL.name, signature
+                for image in inputs[signature]["inputs"]:
+                    request.input.example_list.examples.add().CopyFrom(
+                        tf.train.Example.FromString(image))
+                answer = stub.Classify(request, timeout=120).result.classifications
+                np.testing.assert_allclose(
+                    by_cli["scores"], [[c.score for c in row.classes] for row in answer],
+                    atol=1e-5)
+                assert by_cli["classes"].tolist() == [[c.label.encode() for c in row.classes]
+                                                      for row in answer]
+                continue
+            request = predict_pb2.PredictRequest()
+            request.model_spec.name, request.model_spec.signature_name = CELL.name, signature
+            for key, values in inputs[signature].items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(values))
+            answer = stub.Predict(request, timeout=120).outputs
+            assert set(by_cli) == set(answer), signature
+            for key, value in by_cli.items():
+                served = tf.make_ndarray(answer[key])
+                if served.dtype.kind in "fc":
+                    np.testing.assert_allclose(value, served, atol=1e-5, err_msg=key)
+                else:
+                    np.testing.assert_array_equal(value, served, err_msg=key)
+    finally:
+        channel.close()
+        running.stop()

@@ -43,8 +43,11 @@ def test_batching_parameters_round_trip_and_read_tf_servings_own_examples():
     parsed = config_lib.parse_batching_parameters(guide)
     assert (parsed.max_batch_size, parsed.max_enqueued_batches, parsed.num_batch_threads) == \
         (128, 1000000, 8)
-    with pytest.raises(ValueError, match="batching.txt: not a BatchingParameters"):
+    with pytest.raises(config_lib.ConfigError, match="Invalid protobuf file: 'batching.txt'") \
+            as error:
         config_lib.parse_batching_parameters("max_batch_size: 3", "batching.txt")
+    assert error.value.detail.startswith(
+        "Error parsing text-format tensorflow.serving.BatchingParameters: 1:17")
     with pytest.raises(ValueError, match="allowed_batch_sizes"):
         config_lib.parse_batching_parameters("max_batch_size { value: 8 } allowed_batch_sizes: 4")
 

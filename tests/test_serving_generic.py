@@ -172,12 +172,17 @@ def test_failed_new_version_keeps_the_old_one_serving_and_loads_are_retried(tmp_
         running.stop()
 
 
-def test_malformed_models_config_exits_non_zero_with_tf_servings_message(tmp_path, capsys):
+def test_malformed_models_config_exits_with_tf_servings_line_and_status(tmp_path, capsys):
+    # model_servers/main.cc prints the ParseProtoTextFile status (util/proto_util.h) and
+    # returns -1; protobuf's TextFormat has logged where the text went wrong.
     config = tmp_path / "models.config"
     config.write_text("model_config_list { config { name: 'x' base_path: '/m' } ")
-    assert server_lib.main([f"--model_config_file={config}", "--port=0"]) == 1
-    assert "Error parsing text-format tensorflow.serving.ModelServerConfig:" in \
-        capsys.readouterr().err
+    assert server_lib.main([f"--model_config_file={config}", "--port=0"]) == 255
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [
+        f"Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: '{config}'"]
+    assert captured.err.startswith(
+        "Error parsing text-format tensorflow.serving.ModelServerConfig: 1:"), captured.err
 
 
 def _samples(text: str) -> dict:
