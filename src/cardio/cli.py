@@ -305,23 +305,31 @@ def csv_(csv_path, images, external_sites, default_site, views, out, span, dry_r
 
 @main.group()
 def unet():
-    """Lung-segmentation U-Net: train (one-off, resumable) and evaluate."""
+    """Lung- and heart-segmentation U-Nets: train (one-off, resumable) and evaluate."""
+
+
+_TARGET = click.option("--target", type=click.Choice(["lungs", "heart"]), default="lungs",
+                       show_default=True,
+                       help="What the U-Net segments: the lungs (the crop) or the heart (the "
+                            "cardiothoracic ratio; half the filters, 25% held out).")
 
 
 @unet.command("train")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights file to write.")
-@click.option("--epochs", default=60, show_default=True)
+@click.option("--epochs", default=None, type=int,
+              help="Epochs (default: 60).")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--checkpoint-dir", default=None, type=click.Path(file_okay=False),
               help="Where epochs are checkpointed for resuming (default: <out>.checkpoints).")
-def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir):
+@_TARGET
+def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir, target):
     """Train on (image, mask) pairs; a rerun resumes from the last completed epoch."""
     from cardio.imaging import unet as unet_lib
 
     result = unet_lib.train(images, masks, out, epochs, batch_size, checkpoint_dir,
-                            log=lambda m: click.echo(m, err=True))
+                            log=lambda m: click.echo(m, err=True), target=target)
     click.echo(json.dumps({"weights": os.path.abspath(out), "held_out": result}))
 
 
@@ -331,11 +339,12 @@ def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir):
 @click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Weights file (default: the shipped U-Net).")
 @click.option("--held-out-only", is_flag=True, help="Only the images training held out.")
-def unet_evaluate(images, masks, weights, held_out_only):
-    """Mean lung Dice against the masks (overall and per subset), as JSON."""
+@_TARGET
+def unet_evaluate(images, masks, weights, held_out_only, target):
+    """Mean Dice against the masks (overall and per subset), as JSON."""
     from cardio.imaging import unet as unet_lib
 
-    click.echo(json.dumps(unet_lib.evaluate(images, masks, weights, held_out_only)))
+    click.echo(json.dumps(unet_lib.evaluate(images, masks, weights, held_out_only, target)))
 
 
 @main.command("crop")
