@@ -74,13 +74,18 @@ class CardioServingModule(tf.Module):
         return decode.resize_for_model(stored, self.image_size), box, flags
 
     def _raw_image_ctr(self, encoded):
-        """`_raw_image` plus the CTR: one decode and one lung map for the crop and the ratio."""
+        """`_raw_image` plus the CTR, from one decode. The crop reads the lung map of the plain
+        radiograph, exactly as `crop.crop_encoded` (the LungCrop stage) does; the CTR reads the
+        lung map of the window-stretched one (`ctr.stretch`; one lung U-Net call on the pair)
+        and the heart U-Net's map of the plain one (`ctr.probabilities`)."""
         image = decode.decode_radiograph(encoded, self.max_pixels)
-        lungs, heart = ctr.probabilities(self.unet, self.heart_unet, image)
-        cropped, box, flags = crop.crop_from_probability(image, lungs, self.crop_size)
+        plain = crop.unet_input(image)
+        lungs = self.unet(tf.stack([plain, ctr.stretch(plain)]), training=False)[..., 0]
+        heart = self.heart_unet(plain[tf.newaxis], training=False)[0, :, :, 0]
+        cropped, box, flags = crop.crop_from_probability(image, lungs[0], self.crop_size)
         stored = tf.cast(cropped, tf.float32) / 65535.0
         return (decode.resize_for_model(stored, self.image_size), box, flags,
-                *ctr.measure(lungs, heart))
+                *ctr.measure(lungs[1], heart))
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGE_BYTES)])
     def serve_images(self, image_bytes):

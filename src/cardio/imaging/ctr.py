@@ -12,7 +12,9 @@ width from its masks; `labels.csv` agrees with this module's `ctr_numpy` on its 
 literature. Both widths are horizontal, so the ratio does not change when a radiograph is
 squashed to square.
 
-The masks are the U-Nets' probability maps at their 256x256 input, thresholded at 0.5 and kept
+The masks are the U-Nets' probability maps at their 256x256 input (for the lungs, the
+radiograph's grey window stretched first, `stretch`: the crop's own lung map, on the plain
+radiograph, misses the lungs of low-contrast films), thresholded at 0.5 and kept
 to their largest components on the crop's 64x64 grid (`cardio.imaging.crop.largest_components`:
 two for the lungs, one for the heart), so a speck of noise cannot widen either extent; the
 extents themselves are read at 256 px. Boxes are [y0, x0, y1, x1] fractions of the radiograph,
@@ -92,11 +94,31 @@ def ratio(heart_box, thorax_box, heart_count, lung_count):
     return value, heart_box, thorax_box, flags
 
 
+STRETCH_PERCENTILES = (0.01, 0.99)
+
+
+def stretch(image: tf.Tensor) -> tf.Tensor:
+    """[S, S, 1] in [0, 1] -> its 1st-99th percentile window stretched to [0, 1].
+
+    Some sites' films use a fraction of the grey range (15 of Wingspan's 143, all from one
+    vendor, sit between about 0.25 and 0.45): there the lung U-Net, trained on full-range
+    Shenzhen and Montgomery films, finds no lungs at all (mean lung Dice on Wingspan 0.83, 15
+    radiographs with fewer than two lung fields), and with the window stretched it finds them
+    all (Dice 0.95, none missing). The CTR's lung map reads the stretched image; the heart
+    U-Net, trained on Wingspan's own films, reads the plain one as it was trained."""
+    flat = tf.sort(tf.reshape(image, [-1]))
+    last = tf.cast(tf.size(flat) - 1, tf.float32)
+    lo = tf.gather(flat, tf.cast(tf.round(STRETCH_PERCENTILES[0] * last), tf.int32))
+    hi = tf.gather(flat, tf.cast(tf.round(STRETCH_PERCENTILES[1] * last), tf.int32))
+    return tf.clip_by_value((image - lo) / tf.maximum(hi - lo, 1e-3), 0.0, 1.0)
+
+
 def probabilities(unet, heart_unet, image: tf.Tensor):
-    """[H, W, 1] radiograph in [0, 1] -> the lung and heart probability maps at 256 px."""
-    batch = crop.unet_input(image)[tf.newaxis]
-    return (unet(batch, training=False)[0, :, :, 0],
-            heart_unet(batch, training=False)[0, :, :, 0])
+    """[H, W, 1] radiograph in [0, 1] -> the lung map (of the window-stretched radiograph,
+    `stretch`) and the heart map (of the plain one), both at 256 px."""
+    plain = crop.unet_input(image)
+    return (unet(stretch(plain)[tf.newaxis], training=False)[0, :, :, 0],
+            heart_unet(plain[tf.newaxis], training=False)[0, :, :, 0])
 
 
 def batch_measure(unet, heart_unet):

@@ -154,7 +154,8 @@ def write_heart_card(weights: str, held_out: dict, train_n: int, epochs: int) ->
   {UNET_INPUT_SIZE}x{UNET_INPUT_SIZE} input, sigmoid output. Weights sha256
   `{card_metadata(weights)['weights_sha256']}`.
 - **Training data**: {card['training_data']}; the lung U-Net's augmentation (contrast, gamma,
-  brightness, noise, rotation, scale, shift), {epochs} epochs, BCE + Dice loss.
+  brightness, noise, rotation, scale, shift), {epochs} epochs, BCE + Dice loss; plain inputs, as
+  the lung U-Net's (the CTR stretches the grey window for the lung U-Net only).
 - **Licence**: {HEART_LICENCE}.
 - **Intended use**: {card['intended_use']}.
 - **Limitations**: one hospital's frontal radiographs (view unrecorded), {train_n} of them;
@@ -335,7 +336,7 @@ def train(images_dir: str, masks_dir: str, out: str, epochs: int | None = None,
 
 
 def predict_masks(model, images: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
-    """Lung probability maps at each image's own resolution."""
+    """Probability maps at each image's own resolution."""
     result = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
