@@ -126,3 +126,19 @@ def test_the_shipped_heart_unet_on_held_out_wingspan_masks(tmp_path):
     result = unet.evaluate(str(tmp_path / "images"), str(tmp_path / "masks"), target="heart")
     assert result["n"] == 12
     assert result["dice"] >= HEART_DICE_FLOOR, result
+
+
+def test_cardio_predict_prints_the_ctr_and_its_flags():
+    from cardio import features as F
+    from cardio.serving import client
+
+    row = {"probability": [0.7], F.PREDICTED_LABEL: [1], F.CROP_BOX: [[0.1, 0.1, 0.9, 0.9]],
+           F.CROP_QC: [[0, 0, 0, 0]], F.CTR: [0.5612], F.HEART_BOX: [[0.4, 0.3, 0.8, 0.6]],
+           F.THORAX_BOX: [[0.1, 0.1, 0.9, 0.9]], F.CTR_QC: [[0, 0, 0, 1, 0]]}
+    result = client.optional_outputs({"model": "m", "version": 3, "probability": 0.7,
+                                      "predicted_label": 1}, {k: v[0] for k, v in row.items()})
+    assert result[F.CTR] == 0.5612 and result[F.CTR_QC] == ["heart_outside_thorax"]
+    line = client.format_row("a.png", result)
+    assert "ctr=0.561 ctr_qc=heart_outside_thorax" in line
+    unmeasured = client.format_row("b.png", {**result, F.CTR: ctr.NOT_MEASURED, F.CTR_QC: []})
+    assert "ctr=- ctr_qc=-" in unmeasured
