@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {"data": "data_throughput", "crop": "crop_throughput",
               "training": "training_throughput", "serving": "serving_grpc",
               "serving-memory": "serving_memory", "checks": "slow_checks", "nih": "nih_pipeline",
+              "ctr": "ctr_agreement",
               "newcomer": "newcomer"}
 NAMED_ONLY = ("nih", "newcomer")
 

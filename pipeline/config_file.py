@@ -29,7 +29,8 @@ from cardio.imaging import SHIPPED_UNET_DIR
 from cardio.pipeline.configs import GridCell, PipelineConfig
 
 SHIPPED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "config_files")
-SHIPPED = {"study": "study.yaml", "demo": "demo.yaml", "nih": "nih-cxr14-128.yaml"}
+SHIPPED = {"study": "study.yaml", "demo": "demo.yaml", "nih": "nih-cxr14-128.yaml",
+           "nih-wingspan": "nih-wingspan.yaml"}
 PLACES = ("data_root", "workdir", "serving_root")   # where the run reads and writes, not the recipe
 
 

@@ -5,6 +5,7 @@
         [result] = client.predict([read_image("chest.dcm")], model="cardio-mobilenet-75-25",
                                   label="stable")
         result["probability"], result["predicted_label"], result["crop_box"], result["crop_qc"]
+        result["ctr"], result["heart_box"], result["thorax_box"], result["ctr_qc"]   # heart U-Net
 
 Every call has a deadline; UNAVAILABLE (server starting, restarting, overloaded) is retried
 with exponential back-off;
@@ -32,6 +33,7 @@ from tensorflow_serving.apis import (
 
 from cardio import features as F
 from cardio.imaging.crop import QC_FLAGS
+from cardio.imaging.ctr import CTR_QC_FLAGS
 
 MAX_MESSAGE_BYTES = 1 << 30      # a 4096 x 4096 16-bit PNG is ~32 MB; batches of them more
 DICOM_SUFFIXES = (".dcm", ".dicom")
@@ -135,7 +137,8 @@ class Client:
     def predict(self, images: list[bytes], model: str, version: int | None = None,
                 label: str | None = None) -> list[dict]:
         """Encoded radiographs -> one dict per image: probability, predicted_label, crop_box,
-        crop_qc (the names of the raised QC flags), model and version that answered."""
+        crop_qc (the names of the raised QC flags), model and version that answered; with a
+        heart U-Net in the model, ctr, heart_box, thorax_box and ctr_qc too."""
         response = self.predict_raw({F.IMAGE_BYTES: np.array(images, dtype=object)}, model,
                                     version, label)
         outputs = {k: tf.make_ndarray(v) for k, v in response.outputs.items()}
@@ -145,11 +148,7 @@ class Client:
                       "version": response.model_spec.version.value,
                       "probability": float(outputs["probability"][i]),
                       "predicted_label": int(outputs["predicted_label"][i])}
-            if F.CROP_BOX in outputs:
-                result["crop_box"] = [round(float(v), 4) for v in outputs[F.CROP_BOX][i]]
-            if F.CROP_QC in outputs:
-                result["crop_qc"] = [name for name, on in zip(QC_FLAGS, outputs[F.CROP_QC][i]) if on]
-            results.append(result)
+            results.append(optional_outputs(result, {k: v[i] for k, v in outputs.items()}))
         return results
 
     def classify(self, images: list[bytes], model: str, version: int | None = None,
@@ -233,11 +232,7 @@ class RestClient:
             result = {"model": model, "version": version if version is not None else label,
                       "probability": float(row["probability"]),
                       "predicted_label": int(row["predicted_label"])}
-            if F.CROP_BOX in row:
-                result["crop_box"] = [round(float(v), 4) for v in row[F.CROP_BOX]]
-            if F.CROP_QC in row:
-                result["crop_qc"] = [name for name, on in zip(QC_FLAGS, row[F.CROP_QC]) if on]
-            results.append(result)
+            results.append(optional_outputs(result, row))
         return results
 
 
@@ -274,11 +269,30 @@ def predict_files(client: Client, files: list[str], model: str, version: int | N
         yield from zip(chunk, results)
 
 
+def optional_outputs(result: dict, row: dict) -> dict:
+    """Adds one image's crop and CTR outputs, where the model returns them, to its result:
+    boxes rounded, QC flags as the names of those raised."""
+    for key in (F.CROP_BOX, F.HEART_BOX, F.THORAX_BOX):
+        if key in row:
+            result[key] = [round(float(v), 4) for v in row[key]]
+    for key, names in ((F.CROP_QC, QC_FLAGS), (F.CTR_QC, CTR_QC_FLAGS)):
+        if key in row:
+            result[key] = [name for name, on in zip(names, row[key]) if on]
+    if F.CTR in row:
+        result[F.CTR] = round(float(row[F.CTR]), 4)
+    return result
+
+
 def format_row(path: str, result) -> str:
     if isinstance(result, str):
         return f"{path}  ERROR {result}"
     label = "cardiomegaly" if result["predicted_label"] else "normal"
     box = " ".join(f"{v:.3f}" for v in result.get("crop_box", []))
     qc = ",".join(result.get("crop_qc", [])) or "-"
-    return (f"{path}  {result['probability']:.4f}  {label:<12}  [{box}]  qc={qc}  "
+    ctr = ""
+    if F.CTR in result:
+        measured = result[F.CTR] >= 0
+        ctr = (f"ctr={result[F.CTR]:.3f}" if measured else "ctr=-") + \
+            f" ctr_qc={','.join(result.get(F.CTR_QC, [])) or '-'}  "
+    return (f"{path}  {result['probability']:.4f}  {label:<12}  [{box}]  qc={qc}  {ctr}"
             f"{result['model']}/{result['version'] if result['version'] is not None else '-'}")

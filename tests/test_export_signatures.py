@@ -1,6 +1,7 @@
-"""The exported signatures of one tiny model (MobileNet-0.25 at 64 px, the shipped U-Net,
-128 px crops, Platt scaling): the served probability is the calibrated one, and a radiograph
-gives the same answer whatever its resolution and bit depth."""
+"""The exported signatures of one tiny model (MobileNet-0.25 at 64 px, the shipped lung and heart
+U-Nets, 128 px crops, Platt scaling): the served probability is the calibrated one, a radiograph
+gives the same answer whatever its resolution and bit depth, and the served CTR is the one
+cardio.imaging.ctr computes in process."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,7 +9,7 @@ from conftest import shared_path
 from PIL import Image
 
 from cardio import features as F
-from cardio.imaging import files, saliency, unet
+from cardio.imaging import crop, ctr, files, saliency, unet
 from cardio.trainer import calibration, export, model as model_lib
 
 PLATT = calibration.Platt(a=0.3, b=-2.0)
@@ -24,7 +25,7 @@ def exported(tmp_path_factory):
     model = model_lib.build_model("mobilenet_025", 64, str(weights))
     directory = str(tmp_path_factory.mktemp("export"))
     export.export(model, directory, 64, threshold=THRESHOLD, unet=unet.load(), crop_size=128,
-                  platt=PLATT)
+                  platt=PLATT, heart_unet=unet.load(target="heart"))
     return model, tf.saved_model.load(directory)
 
 
@@ -94,3 +95,23 @@ def test_a_radiograph_gets_the_same_answer_at_any_resolution(exported):
                          for name, r in served.items() if not name.startswith("128"))
     print("logit gap: resolution", resolution_gap, "other image", abs(other - reference[saliency.LOGIT]))
     assert resolution_gap < 0.2 * abs(other - reference[saliency.LOGIT])
+
+
+def test_the_served_ctr_is_the_in_process_one(exported):
+    """serving_default's `ctr`, boxes and `ctr_qc` are cardio.imaging.ctr's on the same images,
+    and its crop is still the LungCrop stage's (crop.crop_encoded, on the plain radiograph)."""
+    _, loaded = exported
+    pngs = [shared_path("data", "lung-masks", "images", "CHNCXR_0002_0.png").read_bytes()]
+    wingspan = shared_path("data", "wingspan-ctr-512", "images")
+    pngs += [(wingspan / name).read_bytes() for name in sorted(p.name for p in wingspan.iterdir())[:2]]
+    served = loaded.signatures[F.SERVING_DEFAULT](**{F.IMAGE_BYTES: tf.constant(pngs)})
+    lungs, heart = unet.load(), unet.load(target="heart")
+    value, heart_box, thorax_box, flags = ctr.batch_measure(lungs, heart)(tf.constant(pngs))
+    np.testing.assert_allclose(served[F.CTR].numpy(), value.numpy(), atol=1e-6)
+    np.testing.assert_allclose(served[F.HEART_BOX].numpy(), heart_box.numpy(), atol=1e-6)
+    np.testing.assert_allclose(served[F.THORAX_BOX].numpy(), thorax_box.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(served[F.CTR_QC].numpy(), flags.numpy().astype(np.int64))
+    assert served[F.CTR_QC].shape == (3, len(ctr.CTR_QC_FLAGS))
+    assert ((served[F.CTR].numpy() > 0.3) & (served[F.CTR].numpy() < 0.85)).all()
+    boxes = crop.batch_crop(lungs, 128)(tf.constant(pngs))[1].numpy()
+    np.testing.assert_allclose(served[F.CROP_BOX].numpy(), boxes, atol=1e-6)

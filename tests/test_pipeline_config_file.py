@@ -129,6 +129,24 @@ def test_without_an_external_site_the_gate_judges_internal_slices_only():
     assert "NO EXTERNAL SITE" in evaluator.describe_gate(config.gate, config.external_site)
 
 
+def test_nih_wingspan_gates_on_the_wingspan_slice_and_never_trains_on_it():
+    """The shipped `nih-wingspan`: NIH trains, Wingspan is the external split and slice."""
+    config = config_file.load("nih-wingspan").config
+    nih = config_file.load("nih").config
+    assert (config.internal_sites, config.external_site) == (("nih",), "wingspan")
+    assert config.sites == ("nih", "wingspan") and F.EXTERNAL in config.splits
+    assert F.EXTERNAL in config.eval_splits
+    for field in ("grid", "image_size", "crop_size", "epochs", "weights", "segmenter_uri",
+                  "views", "target_sensitivity"):
+        assert getattr(config, field) == getattr(nih, field), field
+    eval_config = evaluator.eval_config(config, confidence_intervals=False)
+    gated_sites = {spec.feature_values[F.SITE]
+                   for metrics in eval_config.metrics_specs for metric in metrics.metrics
+                   for threshold in metric.per_slice_thresholds
+                   for spec in threshold.slicing_specs}
+    assert gated_sites == {"nih", "wingspan"}
+
+
 def _write_span(data_root, span, sites, view="PA", split=F.TEST, labels=None):
     directory = os.path.join(data_root, f"span-{span}", split)
     os.makedirs(directory)

@@ -181,11 +181,22 @@ def train_and_export(fn_args):
 
     unet, metadata = None, {"backbone": config.backbone, "weighting": config.weighting,
                             "calibration": calibrated}
+    heart_unet = None
     if config.segmenter_weights:
+        from cardio.imaging import HEART_UNET_WEIGHTS_FILE
         from cardio.imaging import unet as unet_lib
         unet = unet_lib.load(config.segmenter_weights)
         # The segmenter's licence (non-commercial for the shipped U-Net) binds this model too.
         metadata["segmenter"] = unet_lib.card_metadata(config.segmenter_weights)
+        # A heart U-Net beside the lung U-Net (the shipped segmenter directory has one) adds the
+        # cardiothoracic ratio to serving_default (cardio.imaging.ctr); without one, no CTR.
+        heart_weights = os.path.join(os.path.dirname(config.segmenter_weights),
+                                       HEART_UNET_WEIGHTS_FILE)
+        if tf.io.gfile.exists(heart_weights):
+            heart_unet = unet_lib.load(heart_weights, target="heart")
+            metadata["heart_segmenter"] = unet_lib.card_metadata(heart_weights)
+        else:
+            logging.info("no %s beside the segmenter: the export serves no CTR", heart_weights)
     # Signatures that read distributed (sync-on-read) variables cannot be saved: the export
     # holds a copy of the trained weights outside the strategy.
     serving_model = model
@@ -194,7 +205,7 @@ def train_and_export(fn_args):
         serving_model.set_weights(model.get_weights())
     with distribution.save_dir(fn_args.serving_model_dir, chief) as serving_dir:
         export.export(serving_model, serving_dir, config.image_size, threshold, unet,
-                      config.crop_size, metadata, platt=platt)
+                      config.crop_size, metadata, platt=platt, heart_unet=heart_unet)
     with distribution.save_dir(fn_args.model_run_dir, chief) as run_dir:
         tf.io.gfile.makedirs(run_dir)
         save_keras_model(model, os.path.join(run_dir, KERAS_MODEL_FILE))

@@ -102,16 +102,23 @@ def data():
 
 
 def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, seed,
-                        quarantine=None, quarantine_limit=None, salt=None, id_map=None):
-    """Shared tail of the converters: a dry run prints the selection; otherwise convert."""
+                        quarantine=None, quarantine_limit=None, salt=None, id_map=None,
+                        notes=None):
+    """Shared tail of the converters: a dry run prints the selection; otherwise convert.
+    `notes` (what a source assumed, e.g. a view it does not record) go to stderr and into the
+    summary JSON."""
     from cardio.data import convert, records
+
+    for note in notes or []:
+        click.echo(f"note: {note}", err=True)
 
     salt = salt or records.patient_salt()
     if not salt:
         raise click.UsageError("set CARDIO_PATIENT_SALT: patient ids are replaced by salted hashes "
                                "and the salt must come from your deployment's configuration")
     if dry_run:
-        click.echo(json.dumps(convert.dry_run_summary(selection, external_sites, seed, salt)))
+        click.echo(json.dumps({**convert.dry_run_summary(selection, external_sites, seed, salt),
+                               **({"notes": notes} if notes else {})}))
         return
     if id_map:
         _check_writable(id_map)
@@ -132,7 +139,8 @@ def _convert_or_dry_run(selection, loader, out, span, external_sites, dry_run, s
                    f"conversion of span {span}", err=True)
     click.echo(f"quarantined {summary['quarantined']} record(s): {summary['quarantine_reasons']}",
                err=True)
-    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary}))
+    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary,
+                           **({"notes": notes} if notes else {})}))
 
 
 _out = click.option("--out", type=click.Path(), help="Output directory (span-N/<split>/ TFRecords).")
@@ -194,7 +202,8 @@ def synth(out, n, seed, size, span, external_site, files):
     with _progress(n, "synthesising radiographs") as bar:
         summary = convert.write_synthetic(out, n, seed, size, span, (external_site,),
                                           progress=bar.update)
-    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary}))
+    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary,
+                           **({"notes": notes} if notes else {})}))
 
 
 @data.command()
@@ -277,6 +286,11 @@ def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_
 @click.option("--view", "views", multiple=True, default=("PA",), show_default=True,
               help="Projection(s) to keep (repeatable: --view PA --view AP); other rows are "
                    "excluded and counted. List the same in the configuration's `views`.")
+@click.option("--wingspan", "wingspan_dir", type=click.Path(exists=True, file_okay=False),
+              help="Also convert the Wingspan set in this directory (labels.csv, images/) into "
+                   "the same span, as site `wingspan` (label: measured CTR > 0.5; its unrecorded "
+                   "view taken as PA, and said). Add --external-site wingspan to make it the "
+                   "external split.")
 @_out
 @_span
 @_dry_run
@@ -284,8 +298,8 @@ def openi(reports, dicom_metadata, images, out, span, dry_run, seed, quarantine_
 @_limit
 @_id_map
 @_bits_stored
-def csv_(csv_path, images, external_sites, default_site, views, out, span, dry_run, seed,
-         quarantine_limit, id_map, bits_stored):
+def csv_(csv_path, images, external_sites, default_site, views, wingspan_dir, out, span, dry_run,
+         seed, quarantine_limit, id_map, bits_stored):
     """Any other hospital's export, described by a CSV."""
     import functools
 
@@ -297,31 +311,53 @@ def csv_(csv_path, images, external_sites, default_site, views, out, span, dry_r
         selection = convert.csv_selection(csv_path, default_site, views)
     except ValueError as error:
         raise click.ClickException(str(error))
-    _convert_or_dry_run(selection, functools.partial(convert.file_loader, images,
-                                                     bits_stored=bits_stored), out, span,
-                        tuple(external_sites), dry_run, seed, quarantine_limit=quarantine_limit,
-                        id_map=_id_map_path(id_map, csv_path))
+    loader = functools.partial(convert.file_loader, images, bits_stored=bits_stored)
+    notes = []
+    if wingspan_dir:
+        from cardio.data.sources import wingspan
+        if any(c.site == wingspan.SITE for c in selection.candidates):
+            raise click.UsageError(f"{csv_path} has rows of site {wingspan.SITE!r} already; "
+                                   f"--wingspan adds that site")
+        if "PA" not in [v.strip().upper() for v in views]:
+            raise click.UsageError("--wingspan needs --view PA: its radiographs are taken as PA")
+        extra, assumed_pa = wingspan.select(os.path.join(wingspan_dir, "labels.csv"))
+        selection = convert.merge_selections(selection, extra)
+        loader = convert.loader_by_site(loader, {wingspan.SITE: functools.partial(
+            convert.file_loader, os.path.join(wingspan_dir, "images"))})
+        if assumed_pa:
+            notes.append(f"{wingspan.VIEW_NOTE}: {assumed_pa} radiograph(s)")
+    _convert_or_dry_run(selection, loader, out, span, tuple(external_sites), dry_run, seed,
+                        quarantine_limit=quarantine_limit, id_map=_id_map_path(id_map, csv_path),
+                        notes=notes)
 
 
 @main.group()
 def unet():
-    """Lung-segmentation U-Net: train (one-off, resumable) and evaluate."""
+    """Lung- and heart-segmentation U-Nets: train (one-off, resumable) and evaluate."""
+
+
+_TARGET = click.option("--target", type=click.Choice(["lungs", "heart"]), default="lungs",
+                       show_default=True,
+                       help="What the U-Net segments: the lungs (the crop) or the heart (the "
+                            "cardiothoracic ratio; half the filters, 25% held out).")
 
 
 @unet.command("train")
 @click.option("--images", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--masks", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Weights file to write.")
-@click.option("--epochs", default=60, show_default=True)
+@click.option("--epochs", default=None, type=int,
+              help="Epochs (default: 60).")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--checkpoint-dir", default=None, type=click.Path(file_okay=False),
               help="Where epochs are checkpointed for resuming (default: <out>.checkpoints).")
-def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir):
+@_TARGET
+def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir, target):
     """Train on (image, mask) pairs; a rerun resumes from the last completed epoch."""
     from cardio.imaging import unet as unet_lib
 
     result = unet_lib.train(images, masks, out, epochs, batch_size, checkpoint_dir,
-                            log=lambda m: click.echo(m, err=True))
+                            log=lambda m: click.echo(m, err=True), target=target)
     click.echo(json.dumps({"weights": os.path.abspath(out), "held_out": result}))
 
 
@@ -331,11 +367,12 @@ def unet_train(images, masks, out, epochs, batch_size, checkpoint_dir):
 @click.option("--weights", default=None, type=click.Path(exists=True, dir_okay=False),
               help="Weights file (default: the shipped U-Net).")
 @click.option("--held-out-only", is_flag=True, help="Only the images training held out.")
-def unet_evaluate(images, masks, weights, held_out_only):
-    """Mean lung Dice against the masks (overall and per subset), as JSON."""
+@_TARGET
+def unet_evaluate(images, masks, weights, held_out_only, target):
+    """Mean Dice against the masks (overall and per subset), as JSON."""
     from cardio.imaging import unet as unet_lib
 
-    click.echo(json.dumps(unet_lib.evaluate(images, masks, weights, held_out_only)))
+    click.echo(json.dumps(unet_lib.evaluate(images, masks, weights, held_out_only, target)))
 
 
 @main.command("crop")

@@ -55,6 +55,13 @@ PREDICTED_LABEL = "predicted_label"
 CROP_BOX = "crop_box"      # [y0, x0, y1, x1] as fractions of the original image
 CROP_QC = "crop_qc"        # the QC flags raised (cardio.imaging.crop.QC_FLAGS); empty when plausible
 
+# Returned by serving_default beside the probability when the export embeds the heart U-Net
+# (cardio.imaging.ctr): the measured cardiothoracic ratio (named as the synthetic ground truth,
+# CTR), the heart's and the lung fields' boxes whose widths it divides, and its QC flags.
+HEART_BOX = "heart_box"    # [y0, x0, y1, x1] fractions of the original image
+THORAX_BOX = "thorax_box"  # the two lung fields' box, same layout
+CTR_QC = "ctr_qc"          # one column per name in cardio.imaging.ctr.CTR_QC_FLAGS
+
 # The exported SavedModel's interface: its signatures, their inputs, and the files beside them.
 SERVING_DEFAULT = "serving_default"     # raw encoded radiographs -> probability, label, crop
 SERVING_EXAMPLES = "serving_examples"   # stored tf.Examples (already cropped), for TFMA

@@ -100,6 +100,28 @@ class ImageError(ValueError):
     """An unreadable image; the message names the failure, not the file (its name may be an MRN)."""
 
 
+def merge_selections(*selections: Selection) -> Selection:
+    """One cohort from several sources' selections (candidates, exclusions, quarantine), so
+    they convert into one span: one split per patient across all of them."""
+    merged = Selection()
+    for selection in selections:
+        merged.candidates.extend(selection.candidates)
+        merged.excluded.update(selection.excluded)
+        merged.quarantined.extend(selection.quarantined)
+    return merged
+
+
+@dataclasses.dataclass
+class loader_by_site:
+    """A loader that reads each candidate with its site's loader (`by_site`), else `default`:
+    merged sources keep their own image roots. (A class, so conversion workers can pickle it.)"""
+    default: Callable[[Candidate], bytes]
+    by_site: dict
+
+    def __call__(self, candidate: Candidate) -> bytes:
+        return self.by_site.get(candidate.site, self.default)(candidate)
+
+
 def file_loader(image_root: str, candidate: Candidate, bits_stored: int | None = None) -> bytes:
     """`bits_stored`: the site's declared depth of its 16-bit PNGs without an sBIT chunk
     (cardio.imaging.files.normalised_pixels)."""

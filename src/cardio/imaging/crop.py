@@ -47,11 +47,10 @@ def label_components(mask: tf.Tensor) -> tf.Tensor:
     return labels
 
 
-def lung_box(probability: tf.Tensor):
-    """[S, S] lung probability -> (box [y0, x0, y1, x1] in [0, 1], qc flags [4] bool).
-
-    The box is in fractions of the image, so it applies to the original radiograph at any size.
-    """
+def largest_components(probability: tf.Tensor, k: int):
+    """[S, S] probability -> (the `k` largest components of its 0.5 mask on the GRID x GRID grid,
+    boolean [GRID, GRID]; how many there are, at most `k`). Components under MIN_COMPONENT of
+    the grid are noise and never kept. The crop keeps two (the lungs), the CTR one heart."""
     size = probability.shape[0]
     if size is None or size % GRID:
         raise ValueError(f"probability maps must be a static multiple of {GRID} px, got {size}")
@@ -61,10 +60,18 @@ def lung_box(probability: tf.Tensor):
     flat = tf.reshape(labels, [-1])
     sizes = tf.math.bincount(flat, minlength=GRID * GRID + 1)[1:]      # label k -> sizes[k-1]
     sizes = tf.where(tf.cast(sizes, tf.float32) >= MIN_COMPONENT * GRID * GRID, sizes, 0)
-    top_sizes, top_index = tf.math.top_k(sizes, k=2)
+    top_sizes, top_index = tf.math.top_k(sizes, k=k)
     kept_labels = tf.boolean_mask(top_index + 1, top_sizes > 0)
     kept = tf.reduce_any(tf.equal(labels[..., tf.newaxis], kept_labels), axis=-1)
-    components = tf.size(kept_labels)
+    return kept, tf.size(kept_labels)
+
+
+def lung_box(probability: tf.Tensor):
+    """[S, S] lung probability -> (box [y0, x0, y1, x1] in [0, 1], qc flags [4] bool).
+
+    The box is in fractions of the image, so it applies to the original radiograph at any size.
+    """
+    kept, components = largest_components(probability, 2)
 
     rows = tf.where(tf.reduce_any(kept, axis=1))[:, 0]
     cols = tf.where(tf.reduce_any(kept, axis=0))[:, 0]

@@ -8,6 +8,13 @@ parameters, a 2.5 MB weights file.
 Training (`cardio unet train`) is a one-off, resumable command: a checkpoint after every epoch,
 and a rerun continues from it. Held-out images are chosen by a hash of the file name (one image
 per patient in the Montgomery and Shenzhen sets), so the split is patient-level and stable.
+
+The heart U-Net (`--target heart`) is the same recipe (architecture, loss, augmentation,
+resumable training) at half the filters (8-64: about 0.15 M parameters, a quarter of the lung
+U-Net's convolution work per request), trained on the Wingspan heart masks (143 radiographs, one
+per patient as far as the source says) with 25% held out by the same file-name hash. Its
+weights (`unet_heart.weights.h5`) and card (`unet_heart.json`, `MODEL_CARD_heart.md`) ship
+beside the lung U-Net's; `cardio.imaging.ctr` turns both masks into the cardiothoracic ratio.
 """
 from __future__ import annotations
 
@@ -16,18 +23,37 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from cardio.imaging import SHIPPED_UNET_DIR, UNET_INPUT_SIZE, UNET_WEIGHTS_FILE
+from cardio.imaging import (HEART_UNET_WEIGHTS_FILE, SHIPPED_UNET_DIR, UNET_INPUT_SIZE,
+                            UNET_WEIGHTS_FILE)
 
 FILTERS = (16, 32, 64, 128)
 DEFAULT_WEIGHTS = os.path.join(SHIPPED_UNET_DIR, UNET_WEIGHTS_FILE)
 
 
-def build(input_size: int = UNET_INPUT_SIZE, filters=FILTERS) -> keras.Model:
+@dataclass(frozen=True)
+class Target:
+    """What a U-Net segments: its size, its shipped weights file and its held-out fraction."""
+    name: str                  # the model's and the output layer's name: unet_<name>
+    filters: tuple
+    weights_file: str
+    held_out_fraction: float   # of the file names, by hash (`held_out`): never trained on
+    epochs: int                # `cardio unet train`'s default
+
+
+TARGETS = {
+    "lungs": Target("lungs", FILTERS, UNET_WEIGHTS_FILE, 0.15, 60),
+    "heart": Target("heart", (8, 16, 32, 64), HEART_UNET_WEIGHTS_FILE, 0.25, 60),
+}
+HEART_WEIGHTS = os.path.join(SHIPPED_UNET_DIR, HEART_UNET_WEIGHTS_FILE)
+
+
+def build(input_size: int = UNET_INPUT_SIZE, filters=FILTERS, target: str = "lungs") -> keras.Model:
     def block(x, n):
         for _ in range(2):
             x = keras.layers.Conv2D(n, 3, padding="same", use_bias=False)(x)
@@ -45,8 +71,12 @@ def build(input_size: int = UNET_INPUT_SIZE, filters=FILTERS) -> keras.Model:
     for n, skip in zip(reversed(filters), reversed(skips)):
         x = keras.layers.Conv2DTranspose(n, 2, strides=2, padding="same")(x)
         x = block(keras.layers.Concatenate()([x, skip]), n)
-    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", name="lungs", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="unet_lungs")
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", name=target, dtype="float32")(x)
+    return keras.Model(inputs, outputs, name=f"unet_{target}")
+
+
+def build_target(target: str = "lungs") -> keras.Model:
+    return build(UNET_INPUT_SIZE, TARGETS[target].filters, target)
 
 
 LICENCE = ("CC BY-NC-SA 4.0 (non-commercial): trained on the Shenzhen lung masks, released "
@@ -96,13 +126,72 @@ Reproduce: `./cardio unet evaluate --images ../shared/data/lung-masks/images --m
     return directory
 
 
+HEART_LICENCE = ("MIT (c) 2020 Nanqing Dong: trained on the Wingspan heart masks "
+                 "(eveningdong/cardiothoracic_ratio_estimation_dataset); served beside the lung "
+                 "U-Net, whose non-commercial licence binds every model embedding both")
+
+
+def write_heart_card(weights: str, held_out: dict, train_n: int, epochs: int) -> str:
+    """Writes unet_heart.json and MODEL_CARD_heart.md beside the heart U-Net's weights."""
+    directory = os.path.dirname(os.path.abspath(weights))
+    spec = TARGETS["heart"]
+    card = {
+        "name": "unet_heart", "input": f"{UNET_INPUT_SIZE}x{UNET_INPUT_SIZE} grayscale in [0, 1]",
+        "filters": list(spec.filters), "epochs": epochs,
+        "training_data": f"Wingspan (Dong et al., MICCAI 2018): {train_n} frontal radiographs "
+                         f"with heart masks, 512x512; {spec.held_out_fraction:.0%} of the 143 "
+                         "held out by file-name hash (cardio.imaging.unet.held_out)",
+        "licence": HEART_LICENCE, "held_out": held_out,
+        "intended_use": "the heart's maximal horizontal width for the cardiothoracic ratio "
+                        "(cardio.imaging.ctr) beside the classifier's score; research only",
+    }
+    with open(os.path.join(directory, "unet_heart.json"), "w") as f:
+        json.dump(card, f, indent=2)
+    with open(os.path.join(directory, "MODEL_CARD_heart.md"), "w") as f:
+        f.write(f"""# Model card: heart-segmentation U-Net (`unet_heart.weights.h5`)
+
+- **Architecture**: the lung U-Net's (`src/cardio/imaging/unet.py`) at half the filters (8-64),
+  {UNET_INPUT_SIZE}x{UNET_INPUT_SIZE} input, sigmoid output. Weights sha256
+  `{card_metadata(weights)['weights_sha256']}`.
+- **Training data**: {card['training_data']}; the lung U-Net's augmentation (contrast, gamma,
+  brightness, noise, rotation, scale, shift), {epochs} epochs, BCE + Dice loss; plain inputs, as
+  the lung U-Net's (the CTR stretches the grey window for the lung U-Net only).
+- **Licence**: {HEART_LICENCE}.
+- **Intended use**: {card['intended_use']}.
+- **Limitations**: one hospital's frontal radiographs (view unrecorded), {train_n} of them;
+  squashed to square. Its masks outline the cardiac silhouette as Wingspan's annotators drew it.
+
+## Metrics (mean Dice at the masks' resolution)
+
+| set | images | Dice |
+|---|---|---|
+| held-out Wingspan | {held_out['n']} | {held_out['dice']:.4f} |
+
+Reproduce: `./cardio unet train --target heart --images ../shared/data/wingspan-ctr-512/images
+--masks ../shared/data/wingspan-ctr-512/masks/heart --out src/cardio/imaging/assets/unet_heart.weights.h5`;
+`./cardio unet evaluate --target heart ... --held-out-only`; the CTR figures:
+`./cardio exec python -m benchmarks ctr`.
+""")
+    return directory
+
+
+def card_name(weights: str) -> str:
+    """The card beside a weights file: `unet_heart.weights.h5` -> `unet_heart.json`; any other
+    name (a user's own lung U-Net) -> `unet_lungs.json`, as before."""
+    base = os.path.basename(weights)
+    if base.endswith(".weights.h5") and base.startswith("unet_heart"):
+        return base[:-len(".weights.h5")] + ".json"
+    return "unet_lungs.json"
+
+
 def card_metadata(weights: str) -> dict:
-    """The weights' sha256 and, when a `unet_lungs.json` card sits beside them, its contents
+    """The weights' sha256 and, when a `unet_lungs.json` (`unet_heart.json`) card sits beside them, its contents
     (training data, licence, metrics); models that embed these weights carry this along."""
     digest = hashlib.sha256(tf.io.gfile.GFile(weights, "rb").read()).hexdigest()
-    card = os.path.join(os.path.dirname(weights), "unet_lungs.json")
+    name = card_name(weights)
+    card = os.path.join(os.path.dirname(weights), name)
     metadata = json.loads(tf.io.gfile.GFile(card).read()) if tf.io.gfile.exists(card) else {
-        "licence": "unknown: no unet_lungs.json beside the weights"}
+        "licence": f"unknown: no {name} beside the weights"}
     return {"weights_sha256": digest, **metadata}
 
 
@@ -116,12 +205,14 @@ def local_copy(path: str) -> str:
     return local
 
 
-def load(weights: str | None = None) -> keras.Model:
-    weights = local_copy(weights or DEFAULT_WEIGHTS)
+def load(weights: str | None = None, target: str = "lungs") -> keras.Model:
+    default = DEFAULT_WEIGHTS if target == "lungs" else os.path.join(
+        SHIPPED_UNET_DIR, TARGETS[target].weights_file)
+    weights = local_copy(weights or default)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"U-Net weights not found at {weights}; train them with "
-                                f"`cardio unet train` or pass --weights")
-    model = build()
+                                f"`cardio unet train --target {target}` or pass --weights")
+    model = build_target(target)
     model.load_weights(weights)
     return model
 
@@ -129,6 +220,7 @@ def load(weights: str | None = None) -> keras.Model:
 # --- data ------------------------------------------------------------------------------------
 
 def held_out(name: str, fraction: float = 0.15) -> bool:
+    """Whether training holds this file out: a hash of its base name, so the split is fixed."""
     digest = hashlib.sha256(os.path.basename(name).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
 
@@ -209,18 +301,21 @@ def bce_dice_loss(y_true, y_pred):
     return bce + dice_loss(y_true, y_pred)
 
 
-def train(images_dir: str, masks_dir: str, out: str, epochs: int = 60, batch_size: int = 8,
-          checkpoint_dir: str | None = None, log=print) -> dict:
+def train(images_dir: str, masks_dir: str, out: str, epochs: int | None = None,
+          batch_size: int = 8, checkpoint_dir: str | None = None, log=print,
+          target: str = "lungs") -> dict:
     """Trains on the non-held-out pairs; resumes from `checkpoint_dir` when a run was cut short."""
+    spec = TARGETS[target]
+    epochs = epochs or spec.epochs
     all_pairs = pairs(images_dir, masks_dir)
-    train_pairs = [p for p in all_pairs if not held_out(p[0])]
+    train_pairs = [p for p in all_pairs if not held_out(p[0], spec.held_out_fraction)]
     x, y = arrays(train_pairs)
     log(f"training on {len(train_pairs)} images, holding out {len(all_pairs) - len(train_pairs)}")
     ds = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=0).repeat()
           .enumerate().map(lambda i, xy: augment(xy[0], xy[1], tf.stack([i, i * 7 + 1])),
                            num_parallel_calls=tf.data.AUTOTUNE)
           .batch(batch_size).prefetch(tf.data.AUTOTUNE))
-    model = build()
+    model = build_target(target)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=bce_dice_loss)
     checkpoint_dir = checkpoint_dir or out + ".checkpoints"
     callbacks = [keras.callbacks.BackupAndRestore(checkpoint_dir),
@@ -229,16 +324,19 @@ def train(images_dir: str, masks_dir: str, out: str, epochs: int = 60, batch_siz
               callbacks=callbacks, verbose=2)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     # Ship the layers' weights only: a fresh model carries no optimizer state (half the size).
-    inference = build()
+    inference = build_target(target)
     inference.set_weights(model.get_weights())
     inference.save_weights(out)
-    held_out = evaluate(images_dir, masks_dir, out, held_out_only=True)
-    write_card(out, held_out)
-    return held_out
+    scores = evaluate(images_dir, masks_dir, out, held_out_only=True, target=target)
+    if target == "lungs":
+        write_card(out, scores)
+    else:
+        write_heart_card(out, scores, train_n=len(train_pairs), epochs=epochs)
+    return scores
 
 
 def predict_masks(model, images: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
-    """Lung probability maps at each image's own resolution."""
+    """Probability maps at each image's own resolution."""
     result = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
@@ -265,12 +363,12 @@ def subset_of(path: str) -> str:
 
 
 def evaluate(images_dir: str, masks_dir: str, weights: str | None = None,
-             held_out_only: bool = False) -> dict:
+             held_out_only: bool = False, target: str = "lungs") -> dict:
     """Mean Dice against the masks, overall and per subset of the file names."""
-    model = load(weights)
+    model = load(weights, target)
     pair_list = pairs(images_dir, masks_dir)
     if held_out_only:
-        pair_list = [p for p in pair_list if held_out(p[0])]
+        pair_list = [p for p in pair_list if held_out(p[0], TARGETS[target].held_out_fraction)]
     scores = {}
     for start in range(0, len(pair_list), 32):
         chunk = pair_list[start:start + 32]
