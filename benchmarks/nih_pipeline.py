@@ -7,6 +7,11 @@ temporary directory); `--no-crop` runs the same file without the U-Net crop, and
 `python -m benchmarks.nih_pipeline compare WITH_CROP WITHOUT_CROP` then tests, per model, whether
 the crop changes the AUC on the same images (both runs must share CARDIO_PATIENT_SALT, which
 decides the patients' splits; the benchmark's default salt is fixed for that reason).
+`--config=nih-wingspan` converts Wingspan (../shared/data/wingspan-ctr-512) into the same span as
+the external site and runs the shipped `nih-wingspan` configuration; its NIH splits, training and
+calibration are those of `nih`, so `python -m benchmarks.nih_pipeline same RUN_A RUN_B` then
+says whether two runs gave the same models (reproducibility: the same probability for every
+NIH validation and test image).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NIH = os.path.join(os.path.dirname(REPO), "shared", "data", "nih-cxr14-128")
+WINGSPAN = os.path.join(os.path.dirname(REPO), "shared", "data", "wingspan-ctr-512")
 SLICE_METRICS = ("auc", "sensitivity", "specificity")
 PIPELINES = {True: "cardiomegaly-nih", False: "cardiomegaly-nih-no-crop"}   # by crop on/off
 
@@ -40,11 +46,11 @@ def _store(workdir: str):
     return outputs.open_store(local_runner.metadata_path(os.path.join(workdir, "pipeline")))
 
 
-def _config_file(workdir: str, crop: bool) -> str:
+def _config_file(workdir: str, crop: bool, name: str = "nih") -> str:
     import yaml
 
     from cardio.pipeline import config_file
-    with open(os.path.join(config_file.SHIPPED_DIR, config_file.SHIPPED["nih"])) as f:
+    with open(os.path.join(config_file.SHIPPED_DIR, config_file.SHIPPED[name])) as f:
         config = yaml.safe_load(f)
     config["weights"] = os.path.join(os.path.dirname(REPO), "shared", "weights")
     if not crop:
@@ -152,9 +158,38 @@ def compare_crop(with_crop: str, without_crop: str) -> None:
                   f"{test['auc_b']:>9.3f}{test['p']:>8.3f}")
 
 
+def compare_runs(run_a: str, run_b: str) -> None:
+    """Per model, the largest difference between two runs' probabilities for the same NIH
+    validation and test images (0: the same model), and each run's exact AUC there."""
+    from cardio.evaluation import statistics
+
+    first, second = (_predictions(run, _pipeline_name(run)) for run in (run_a, run_b))
+    print("\nTwo runs, the same NIH images: largest probability difference and exact AUCs")
+    print(f"{'model':<34}{'split':<12}{'n':>6}{'positives':>11}{'max |diff|':>12}{'AUC a':>8}"
+          f"{'AUC b':>8}")
+    for model in sorted(set(first) & set(second)):
+        for split in ("validation", "test"):
+            ids = sorted(i for i, (s, _, _) in first[model].items() if s == split)
+            assert ids == sorted(i for i, (s, _, _) in second[model].items() if s == split), \
+                "the two runs have different splits: convert both with the same salt"
+            labels = [first[model][i][1] for i in ids]
+            a, b = ([run[model][i][2] for i in ids] for run in (first, second))
+            difference = max(abs(x - y) for x, y in zip(a, b))
+            print(f"{model:<34}{split:<12}{len(ids):>6}{sum(labels):>11}{difference:>12.2e}"
+                  f"{statistics.auc_with_ci(labels, a)['auc']:>8.4f}"
+                  f"{statistics.auc_with_ci(labels, b)['auc']:>8.4f}")
+
+
+def _pipeline_name(workdir: str) -> str:
+    import yaml
+    with open(os.path.join(workdir, "nih.yaml")) as f:
+        return yaml.safe_load(f)["pipeline_name"]
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     crop = "--no-crop" not in argv
+    name = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "nih")
     if not os.path.isdir(NIH):
         print("\nNIH benchmark skipped: ../shared/data/nih-cxr14-128 is not present")
         return 0
@@ -168,8 +203,10 @@ def main(argv=None) -> int:
     seconds = {}
     _, seconds["convert"] = _cardio(["data", "csv", "--csv", os.path.join(NIH, "labels.csv"),
                                      "--images", os.path.join(NIH, "images"), "--out", data,
-                                     "--id-map", os.path.join(workdir, "id-map.csv")], env)
-    config_path = _config_file(workdir, crop)
+                                     "--id-map", os.path.join(workdir, "id-map.csv"),
+                                     *(["--wingspan", WINGSPAN, "--external-site", "wingspan"]
+                                       if name == "nih-wingspan" else [])], env)
+    config_path = _config_file(workdir, crop, name)
     summary, seconds["run"] = _cardio(["pipeline", "run", "--config", config_path,
                                        "--data-root", data, "--workdir", workdir], env)
     report(workdir, config_path, seconds, summary)
@@ -180,5 +217,7 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["compare"]:   # compare WORKDIR_WITH_CROP WORKDIR_WITHOUT_CROP
         compare_crop(*sys.argv[2:4])
+    elif sys.argv[1:2] == ["same"]:    # same WORKDIR_A WORKDIR_B
+        compare_runs(*sys.argv[2:4])
     else:
         sys.exit(main())
