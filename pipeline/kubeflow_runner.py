@@ -189,7 +189,8 @@ def _for_open_source_backend(spec: dict) -> None:
             container["command"] = container["command"][:-1] + [ENTRYPOINT]
     for name, task in spec["root"]["dag"]["tasks"].items():
         if name in UNCACHED_TASKS:
-            task["cachingOptions"] = {"enableCache": False}
+            # proto3 JSON leaves a false bool out, as kfp.Client re-serialises the spec
+            task["cachingOptions"] = {}
 
 
 def schema_uri(pipeline_root: str) -> str:
