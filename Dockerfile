@@ -48,6 +48,9 @@ RUN apt-get update \
  && groupadd --gid 10001 cardio \
  && useradd --uid 10001 --gid 10001 --home-dir /home/cardio --create-home --shell /usr/sbin/nologin cardio
 COPY --from=weights / /opt/cardio/weights/
+# The open-source KFP launcher copies artifacts to and from /gcs, /minio and /s3 as this user
+# (launcher_v2.go, LocalPathForURI); pipeline/kfp_entrypoint.py hands the executors those copies.
+RUN install -d -o 10001 -g 10001 /gcs /minio /s3
 # The Kubeflow V2 runner ignores container env set in the pipeline: Keras 2 must be the image's
 # default (TFX, TFT and TFMA 1.x need it).
 ENV TF_USE_LEGACY_KERAS=1 \

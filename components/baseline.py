@@ -32,6 +32,8 @@ PIPELINE = "cardio_pipeline"
 POINTER_FILE = "baseline.json"
 KUBEFLOW_MLMD = "metadata-grpc-service.kubeflow:8080"
 BLESSING_TYPES = ("ModelBlessing", "tfx.ModelBlessing")   # TFX's name; KFP v2's schema title
+BASELINE_URI, BASELINE_FOUND = "baseline_model_uri", "baseline_found"   # on the lookup's output
+BY_LAUNCHER = ("minio://", "s3://")   # copied to and from pods by KFP's launcher, not TensorFlow
 
 
 def connection_parameter(metadata_connection_config=None) -> str:
@@ -89,7 +91,10 @@ def find_last_blessed(store, pipeline: str, cell: str, candidate_uri: str) -> di
         return None
     latest = max(matches, key=lambda b: (b.create_time_since_epoch, b.id))
     model_uri = _property(latest, "current_model")
-    if not tf.io.gfile.exists(model_uri):
+    # On the open-source Kubeflow backend a MinIO/S3 model is not opened here: the Evaluator's
+    # launcher downloads it (pipeline/kfp_entrypoint.py reports it as this lookup's output), and
+    # fails naming the URI if it is gone.
+    if not model_uri.startswith(BY_LAUNCHER) and not tf.io.gfile.exists(model_uri):
         raise FileNotFoundError(
             f"the last blessed model of {cell} (blessing {latest.id}) is gone from {model_uri}: "
             f"restore it, or mark that blessing's artifact DELETED in MLMD to compare against the "
@@ -108,10 +113,19 @@ def write_pointer(uri: str, pipeline: str, cell: str, found: dict | None) -> dic
 
 
 def read_pointer(artifact) -> dict | None:
-    """The lookup's answer, or None when the artifact holds no pointer (a real Model)."""
+    """The lookup's answer, or None when the artifact holds no pointer (a real Model). On the
+    open-source Kubeflow backend with a MinIO/S3 root the lookup's output *is* the blessed model
+    (downloaded by the launcher; pipeline/kfp_entrypoint.py), its answer in the properties."""
     path = os.path.join(artifact.uri, POINTER_FILE)
     if not tf.io.gfile.exists(path):
-        return None
+        if not artifact.has_custom_property(BASELINE_FOUND) or not int(
+                artifact.get_custom_property(BASELINE_FOUND) or 0):
+            return None
+        model_id = artifact.get_custom_property("baseline_model_id") \
+            if artifact.has_custom_property("baseline_model_id") else None
+        return {"pipeline": artifact.get_custom_property(PIPELINE),
+                "cell": artifact.get_custom_property(CELL), "model_uri": artifact.uri,
+                "model_id": int(model_id) if model_id else None}
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
 
@@ -125,9 +139,11 @@ def BaselineLookup(model: InputArtifact[Model], baseline: OutputArtifact[Model],
     write_pointer(baseline.uri, pipeline_name, grid_cell, found)
     baseline.set_string_custom_property(CELL, grid_cell)
     baseline.set_string_custom_property(PIPELINE, pipeline_name)
-    baseline.set_int_custom_property("baseline_found", int(found is not None))
+    baseline.set_int_custom_property(BASELINE_FOUND, int(found is not None))
     if found:
-        baseline.set_string_custom_property("baseline_model_uri", found["model_uri"])
+        baseline.set_string_custom_property(BASELINE_URI, found["model_uri"])
+        if found.get("model_id"):
+            baseline.set_int_custom_property("baseline_model_id", found["model_id"])
         baseline.set_int_custom_property("baseline_blessing_id", found["blessing_id"])
 
 

@@ -23,7 +23,7 @@ import tensorflow as tf
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
 from tfx.dsl.component.experimental.decorators import component
-from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics
+from tfx.types.standard_artifacts import ExampleAnomalies, Examples, ExampleStatistics, Schema
 
 from cardio import features as F
 from cardio.components.anomaly_gate import describe_anomalies
@@ -36,6 +36,7 @@ DRIFT_TYPES = {anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
 ANOMALIES_TYPES = ("ExampleAnomalies", "tfx.ExampleAnomalies")  # TFX's name; KFP v2's
 PIPELINE, SPAN, STATISTICS_URI = "cardio_drift_pipeline", "span", "statistics_uri"  # on the output
 STATS_FILE = "FeatureStats.pb"   # StatisticsGen's file in each Split-<name> directory
+SCHEMA_FILE = "schema.pbtxt"     # in a Schema artifact (ImportSchemaGen writes this name)
 
 
 class DriftFound(RuntimeError):
@@ -157,8 +158,8 @@ def find_previous(store, pipeline: str, current_span: int) -> dict | None:
 
 @component
 def DriftGate(examples: InputArtifact[Examples], statistics: InputArtifact[ExampleStatistics],
-              drift: OutputArtifact[ExampleAnomalies], pipeline_name: Parameter[str],
-              schema_file: Parameter[str], metadata_connection: Parameter[str],
+              schema: InputArtifact[Schema], drift: OutputArtifact[ExampleAnomalies],
+              pipeline_name: Parameter[str], metadata_connection: Parameter[str],
               max_categorical_linf: Parameter[float], max_numeric_jsd: Parameter[float],
               min_split_positives: Parameter[int] = 0, evaluated_splits: Parameter[str] = ""):
     from google.protobuf import text_format
@@ -180,8 +181,11 @@ def DriftGate(examples: InputArtifact[Examples], statistics: InputArtifact[Examp
         logging.info("span %d: no earlier span's statistics; nothing to compare", span)
         return
     drift.set_int_custom_property("previous_span", previous["span"])
-    schema = text_format.Parse(tf.io.gfile.GFile(schema_file).read(), schema_pb2.Schema())
-    problems = compare_spans(statistics.uri, previous["statistics_uri"], drift.uri, schema,
+    # The pipeline's schema artifact (ImportSchemaGen's, or on Kubeflow the imported one, which
+    # the launcher downloads like any input): one schema.pbtxt in its directory.
+    schema_text = tf.io.gfile.GFile(os.path.join(schema.uri, SCHEMA_FILE)).read()
+    problems = compare_spans(statistics.uri, previous["statistics_uri"], drift.uri,
+                             text_format.Parse(schema_text, schema_pb2.Schema()),
                              max_categorical_linf, max_numeric_jsd)
     if problems:
         raise DriftFound(f"span {span} drifted from span {previous['span']}; nothing will be "

@@ -148,13 +148,12 @@ def beam_pipeline_args(runner: str, image: str, job_endpoint: str | None = None,
     return [a for a in args if a.split("=", 1)[0] not in overridden] + list(extra)
 
 
-# Pipeline roots this stack can write. TFX's Kubeflow V2 entrypoint hands each executor the
-# artifact URIs under the root as they are, and the executor writes them with tf.io.gfile:
-# TensorFlow 2.21 writes gs:// and absolute local paths (a volume mounted at the same path in every
-# pod, or a local execution of the compiled spec) itself; s3:// (and so MinIO) needs
-# tensorflow-io, which has no build for this TensorFlow and Python 3.13; minio:// is a KFP
-# launcher scheme that TensorFlow does not know (docs/operator-guide.md, "On-prem object storage").
-WRITABLE_ROOT_SCHEMES = ("gs",)
+# Pipeline roots this stack can write. gs:// TensorFlow writes itself; minio:// and s3:// go
+# through the open-source launcher's local copies (downloaded before, uploaded after each task;
+# pipeline/kfp_entrypoint.py hands the executors those paths), so they need no TensorFlow
+# file-system plugin; an absolute path is a volume mounted at the same path in every pod (or a
+# local execution of the compiled spec). docs/operator-guide.md, "On-prem object storage".
+WRITABLE_ROOT_SCHEMES = ("gs", "minio", "s3")
 
 
 def check_pipeline_root(root: str) -> str:
@@ -164,11 +163,34 @@ def check_pipeline_root(root: str) -> str:
         return root
     what = f"scheme {scheme}://" if scheme else "a relative path"
     raise ValueError(
-        f"pipeline root {root!r}: {what} cannot be written by this stack's TensorFlow executors "
-        f"(TensorFlow 2.21 writes {', '.join(s + '://' for s in WRITABLE_ROOT_SCHEMES)} and "
-        "absolute paths; s3:// and MinIO need tensorflow-io, which has no build for TensorFlow "
-        "2.21 on Python 3.13); use a gs:// bucket (see docs/operator-guide.md, 'On-prem object "
-        "storage')")
+        f"pipeline root {root!r}: {what} cannot be written by this stack's executors (they write "
+        f"{', '.join(s + '://' for s in WRITABLE_ROOT_SCHEMES)} and absolute paths); see "
+        "docs/operator-guide.md, 'On-prem object storage'")
+
+
+# The container command of every TFX task: TFX's own entrypoint, wrapped for the open-source
+# backend (span resolution without the lifecycle hook, artifacts through the launcher's local
+# paths; pipeline/kfp_entrypoint.py).
+TFX_ENTRYPOINT = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+ENTRYPOINT = "cardio.pipeline.kfp_entrypoint"
+# Tasks whose result depends on more than the inputs KFP's cache key sees
+# (backend/src/v2/cacheutils/cache.go: input parameters and artifact names, command, image):
+# ImportExampleGen resolves the newest span at run time, so a cached one would never ingest a
+# new span (on Vertex its lifecycle hook changes its inputs before the cache check; the
+# open-source driver runs no hook).
+UNCACHED_TASKS = ("ImportExampleGen",)
+
+
+def _for_open_source_backend(spec: dict) -> None:
+    """The compiled PipelineSpec, made to run on the open-source KFP backend as on Vertex."""
+    for executor in spec["deploymentSpec"]["executors"].values():
+        container = executor.get("container")
+        if container and container.get("command", [])[-1:] == [TFX_ENTRYPOINT]:
+            container["command"] = container["command"][:-1] + [ENTRYPOINT]
+    for name, task in spec["root"]["dag"]["tasks"].items():
+        if name in UNCACHED_TASKS:
+            # proto3 JSON leaves a false bool out, as kfp.Client re-serialises the spec
+            task["cachingOptions"] = {}
 
 
 def schema_uri(pipeline_root: str) -> str:
@@ -206,7 +228,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
     pipeline = create_pipeline(
         config, data_root=_runtime_parameter(DATA_ROOT, str, data_root),
         pipeline_root=pipeline_root, serving_root=serving_root,
-        schema_file=schema_uri(pipeline_root))
+        schema_file=schema_uri(pipeline_root), import_schema=True)
 
     image_map = {"default_image_path": image}
     epochs = _runtime_parameter(EPOCHS, int, config.epochs)
@@ -260,6 +282,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
     # The root travels with the spec: without it the KFP driver falls back to the namespace's
     # default artifact store (MinIO on a stock install), which TensorFlow cannot write.
     job["pipelineSpec"]["defaultPipelineRoot"] = pipeline_root
+    _for_open_source_backend(job["pipelineSpec"])
     with open(output_file, "w") as f:
         json.dump(job, f, indent=2, sort_keys=True)
     # Kubeflow Pipelines uploads and runs the PipelineSpec itself, as YAML.

@@ -41,26 +41,37 @@ def span_range_config(spans):
 
 def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                     serving_root: str, schema_file: str,
-                    metadata_connection_config=None) -> tfx.dsl.Pipeline:
+                    metadata_connection_config=None,
+                    import_schema: bool = False) -> tfx.dsl.Pipeline:
     # Radiograph TFRecords of the newest span (or the configured span range), split by directory.
     example_gen = tfx.components.ImportExampleGen(
         input_base=data_root, input_config=example_gen_input_config(config.splits),
         range_config=span_range_config(config.spans))
     # The curated schema (schemas/, with the deployment's sites), not one inferred from the span.
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+    if import_schema:
+        # On Kubeflow: imported as an artifact (the directory of `schema_file`), so that every
+        # consumer's launcher downloads it like any input, from a MinIO/S3 root too (a file read
+        # by parameter would need TensorFlow to open the object store). Same task name.
+        schema_gen = tfx.dsl.Importer(
+            source_uri=os.path.dirname(schema_file),
+            artifact_type=tfx.types.standard_artifacts.Schema).with_id("ImportSchemaGen")
+        schema = schema_gen.outputs["result"]
+    else:
+        schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+        schema = schema_gen.outputs["schema"]
     # Feature statistics of every split (TFDV); the schema makes label and bit depth categorical.
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
-                                                  schema=schema_gen.outputs["schema"])
+                                                  schema=schema)
     # Anomalies (unknown site, label outside {0, 1}, missing image) stop the run before training.
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"])
+        statistics=statistics_gen.outputs["statistics"], schema=schema)
     # Fails the run on any anomaly, so an anomalous span trains nothing.
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
     # Drift from the previous span's statistics (site, sex, age band, label, image size and bit
     # depth) past the configured thresholds stops the run before training, like the anomaly gate.
     drift_gate = DriftGate(examples=example_gen.outputs["examples"],
                            statistics=statistics_gen.outputs["statistics"],
-                           pipeline_name=config.pipeline_name, schema_file=schema_file,
+                           pipeline_name=config.pipeline_name, schema=schema,
                            metadata_connection=baseline_lib.connection_parameter(
                                metadata_connection_config),
                            max_categorical_linf=config.drift_max_categorical_linf,
@@ -94,7 +105,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         trainer = trainer_component.Trainer(
             run_fn="cardio.trainer.task.run_fn",
             examples=examples,
-            schema=schema_gen.outputs["schema"],
+            schema=schema,
             train_args=tfx.proto.TrainArgs(splits=[F.TRAIN]),
             eval_args=tfx.proto.EvalArgs(splits=[F.VALIDATION]),
             custom_config=config.trainer_custom_config(cell)).with_id(f"Trainer.{cell.name}")

@@ -1,27 +1,51 @@
-"""Runs a compiled PipelineSpec on this machine task by task, as Kubeflow Pipelines' v2 driver and
-launcher would: each container task through its own command and arguments with `{{$}}` replaced
-by an ExecutorInput, its lifecycle `preCacheCheck` hook first (TFX's ExampleGen driver), importer
-tasks resolved to artifacts, runtime parameters from the run's arguments over the spec's
-defaults, and every output artifact placed under the spec's `defaultPipelineRoot`.
+"""Runs a compiled PipelineSpec on this machine task by task, as the **open-source** Kubeflow
+Pipelines v2 backend runs it (kubeflow/pipelines, `backend/src/v2`), or, opt-in
+(`backend="vertex"`), as Vertex AI Pipelines does. Each simulated step names the upstream file it
+follows:
 
-Why not `kfp.local`: its orchestrator (kfp 2.16) runs container and importer tasks, but ignores
-lifecycle hooks, so TFX's ExampleGen executor would get its input pattern with `{SPAN}`
-unresolved, and it reads output artifacts back as KFP DSL artifacts, dropping TFX's types. The
-task dependencies are kfp.local's own reading (`graph_utils.build_dependency_map`); independent
-tasks run side by side, as on Kubeflow.
+- the run's parameters: the spec's defaults, overridden by the run's (`driver/root_dag.go`);
+- task order: kfp.local's reading of the DAG (`graph_utils.build_dependency_map`); independent
+  tasks run side by side, as on Kubeflow;
+- importer tasks: an MLMD artifact for the URI (`driver/driver.go`, `Importer`);
+- output URIs: `<root>/<pipeline>/<run id>/<task>/<uuid>/<key>`, the ExecutorOutput file at the
+  launcher's local path of `<root>/<pipeline>/<run id>/<task>/<uuid>` (`driver/driver.go`,
+  `provisionOutputs`; `metadata/client.go`, `GenerateOutputURI`, `GetPipeline`); input artifacts
+  named by their MLMD id and typed by the consumer's input definition
+  (`metadata/converter.go`, `toRuntimeArtifact`; `driver/resolve.go`);
+- the cache: a task whose caching is enabled and whose fingerprint (sha256 of its input
+  parameters, input artifact names, output artifact specs without URIs, command, arguments and
+  image; `cacheutils/cache.go`, `GenerateCacheKey`, `GenerateFingerPrint`; `driver/cache.go`,
+  `getFingerPrint`) matches an earlier successful execution is not run: its outputs are the
+  earlier execution's (`driver/container.go`, `reuseCachedOutputs` in `driver/cache.go`);
+- open-source launcher (`component/launcher_v2.go`): **no lifecycle hook** runs; input artifacts
+  are downloaded to `LocalPathForURI` (`minio://B/P` -> `/minio/B/P`, `s3://` -> `/s3/`,
+  `gs://` -> `/gcs/`; here those folders sit under each pod's own directory, which the pod
+  learns from `CARDIO_LAUNCHER_LOCAL_ROOT`) before the command, output folders are prepared
+  (`prepareOutputFolders`, which refuses a root it cannot map), the command runs with `{{$}}`
+  replaced by the ExecutorInput (`compileCmdAndArgs`), the ExecutorOutput is merged into the
+  outputs (`mergeRuntimeArtifacts`: its URI and metadata win) and each output is uploaded from
+  its local path when there is one (`uploadOutputArtifacts`), then recorded in ML Metadata
+  (type named by the schema title, metadata as custom properties) and, when cacheable, in the
+  cache (`Execute`, `CreateExecutionCache`). The object store is a directory
+  (`Cluster.store`): `minio://B/P` is `store/minio/B/P`;
+- Vertex (opt-in): the `preCacheCheck` hook first (TFX's ExampleGen driver), its ExecutorOutput
+  stamped on the outputs; artifact URIs as they are (any root, local paths included); no cache.
 
-Artifact URIs follow KFP's launcher: `<pipeline root>/<run id>/<task>/<output key>`. As KFP's
-launcher does, each task's output artifacts are recorded in ML Metadata (type named by the schema
-title, metadata as custom properties, numbers as doubles), which the pods reach through
+The Beam arguments run as compiled. The pods reach ML Metadata through
 `METADATA_GRPC_SERVICE_HOST`/`_PORT`: here MLMD's own gRPC API served from a SQLite store
 (`MetadataService`), since the MLMD server binary is not on PyPI.
+
+Why not `kfp.local`: its orchestrator (kfp 2.16) reads output artifacts back as KFP DSL
+artifacts, dropping TFX's types, and has no object store, cache or ML Metadata.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -86,10 +110,12 @@ class MetadataService:
     def __exit__(self, *exc):
         self.server.stop(grace=None)
 
-    def record(self, artifacts: list[dict]) -> None:
-        """A task's output artifacts, as KFP's launcher publishes them."""
+    def record(self, artifacts: list[dict]) -> list[int]:
+        """A task's output artifacts, as KFP's launcher publishes them (launcher_v2.go,
+        uploadOutputArtifacts -> RecordArtifact); their MLMD ids."""
         from ml_metadata.proto import metadata_store_pb2
 
+        ids = []
         for runtime in artifacts:
             kind = runtime["type"]
             title = kind.get("schemaTitle") or yaml.safe_load(kind["instanceSchema"])["title"]
@@ -103,7 +129,8 @@ class MetadataService:
                     artifact.custom_properties[key].string_value = value
                 else:
                     artifact.custom_properties[key].double_value = value
-            self.store.put_artifacts([artifact])
+            ids += self.store.put_artifacts([artifact])
+        return ids
 
 
 @dataclasses.dataclass
@@ -113,16 +140,106 @@ class TaskRun:
     seconds: float
     outputs: dict                   # output key -> list of RuntimeArtifact dicts
     executor_input: dict | None = None
+    cached: bool = False            # skipped: an earlier execution's outputs, by fingerprint
+    fingerprint: str = ""
 
 
 @dataclasses.dataclass
 class PipelineRun:
     pipeline_root: str
     run_id: str
-    tasks: dict                     # task name -> TaskRun, in the order they ran
+    tasks: dict                     # task name -> TaskRun, in the order they finished
+    backend: str = "open-source"
 
     def artifact(self, task: str, key: str) -> dict:
         return self.tasks[task].outputs[key][0]
+
+    def executed(self) -> set:
+        return {n for n, t in self.tasks.items() if t.kind == "container" and not t.cached}
+
+    def cached(self) -> set:
+        return {n for n, t in self.tasks.items() if t.cached}
+
+
+# The open-source launcher's local paths (component/launcher_v2.go, LocalPathForURI).
+LAUNCHER_FOLDERS = {"gs://": "gcs", "minio://": "minio", "s3://": "s3"}
+
+
+@dataclasses.dataclass
+class Cluster:
+    """What outlives a run on a Kubeflow cluster: the object store (`store/<scheme folder>/...`),
+    ML Metadata (SQLite behind MLMD's gRPC API) and the cache entries (fingerprint -> the
+    execution's outputs; KFP keeps them in its API server's task table, `CreateExecutionCache`)."""
+    directory: Path
+
+    def __post_init__(self):
+        self.directory = Path(self.directory)
+        (self.directory / "store").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def store(self) -> Path:
+        return self.directory / "store"
+
+    @property
+    def metadata_path(self) -> str:
+        return str(self.directory / "mlmd.sqlite")
+
+    def object_path(self, uri: str) -> Path | None:
+        """Where the object store keeps `uri`, or None for a URI outside it."""
+        for prefix, folder in LAUNCHER_FOLDERS.items():
+            if uri.startswith(prefix):
+                return self.store / folder / uri[len(prefix):]
+        return None
+
+    def _cache_file(self) -> Path:
+        return self.directory / "cache.json"
+
+    def cache_lookup(self, fingerprint: str) -> dict | None:
+        path = self._cache_file()
+        return json.loads(path.read_text()).get(fingerprint) if path.exists() else None
+
+    def cache_create(self, fingerprint: str, outputs: dict) -> None:
+        path = self._cache_file()
+        entries = json.loads(path.read_text()) if path.exists() else {}
+        entries[fingerprint] = outputs
+        path.write_text(json.dumps(entries))
+
+
+def launcher_local_path(uri: str, pod_root: Path) -> Path | None:
+    """launcher_v2.go LocalPathForURI, under the pod's own root instead of `/`."""
+    for prefix, folder in LAUNCHER_FOLDERS.items():
+        if uri.startswith(prefix):
+            return pod_root / folder / uri[len(prefix):]
+    return None
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.is_dir():
+        shutil.copytree(source, target, dirs_exist_ok=True)
+    else:
+        shutil.copy2(source, target)
+
+
+def fingerprint(task: dict, executor_input: dict, container: dict) -> str:
+    """KFP's cache fingerprint (cacheutils/cache.go, GenerateCacheKey and GenerateFingerPrint;
+    driver/cache.go, getFingerPrint): sha256 of the JSON of the input artifacts' names, the
+    input parameter values, the output artifacts without their URIs, the output parameter
+    types, the container's command and arguments as compiled, and its image."""
+    inputs, outputs = executor_input["inputs"], executor_input["outputs"]
+    key = {
+        "inputArtifactNames": {k: {"artifactNames": [a["name"] for a in v["artifacts"]]}
+                               for k, v in inputs.get("artifacts", {}).items()},
+        "inputParameterValues": inputs.get("parameterValues", {}),
+        "outputArtifactsSpec": {k: {"name": v["artifacts"][0]["name"],
+                                    "type": v["artifacts"][0]["type"],
+                                    "metadata": v["artifacts"][0].get("metadata", {})}
+                                for k, v in outputs.get("artifacts", {}).items()},
+        "outputParametersSpec": {},
+        "containerSpec": {"image": container["image"],
+                          "cmdArgs": container["command"] + container.get("args", [])},
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def load_spec(path: str) -> dict:
@@ -180,28 +297,48 @@ def _run_command(command: list, executor_input: dict, task: str, log_dir: Path, 
                            f"({log}):\n{log.read_text()[-5000:]}")
 
 
+BACKENDS = ("open-source", "vertex")
+
+
 def run(spec_path: str, arguments: dict, work_dir: str, env: dict | None = None,
-        timeout: int = 900, parallelism: int = 2) -> PipelineRun:
-    """Executes the PipelineSpec YAML at `spec_path`; `work_dir` holds each pod's local files
-    (executor output, logs). Raises naming the task that failed."""
+        timeout: int = 900, parallelism: int = 2, backend: str = "open-source",
+        cluster: Cluster | None = None) -> PipelineRun:
+    """Executes the PipelineSpec YAML at `spec_path` as `backend` would; `work_dir` holds each
+    pod's local files (executor output, downloaded and produced artifacts, logs), `cluster` what
+    outlives the run (object store, ML Metadata, cache; default: in `work_dir`). Raises naming
+    the task that failed."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r}: one of {BACKENDS}")
     spec = load_spec(spec_path)
     root = spec.get("defaultPipelineRoot")
     if not root:
         raise ValueError("the compiled spec has no defaultPipelineRoot: Kubeflow would write its "
                          "artifacts to the namespace's default store")
+    work = Path(work_dir)
+    cluster = cluster or Cluster(work / "cluster")
+    if backend == "open-source":
+        if cluster.object_path(root) is None:
+            # launcher_v2.go prepareOutputFolders: "failed to generate local storage path".
+            raise ValueError(f"pipeline root {root!r}: the open-source launcher has no local path "
+                             "for it (LocalPathForURI knows gs://, minio://, s3://)")
+        if root.startswith("gs://"):
+            raise NotImplementedError("a gs:// root: TensorFlow would write to Google Cloud "
+                                      "Storage itself, which this machine cannot reach")
     arguments = _arguments(spec, arguments)
     run_id = f"run-{uuid.uuid4().hex[:8]}"
-    work, env = Path(work_dir), dict(env or os.environ)
+    env = dict(env or os.environ)
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    with MetadataService(str(work / "mlmd.sqlite")) as metadata:
+    with MetadataService(cluster.metadata_path) as metadata:
         env.update(METADATA_GRPC_SERVICE_HOST="127.0.0.1",
                    METADATA_GRPC_SERVICE_PORT=str(metadata.port))
-        done = _run_tasks(spec, arguments, run_id, work, env, timeout, metadata, parallelism)
-    return PipelineRun(root, run_id, done)
+        done = _run_tasks(spec, arguments, run_id, work, env, timeout, metadata, parallelism,
+                          backend, cluster)
+    return PipelineRun(root, run_id, done, backend)
 
 
 def _run_tasks(spec: dict, arguments: dict, run_id: str, work: Path, env: dict, timeout: int,
-               metadata: MetadataService, parallelism: int) -> dict:
+               metadata: MetadataService, parallelism: int, backend: str,
+               cluster: Cluster) -> dict:
     """Runs every task once its upstream tasks are done, up to `parallelism` at a time (Kubeflow
     starts independent tasks together)."""
     from concurrent import futures
@@ -215,72 +352,130 @@ def _run_tasks(spec: dict, arguments: dict, run_id: str, work: Path, env: dict, 
                      and n not in running.values() and all(u in done for u in upstream)]
             for name in ready[:parallelism - len(running)]:
                 running[pool.submit(_run_task, spec, name, arguments, run_id, work, env,
-                                    timeout, dict(done))] = name
+                                    timeout, dict(done), backend, cluster)] = name
             if not running:
                 raise ValueError(f"tasks waiting on each other: {sorted(set(dependencies) - set(done))}")
             finished, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
             for future in finished:
                 name = running.pop(future)
-                done[name] = future.result()   # a failed task raises here, naming itself
-                for artifacts in done[name].outputs.values():
-                    metadata.record(artifacts)   # published, as KFP's launcher does
+                task = future.result()   # a failed task raises here, naming itself
+                if not task.cached:      # published, as KFP's launcher does; named by MLMD id
+                    for artifacts in task.outputs.values():
+                        for artifact, id_ in zip(artifacts, metadata.record(artifacts)):
+                            artifact["name"] = str(id_)
+                    if task.fingerprint:
+                        cluster.cache_create(task.fingerprint, task.outputs)
+                done[name] = task
     return done
 
 
 def _run_task(spec: dict, name: str, arguments: dict, run_id: str, work: Path, env: dict,
-              timeout: int, done: dict) -> TaskRun:
-    root = spec["defaultPipelineRoot"]
+              timeout: int, done: dict, backend: str, cluster: Cluster) -> TaskRun:
+    root = spec["defaultPipelineRoot"].rstrip("/")
+    pipeline = spec["pipelineInfo"]["name"]
     task = spec["root"]["dag"]["tasks"][name]
     component = spec["components"][task["componentRef"]["name"]]
     executor = spec["deploymentSpec"]["executors"][component["executorLabel"]]
     outputs_defined = component.get("outputDefinitions", {}).get("artifacts", {})
     started = time.time()
-    if "importer" in executor:
+    if "importer" in executor:   # driver.go, Importer: an MLMD artifact for the URI
         importer = executor["importer"]
         uri = importer["artifactUri"]
         uri = uri["constant"] if "constant" in uri else arguments[uri["runtimeParameter"]]
         key = next(iter(outputs_defined))
         return TaskRun(name, "importer", time.time() - started, {key: [{
-            "name": f"{run_id}/{name}/{key}", "type": importer["typeSchema"], "uri": uri,
+            "name": key, "type": importer["typeSchema"], "uri": uri,
             "metadata": importer.get("metadata", {})}]})
-    task_dir = work / "pods" / name
+    pod = work / "pods" / name
+    pod_root = pod / "fs"   # the pod's `/` for the launcher's local paths
+    # driver.go provisionOutputs: the task root, its outputs under it, the output file at the
+    # task root's local path (Vertex: any local file; here the pod's directory).
+    task_root = f"{root}/{pipeline}/{run_id}/{name}/{uuid.uuid4()}"
+    local_task_root = (launcher_local_path(task_root, pod_root)
+                       if backend == "open-source" else None) or pod
     executor_input = {
         "inputs": {"parameterValues": _parameters(task, arguments), "artifacts": {}},
-        "outputs": {"artifacts": {}, "outputFile": str(task_dir / "executor_output.json")}}
+        "outputs": {"artifacts": {},
+                    "outputFile": str(local_task_root / "output_metadata.json")}}
     inputs_defined = component.get("inputDefinitions", {}).get("artifacts", {})
     for key, source in task.get("inputs", {}).get("artifacts", {}).items():
         producer = source["taskOutputArtifact"]
         artifacts = copy.deepcopy(
             done[producer["producerTask"]].outputs[producer["outputArtifactKey"]])
-        for artifact in artifacts:   # typed by the consumer's input definition, as KFP's driver
+        for artifact in artifacts:   # typed by the consumer's input definition (resolve.go)
             artifact["type"] = inputs_defined[key]["artifactType"]
         executor_input["inputs"]["artifacts"][key] = {"artifacts": artifacts}
     for key, definition in outputs_defined.items():
-        uri = f"{root.rstrip('/')}/{run_id}/{name}/{key}"
         executor_input["outputs"]["artifacts"][key] = {"artifacts": [{
-            "name": f"{run_id}/{name}/{key}", "type": definition["artifactType"],
-            "uri": uri, "metadata": {}}]}
+            "name": key, "type": definition["artifactType"],
+            "uri": f"{task_root}/{key}", "metadata": {}}]}
     container = executor["container"]
+    cacheable = backend == "open-source" and task.get("cachingOptions", {}).get("enableCache")
+    fingerprint_ = fingerprint(task, executor_input, container) if cacheable else ""
+    if fingerprint_:
+        cached = cluster.cache_lookup(fingerprint_)
+        if cached is not None:   # driver/container.go: the launcher does not start
+            return TaskRun(name, "container", time.time() - started, cached, executor_input,
+                           cached=True, fingerprint=fingerprint_)
+    task_env = dict(env)
+    if backend == "open-source":
+        task_env["CARDIO_LAUNCHER_LOCAL_ROOT"] = str(pod_root)
+        _download(executor_input, pod_root, cluster)
+        for artifacts in executor_input["outputs"]["artifacts"].values():   # prepareOutputFolders
+            for artifact in artifacts["artifacts"]:
+                launcher_local_path(artifact["uri"], pod_root).parent.mkdir(parents=True,
+                                                                            exist_ok=True)
+    Path(executor_input["outputs"]["outputFile"]).parent.mkdir(parents=True, exist_ok=True)
     hook = container.get("lifecycle", {}).get("preCacheCheck")
-    if hook:
-        # The driver (TFX's ExampleGen: span, version, fingerprint) writes an ExecutorOutput;
-        # the launcher stamps its artifacts' metadata on the outputs, and the executor reads
-        # its parameters from the same file.
+    if hook and backend == "vertex":
+        # Vertex: the driver (TFX's ExampleGen: span, version, fingerprint) writes an
+        # ExecutorOutput; its artifacts' metadata is stamped on the outputs, and the executor
+        # reads its parameters from the same file. The open-source driver runs no hook.
         _run_command(hook["command"] + hook.get("args", []), executor_input, name,
-                     work / "logs", env, timeout)
-        driven = json.loads((task_dir / "executor_output.json").read_text())
+                     work / "logs", task_env, timeout)
+        driven = json.loads(Path(executor_input["outputs"]["outputFile"]).read_text())
         for key, reported in driven.get("artifacts", {}).items():
             for ours, theirs in zip(executor_input["outputs"]["artifacts"][key]["artifacts"],
                                     reported["artifacts"]):
                 ours["metadata"].update(theirs.get("metadata", {}))
     _run_command(container["command"] + container.get("args", []), executor_input, name,
-                 work / "logs", env, timeout)
+                 work / "logs", task_env, timeout)
     outputs = copy.deepcopy(executor_input["outputs"]["artifacts"])
-    output_file = task_dir / "executor_output.json"
-    if output_file.exists():   # the launcher records what the executor reports
+    output_file = Path(executor_input["outputs"]["outputFile"])
+    if output_file.exists():   # launcher_v2.go mergeRuntimeArtifacts: its URI and metadata win
         reported = json.loads(output_file.read_text()).get("artifacts", {})
         for key, artifacts in reported.items():
             for ours, theirs in zip(outputs[key]["artifacts"], artifacts["artifacts"]):
+                if theirs.get("uri"):
+                    ours["uri"] = theirs["uri"]
                 ours["metadata"].update(theirs.get("metadata", {}))
+    if backend == "open-source":
+        _upload(outputs, pod_root, cluster)
     return TaskRun(name, "container", time.time() - started,
-                   {k: v["artifacts"] for k, v in outputs.items()}, executor_input)
+                   {k: v["artifacts"] for k, v in outputs.items()}, executor_input,
+                   fingerprint=fingerprint_)
+
+
+def _download(executor_input: dict, pod_root: Path, cluster: Cluster) -> None:
+    """launcher_v2.go downloadArtifacts: every input artifact with a local path, copied there
+    (one the launcher cannot map, e.g. a local path from an importer, is left as it is)."""
+    for key, artifacts in executor_input["inputs"]["artifacts"].items():
+        for artifact in artifacts["artifacts"]:
+            local = launcher_local_path(artifact["uri"], pod_root)
+            if local is None:
+                continue
+            source = cluster.object_path(artifact["uri"])
+            if not source.exists():
+                raise RuntimeError(f"failed to download input artifact {key!r} from remote "
+                                   f"storage URI {artifact['uri']!r}: not in the object store")
+            _copy(source, local)
+
+
+def _upload(outputs: dict, pod_root: Path, cluster: Cluster) -> None:
+    """launcher_v2.go uploadOutputArtifacts: each output's local path, copied to the store; a
+    missing local path is skipped (components may produce no files)."""
+    for artifacts in outputs.values():
+        for artifact in artifacts["artifacts"]:
+            local = launcher_local_path(artifact["uri"], pod_root)
+            if local is not None and local.exists():
+                _copy(local, cluster.object_path(artifact["uri"]))

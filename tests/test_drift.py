@@ -159,7 +159,7 @@ def test_the_gate_stops_a_run_whose_span_drifted_from_the_previous_one(tmp_path)
             examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
         gate = drift_gate.DriftGate(
             examples=example_gen.outputs["examples"], pipeline_name="drift",
-            statistics=statistics_gen.outputs["statistics"], schema_file=schemas.SCHEMA_FILE,
+            statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
             metadata_connection=baseline.connection_parameter(metadata),
             max_categorical_linf=0.1, max_numeric_jsd=0.1)
         tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(

@@ -170,6 +170,9 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
         if name == "LungSegmenter_executor":
             assert executor["importer"]["artifactUri"]["constant"] == "gs://bucket/unet"
             continue
+        if name == "ImportSchemaGen_executor":   # imported: see test_compiles_pipeline_job
+            assert "importer" in executor
+            continue
         container = executor["container"]
         is_trainer = name.startswith("Trainer.")
         assert container["image"] == (GPU if is_trainer and training == "in-pod" else CPU), name
@@ -202,7 +205,10 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
     assert spec["pipelineInfo"]["name"] == config.pipeline_name
     schema = (out / "schema.pbtxt").read_text()
     assert all(site in schema for site in config.sites)
-    assert kubeflow_runner.schema_uri("gs://bucket/root") in json.dumps(spec)
+    # Imported as an artifact (its directory), so that the launcher downloads it like any input.
+    importer = spec["deploymentSpec"]["executors"]["ImportSchemaGen_executor"]["importer"]
+    assert importer["artifactUri"]["constant"] + "/schema.pbtxt" == \
+        kubeflow_runner.schema_uri("gs://bucket/root")
 
 
 def test_runtime_overrides_reach_the_run_fn_config():
@@ -257,15 +263,27 @@ def test_in_pod_beam_runs_one_worker_per_core_of_the_pods_cpu_limit(tmp_path):
     assert checked >= 4   # ImportExampleGen, StatisticsGen, LungCrop, CropReport, Evaluator
 
 
-@pytest.mark.parametrize("root", ["minio://mlpipeline/v2/artifacts", "s3://bucket/root",
-                                  "pipeline-root"])
+@pytest.mark.parametrize("root", ["hdfs://namenode/root", "pipeline-root"])
 def test_compile_refuses_a_pipeline_root_this_stack_cannot_write(root, tmp_path):
-    with pytest.raises(ValueError, match=r"cannot be written.*use a gs:// bucket") as error:
+    with pytest.raises(ValueError, match=r"cannot be written.*On-prem object storage") as error:
         kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"),
                                         **{**ROOTS, "pipeline_root": root})
     scheme = root.split("://")[0] + "://" if "://" in root else "a relative path"
     assert scheme in str(error.value)
     assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.parametrize("root", ["minio://mlpipeline/v2/artifacts", "s3://bucket/root"])
+def test_a_minio_or_s3_root_compiles_for_the_launchers_local_copies(root, tmp_path):
+    """MinIO/S3 roots work through the open-source launcher's local copies (every TFX task runs
+    pipeline/kfp_entrypoint.py); tests/test_kubeflow_executed.py runs one."""
+    kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"),
+                                    **{**ROOTS, "pipeline_root": root})
+    spec = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    assert spec["defaultPipelineRoot"] == root
+    commands = {e["container"]["command"][-1] for e in spec["deploymentSpec"]["executors"].values()
+                if "container" in e}
+    assert commands == {kubeflow_runner.ENTRYPOINT}
 
 
 def test_compile_refuses_what_cannot_run():

@@ -39,37 +39,58 @@ PLUMBING_GATE = GateProfile("plumbing", external_auc_min=0.0, internal_auc_min=0
 RUN_EPOCHS, RUN_LEARNING_RATE = 2, 0.002
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("executed")
-    config = dataclasses.replace(
-        configs.demo_config(WEIGHTS), pipeline_name="cardio-executed", grid=(CELL,),
+# KFP's default artifact store on a stock open-source install: MinIO, bucket `mlpipeline`.
+ROOT = "minio://mlpipeline/cardio"
+IMAGE = "registry.example/cardio:1"
+
+
+def _config(grid=(CELL,)):
+    return dataclasses.replace(
+        configs.demo_config(WEIGHTS), pipeline_name="cardio-executed", grid=grid,
         gate=PLUMBING_GATE, image_size=64, crop_size=128, epochs=5, batch_size=8,
         deterministic=True, confidence_intervals=False,
         # Plumbing on 96 images: 3 validation and 5 test cases of cardiomegaly.
         min_validation_positives=3, min_split_positives=3)
+
+
+def compile_and_run(tmp: Path, config, runs_arguments=({},)) -> dict:
+    """Compiles `config` for a MinIO pipeline root with the in-pod Beam runner's arguments (one
+    worker: a pod of one core's limit), uploads the schema, and executes the PipelineSpec once
+    per entry of `runs_arguments` on one cluster, as the open-source backend would."""
     data = tmp / "data"
     convert.write_synthetic(str(data), 96, seed=17, size=128, span=1,
                             external_sites=(config.external_site,), workers=1)
-
-    # Compiled for a root on this machine, with the run's Beam args (in-process, as the local
-    # run's), and a data root the run overrides.
-    root = tmp / "kfp-root"
     compiled = kubeflow_runner.compile_pipeline(
         config, str(tmp / "compiled" / "cardio.json"), data_root="/compile-time/data",
-        pipeline_root=str(root), serving_root=str(tmp / "kfp-serving"),
-        image="registry.example/cardio:1", beam_args=list(config.beam_pipeline_args))
+        pipeline_root=ROOT, serving_root=str(tmp / "kfp-serving"), image=IMAGE,
+        beam_args=kubeflow_runner.beam_pipeline_args("in-pod", IMAGE, workers=1))
+    cluster = kfp_harness.Cluster(tmp / "cluster")
     # The operator's upload step (`compile` prints it): the schema to where the spec reads it.
-    schema = Path(kubeflow_runner.schema_uri(str(root)))
+    schema = cluster.object_path(kubeflow_runner.schema_uri(ROOT))
     schema.parent.mkdir(parents=True)
     shutil.copy(tmp / "compiled" / "schema.pbtxt", schema)
-    executed = kfp_harness.run(
-        kubeflow_runner.pipeline_spec_path(compiled),
-        {kubeflow_runner.DATA_ROOT: str(data), kubeflow_runner.EPOCHS: RUN_EPOCHS,
-         kubeflow_runner.LEARNING_RATE: RUN_LEARNING_RATE},
-        str(tmp / "pods"))
+    executed = []
+    for i, extra in enumerate(runs_arguments):
+        executed.append(kfp_harness.run(
+            kubeflow_runner.pipeline_spec_path(compiled),
+            {kubeflow_runner.DATA_ROOT: str(data), kubeflow_runner.EPOCHS: RUN_EPOCHS,
+             kubeflow_runner.LEARNING_RATE: RUN_LEARNING_RATE, **extra},
+            str(tmp / f"pods-{i}"), cluster=cluster))
     local_config = dataclasses.replace(config, epochs=RUN_EPOCHS, learning_rate=RUN_LEARNING_RATE)
-    return dict(tmp=tmp, config=local_config, executed=executed, data=data)
+    return dict(tmp=tmp, config=local_config, executed=executed[0], runs=executed, data=data,
+                cluster=cluster)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return compile_and_run(tmp_path_factory.mktemp("executed"), _config())
+
+
+def _stored(runs, uri: str) -> str:
+    """An artifact's files in the object store (the MinIO bucket, here a directory)."""
+    path = runs["cluster"].object_path(uri)
+    assert path is not None and path.exists(), uri
+    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -90,27 +111,59 @@ def _local_store(runs):
 
 
 def test_every_task_ran_under_the_specs_pipeline_root(runs):
+    """Open-source semantics with a MinIO root: every output is in the object store under the
+    spec's root, uploaded from the pod's local copy; inputs were downloaded into the pods."""
     executed = runs["executed"]
     spec = kfp_harness.load_spec(str(runs["tmp"] / "compiled" / "cardio.yaml"))
     assert set(executed.tasks) == set(spec["root"]["dag"]["tasks"])
-    assert executed.pipeline_root == str(runs["tmp"] / "kfp-root")
+    assert executed.backend == "open-source" and executed.pipeline_root == ROOT
     for task in executed.tasks.values():
         if task.kind == "container":
             for artifacts in task.outputs.values():
-                assert artifacts[0]["uri"].startswith(executed.pipeline_root + "/"), task.name
+                assert artifacts[0]["uri"].startswith(f"{ROOT}/cardio-executed/"), task.name
     assert executed.tasks["LungSegmenter"].kind == "importer"
+    assert executed.tasks["ImportSchemaGen"].kind == "importer"   # the schema, downloaded
+    trainer = executed.tasks[f"Trainer.{CELL.name}"]
+    model = executed.artifact(f"Trainer.{CELL.name}", "model")["uri"]
+    assert os.path.isdir(os.path.join(_stored(runs, model), "Format-Serving"))
+    # The Trainer's pod got its examples as local files, at the launcher's /minio/... path.
+    examples = trainer.executor_input["inputs"]["artifacts"]["examples"]["artifacts"][0]["uri"]
+    local = kfp_harness.launcher_local_path(examples, runs["tmp"] / "pods-0" / "pods" /
+                                            trainer.name / "fs")
+    assert examples.startswith("minio://") and (local / "Split-train").is_dir()
+    # The Beam arguments ran as compiled: the in-pod multi-process runner.
+    args = spec["deploymentSpec"]["executors"]["LungCrop_executor"]["container"]["args"]
+    assert "--direct_running_mode=multi_processing" in args and "--direct_num_workers=1" in args
+
+
+def test_span_resolved_without_the_lifecycle_hook(runs):
+    """The open-source driver runs no `preCacheCheck` hook: ExampleGen's container got its
+    pattern unresolved and resolved the span itself, with TFX's driver, stamping span, version
+    and fingerprint on its output as TFX's driver does."""
+    executed = runs["executed"]
+    spec = kfp_harness.load_spec(str(runs["tmp"] / "compiled" / "cardio.yaml"))
+    container = spec["deploymentSpec"]["executors"]["ImportExampleGen_executor"]["container"]
+    assert "preCacheCheck" in container["lifecycle"]     # kept, for Vertex
+    assert container["command"][-1] == kubeflow_runner.ENTRYPOINT
+    given = executed.tasks["ImportExampleGen"].executor_input["inputs"]["parameterValues"]
+    assert "{SPAN}" in given["input_config"]
+    examples = executed.artifact("ImportExampleGen", "examples")
+    # TFX's V2 entrypoint carries custom properties as `custom:<name>` metadata.
+    assert int(examples["metadata"]["custom:span"]) == 1
+    assert examples["metadata"]["input_fingerprint"].startswith("split:")
+    assert set(os.listdir(_stored(runs, examples["uri"]))) >= {"Split-train", "Split-test"}
+    # A task that resolves the newest span at run time is never served from KFP's cache, whose
+    # key (its inputs as compiled) would stay the same when a new span lands.
+    caching = spec["root"]["dag"]["tasks"]["ImportExampleGen"]["cachingOptions"]
+    assert not caching.get("enableCache", False)
 
 
 def test_runtime_parameters_reach_the_tasks(runs):
     executed = runs["executed"]
     example_gen = executed.tasks["ImportExampleGen"].executor_input["inputs"]["parameterValues"]
     assert example_gen["input_base"] == str(runs["data"])
-    # ExampleGen's driver (the lifecycle hook) resolved the span before the executor ran.
-    examples = executed.artifact("ImportExampleGen", "examples")
-    # TFX's V2 entrypoint carries custom properties as `custom:<name>` metadata.
-    assert int(examples["metadata"]["custom:span"]) == 1
     model_run = executed.artifact(f"Trainer.{CELL.name}", "model_run")["uri"]
-    summary = json.loads(Path(model_run, "training_summary.json").read_text())
+    summary = json.loads(Path(_stored(runs, model_run), "training_summary.json").read_text())
     assert len(summary["epochs_run"]) == RUN_EPOCHS
     assert summary["config"]["learning_rate"] == RUN_LEARNING_RATE
 
@@ -121,8 +174,8 @@ def test_the_gate_blesses_per_site_and_the_pushed_model_serves(runs):
         pytest.skip("../shared/weights is absent: the model trained from random initialisation, "
                     "and the gate refused it (its logits ranked validation backwards)")
     assert _blessed(executed.artifact(f"Evaluator.{CELL.name}", "blessing"))
-    slices = report.slice_metrics(evaluator.load(
-        executed.artifact(f"Evaluator.{CELL.name}", "evaluation")["uri"]))
+    slices = report.slice_metrics(evaluator.load(_stored(
+        runs, executed.artifact(f"Evaluator.{CELL.name}", "evaluation")["uri"])))
     assert {"site=site-a", "site=site-b"} <= set(slices)
     pushed = executed.artifact(f"Pusher.{CELL.name}", "pushed_model")
     assert int(pushed["metadata"]["pushed"]) == 1
@@ -145,8 +198,8 @@ def test_blessing_matches_the_local_run(local):
     assert _blessed(blessing) is True
     assert local.custom_properties["blessed"].int_value == 1
     # The same evaluation: per-site AUCs of the two Evaluators agree.
-    ours = report.slice_metrics(evaluator.load(
-        executed.artifact(f"Evaluator.{CELL.name}", "evaluation")["uri"]))
+    ours = report.slice_metrics(evaluator.load(_stored(
+        runs, executed.artifact(f"Evaluator.{CELL.name}", "evaluation")["uri"])))
     local_eval = outputs.latest_output(_local_store(runs), runs["config"].pipeline_name,
                                        f"Evaluator.{CELL.name}", "evaluation")
     theirs = report.slice_metrics(evaluator.load(local_eval.uri))
@@ -174,7 +227,7 @@ def test_pushed_model_matches_the_local_run(local):
     local_run = outputs.latest_output(_local_store(runs), runs["config"].pipeline_name,
                                       f"Trainer.{CELL.name}", "model_run").uri
     trained = [tf.keras.models.load_model(os.path.join(uri, task.KERAS_MODEL_FILE)).get_weights()
-               for uri in (executed.artifact(f"Trainer.{CELL.name}", "model_run")["uri"],
+               for uri in (_stored(runs, executed.artifact(f"Trainer.{CELL.name}", "model_run")["uri"]),
                            local_run)]
     assert len(trained[0]) == len(trained[1]) > 100
     for ours_w, theirs_w in zip(*trained):
@@ -198,3 +251,56 @@ def test_a_spec_without_its_pipeline_root_is_refused(runs, tmp_path):
     path.write_text(json.dumps(spec))
     with pytest.raises(ValueError, match="defaultPipelineRoot"):
         kfp_harness.run(str(path), {}, str(tmp_path / "pods"))
+
+
+def test_the_open_source_launcher_refuses_a_root_it_cannot_map(runs, tmp_path):
+    """launcher_v2.go (prepareOutputFolders) has no local path for a plain directory root."""
+    spec = kfp_harness.load_spec(str(runs["tmp"] / "compiled" / "cardio.yaml"))
+    spec["defaultPipelineRoot"] = str(tmp_path / "root")
+    path = tmp_path / "local-root.yaml"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match="LocalPathForURI"):
+        kfp_harness.run(str(path), {}, str(tmp_path / "pods"))
+
+
+@pytest.fixture(scope="module")
+def grid_runs(tmp_path_factory):
+    """The shortened configuration's whole grid (both class weightings), run twice on one
+    cluster (slow checks only)."""
+    grid = (CELL, configs.GridCell(CELL.backbone, "50-50"))
+    return compile_and_run(tmp_path_factory.mktemp("executed-grid"), _config(grid),
+                           runs_arguments=({}, {}))
+
+
+@pytest.mark.slow
+def test_the_whole_grid_runs_and_a_second_run_finds_the_first_runs_blessed_models(grid_runs):
+    first, second = grid_runs["runs"]
+    cells = [c.name for c in grid_runs["config"].grid]
+    assert len(cells) == 2
+    for run in (first, second):
+        assert run.executed() == {n for n, t in run.tasks.items() if t.kind == "container"}
+        comparison = run.artifact("ModelComparison", "comparison")["uri"]
+        assert os.listdir(_stored(grid_runs, comparison))
+    # ExampleGen resolved the same span to the same fingerprint, which KFP's cache would have
+    # served (a new span would have been missed): its caching is off, so it ran again, and
+    # every task after it ran on its new artifact.
+    assert second.tasks["ImportExampleGen"].fingerprint == ""
+    assert (second.artifact("ImportExampleGen", "examples")["metadata"]["input_fingerprint"]
+            == first.artifact("ImportExampleGen", "examples")["metadata"]["input_fingerprint"])
+    for cell in cells:
+        assert _blessed(first.artifact(f"Evaluator.{cell}", "blessing"))
+        assert int(first.artifact(f"BaselineLookup.{cell}", "baseline")["metadata"][
+            "baseline_found"]) == 0
+        # The second run's lookup found this cell's blessed model of the first run in ML
+        # Metadata; with the MinIO root it stands for that model by URI, so the Evaluator's
+        # launcher downloaded it, and the blessing names it as the baseline.
+        first_model = first.artifact(f"Trainer.{cell}", "model")["uri"]
+        baseline = second.artifact(f"BaselineLookup.{cell}", "baseline")
+        assert int(baseline["metadata"]["baseline_found"]) == 1
+        assert baseline["uri"] == baseline["metadata"]["baseline_model_uri"] == first_model
+        evaluator = second.tasks[f"Evaluator.{cell}"]
+        given = evaluator.executor_input["inputs"]["artifacts"]["baseline_model"]["artifacts"][0]
+        assert given["uri"] == first_model
+        blessing = second.artifact(f"Evaluator.{cell}", "blessing")
+        assert blessing["metadata"]["baseline_model"] == first_model
+        assert _blessed(blessing)   # the plumbing gate tolerates any change

@@ -128,8 +128,8 @@ def test_the_pipeline_root_can_be_overridden_at_submission_but_not_to_an_unwrita
     (run,) = api.bodies("POST", "/apis/v2beta1/runs")
     assert run["runtime_config"]["pipeline_root"] == "gs://other/root"
     result = CliRunner().invoke(main, ["pipeline", "schedule", "--host", api.url, "--package",
-                                       package, "--pipeline-root", "minio://mlpipeline/root"])
-    assert result.exit_code == 2 and "scheme minio://" in result.output
+                                       package, "--pipeline-root", "hdfs://namenode/root"])
+    assert result.exit_code == 2 and "scheme hdfs://" in result.output
     assert api.bodies("POST", "/apis/v2beta1/recurringruns") == []
 
 
