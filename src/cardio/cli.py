@@ -490,6 +490,24 @@ _kfp_experiment = click.option("--experiment", default="cardio-retraining", show
 _kfp_namespace = click.option("--namespace", default=None, help="Kubeflow profile namespace.")
 _kfp_root = click.option("--pipeline-root", "root", default=None,
                          help="Override the compiled spec's pipeline root for this submission.")
+_kfp_token = click.option(
+    "--token-file", default=None, envvar="KF_PIPELINES_SA_TOKEN_PATH",
+    help="File holding the bearer token for the KFP API, re-read before every request (a "
+         "projected service account token, audience pipelines.kubeflow.org; "
+         "$KF_PIPELINES_SA_TOKEN_PATH; default: kfp's mount point when present, else none).")
+
+
+def _kfp_call(call):
+    """Runs a submission: bad input is a usage error (exit 2); a cluster that is not there or
+    refuses the call is one line naming the host and the cause (exit 1)."""
+    from cardio.pipeline import scheduling
+
+    try:
+        return call()
+    except ValueError as error:
+        raise click.UsageError(str(error))
+    except scheduling.ClusterError as error:
+        raise click.ClickException(str(error))
 
 
 @pipeline.command("submit")
@@ -498,16 +516,14 @@ _kfp_root = click.option("--pipeline-root", "root", default=None,
 @_kfp_experiment
 @_kfp_namespace
 @_kfp_root
+@_kfp_token
 @click.option("--run-name", default=None)
-def submit(host, package, experiment, namespace, root, run_name):
+def submit(host, package, experiment, namespace, root, token_file, run_name):
     """Start one run of a compiled pipeline on Kubeflow Pipelines."""
     from cardio.pipeline import scheduling
 
-    try:
-        click.echo(json.dumps(scheduling.submit(host, package, experiment, namespace, run_name,
-                                                root=root)))
-    except ValueError as error:
-        raise click.UsageError(str(error))
+    click.echo(json.dumps(_kfp_call(lambda: scheduling.submit(
+        host, package, experiment, namespace, run_name, root=root, token_file=token_file))))
 
 
 @pipeline.command("schedule")
@@ -519,16 +535,14 @@ def submit(host, package, experiment, namespace, root, run_name):
               help="KFP cron, six fields with seconds first (default: Mondays 03:00 UTC).")
 @click.option("--job-name", default="cardio-retraining", show_default=True)
 @_kfp_root
-def schedule(host, package, experiment, namespace, cron, job_name, root):
+@_kfp_token
+def schedule(host, package, experiment, namespace, cron, job_name, root, token_file):
     """Create a recurring run: scheduled retraining on the newest data span."""
     from cardio.pipeline import scheduling
 
-    try:
-        summary = scheduling.schedule(host, package, cron, job_name, experiment, namespace,
-                                      root=root)
-    except ValueError as error:
-        raise click.UsageError(str(error))
-    click.echo(json.dumps(summary))
+    click.echo(json.dumps(_kfp_call(lambda: scheduling.schedule(
+        host, package, cron, job_name, experiment, namespace, root=root,
+        token_file=token_file))))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
