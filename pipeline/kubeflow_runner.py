@@ -27,15 +27,19 @@ from tfx.dsl.components.base import executor_spec
 import cardio
 from cardio import schemas
 from cardio.components import tfjob_trainer, trainer_component
+from cardio.imaging import SHIPPED_UNET_DIR
 from cardio.pipeline import configs
 from cardio.pipeline.configs import PipelineConfig
 from cardio.pipeline.pipeline import create_pipeline
+from cardio.trainer import model as model_lib
 
 DEFAULT_REPOSITORY = "ghcr.io/cardio-pipeline/cardio"
 DEFAULT_TAG = cardio.__version__
 DEFAULT_IMAGE = f"{DEFAULT_REPOSITORY}:{DEFAULT_TAG}"
-# Where the image keeps ImageNet weights (Dockerfile: the optional `weights` build context).
-IMAGE_WEIGHTS_DIR = "/opt/cardio/weights"
+# Where the image keeps ImageNet weights (Dockerfile: the optional `weights` build context), and
+# the configuration's name for them (`weights: image`), resolved in the Trainer's pod.
+IMAGE_WEIGHTS_DIR = model_lib.IMAGE_WEIGHTS_DIR
+IMAGE_WEIGHTS = model_lib.IMAGE_WEIGHTS
 
 PROFILES = ("study", "demo")
 BEAM_RUNNERS = ("in-pod", "portable", "dataflow")
@@ -273,9 +277,64 @@ def pipeline_spec_path(pipeline_job_file: str) -> str:
     return os.path.splitext(pipeline_job_file)[0] + ".yaml"
 
 
+# Object stores a pod reaches by URI: the schemes the KFP v2 launcher and importer accept for
+# artifacts (backend/src/v2/objectstore/config.go, ParseBucketConfigForArtifactURI: gs, s3, minio;
+# mem is in-memory, for tests). Which of them this stack can *write* is `check_pipeline_root`'s
+# business.
+OBJECT_STORE_SCHEMES = ("gs", "s3", "minio")
+
+
+def _local(value: str) -> str | None:
+    """Why `value` is a place on the compiling machine (None if it is an object-store URI)."""
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme in OBJECT_STORE_SCHEMES:
+        return None
+    if scheme == "file":
+        return "a file:// URI of the compiling machine"
+    if scheme:
+        return f"scheme {scheme}:// is no object store a pod reads (use gs://, s3:// or minio://)"
+    return ("an absolute path on the compiling machine" if value.startswith("/")
+            else "a relative path on the compiling machine")
+
+
+def check_cluster_places(config: PipelineConfig, data_root: str, pipeline_root: str,
+                         serving_root: str) -> None:
+    """Refuses, naming every offending key and its reason, what a pod of the cluster cannot
+    read: a data root, serving root, pipeline root or U-Net directory that is a local path,
+    ImageNet weights from a local path, from Keras's cache (`weights` unset) or downloaded
+    (`imagenet`: no egress in a pipeline pod). The U-Net must be an object-store URI: it is
+    imported (tfx.dsl.Importer), and KFP's importer records only bucket URIs
+    (backend/src/v2/component/importer_launcher.go: `ParseProviderFromPath`, "no provider scheme
+    found in artifact URI"). Weights may also be `image` (baked into the image) or `random`.
+    `compile_pipeline` does not check: tests execute compiled specs on this machine."""
+    problems = []
+    for key, value in (("data_root", data_root), ("pipeline_root", pipeline_root),
+                       ("serving_root", serving_root), ("segmenter_uri", config.segmenter_uri)):
+        why = _local(value) if value else None
+        if why:
+            shipped = (" (`shipped`: the package directory of the compiling machine; upload "
+                       "src/cardio/imaging/assets/unet_lungs.* to gs://BUCKET/cardio/unet)"
+                       if value == SHIPPED_UNET_DIR else "")
+            problems.append(f"{key} {value!r}: {why}{shipped}; a pod reads only object-store "
+                            f"URIs (gs://, s3://, minio://): give --{key.replace('_', '-')}")
+    weights = config.weights
+    if weights is None:
+        problems.append("weights unset: Keras's cache is empty in a pod; use `image` (the "
+                        f"image's {IMAGE_WEIGHTS_DIR}), a gs:// URI or `random` (--weights)")
+    elif weights == "imagenet":
+        problems.append("weights 'imagenet': Keras would download them in the pod, which has no "
+                        f"egress; use `image` (the image's {IMAGE_WEIGHTS_DIR}), a gs:// URI or "
+                        "`random` (--weights)")
+    elif weights not in (IMAGE_WEIGHTS, "random") and _local(weights):
+        problems.append(f"weights {weights!r}: {_local(weights)}; use `image` (the image's "
+                        f"{IMAGE_WEIGHTS_DIR}), a gs:// URI or `random` (--weights)")
+    if problems:
+        raise ValueError("cannot compile for a cluster:\n  " + "\n  ".join(problems))
+
+
 def compile_profile(profile: str, output_file: str, data_root: str, pipeline_root: str,
                     serving_root: str, segmenter_uri: str, repository: str = DEFAULT_REPOSITORY,
-                    tag: str = DEFAULT_TAG, weights: str = IMAGE_WEIGHTS_DIR,
+                    tag: str = DEFAULT_TAG, weights: str = IMAGE_WEIGHTS,
                     beam_runner: str = "in-pod", beam_job_endpoint: str | None = None,
                     beam_extra: tuple = (), training: str = "in-pod", trainer_gpus: int = 1,
                     tfjob_workers: int = 2, gpu_type: str = Resources.gpu_type,
@@ -288,6 +347,7 @@ def compile_profile(profile: str, output_file: str, data_root: str, pipeline_roo
     config = dataclasses.replace(
         config, segmenter_uri=config.segmenter_uri if segmenter_uri is None else segmenter_uri,
         weights=config.weights if weights is None else weights)
+    check_cluster_places(config, data_root, pipeline_root, serving_root)
     resources = Resources(trainer_gpus=trainer_gpus, gpu_type=gpu_type)
     beam_args = beam_pipeline_args(beam_runner, cpu_image, beam_job_endpoint, tuple(beam_extra),
                                    workers=resources.beam_workers)

@@ -123,7 +123,7 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
         custom = json.loads(_param(trainer, "custom_config")[1])
         assert (custom["backbone"], custom["weighting"]) == (cell.backbone, cell.weighting)
         assert custom["image_size"] == config.image_size
-        assert custom["weights"] == kubeflow_runner.IMAGE_WEIGHTS_DIR
+        assert custom["weights"] == kubeflow_runner.IMAGE_WEIGHTS == "image"
         assert custom["segmenter_weights"] == "gs://bucket/unet/unet_lungs.weights.h5"
         assert _param(trainer, "run_fn") == ("constant", "cardio.trainer.task.run_fn")
         assert _param(trainer, "epochs") == ("input", "epochs")
@@ -268,6 +268,45 @@ def test_compile_refuses_a_pipeline_root_this_stack_cannot_write(root, tmp_path)
     assert not (tmp_path / "c.json").exists()
 
 
+def test_compile_for_a_cluster_refuses_every_place_of_the_compiling_machine(tmp_path):
+    """`cardio pipeline compile --config nih` as shipped: its data root, the shipped U-Net's
+    package directory and the weights directory are paths of this machine, which no pod has;
+    every offending key is named with its reason, exit 2, no traceback, nothing written."""
+    from click.testing import CliRunner
+
+    from cardio.cli import main
+    output = tmp_path / "c.json"
+    result = CliRunner().invoke(main, ["pipeline", "compile", "--config", "nih", "--output",
+                                       str(output), "--pipeline-root", "gs://b/root"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and not output.exists()
+    text = " ".join(result.output.split())
+    assert "data_root '/" in text and "an absolute path on the compiling machine" in text
+    assert "segmenter_uri '/" in text and "`shipped`" in text
+    assert "weights '/" in text and "use `image`" in text
+    assert "serving_root" not in text and "pipeline_root" not in text   # gs:// both
+
+    # The study's file: `weights: imagenet` is a download in a pod without egress.
+    result = CliRunner().invoke(main, ["pipeline", "compile", "--config", "study", "--output",
+                                       str(output), "--data-root", "gs://b/data"])
+    assert result.exit_code == 2
+    assert "weights 'imagenet': Keras would download them in the pod" in \
+        " ".join(result.output.split())
+
+    for key, value, reason in [("data_root", "cardio-nih/data", "a relative path"),
+                               ("pipeline_root", "/srv/root", "an absolute path"),
+                               ("serving_root", "file:///srv/serving", "a file:// URI"),
+                               ("segmenter_uri", "unet", "a relative path"),
+                               ("weights", "/home/me/weights", "an absolute path")]:
+        with pytest.raises(ValueError, match=f"{key} '{value}': {reason}"):
+            kubeflow_runner.compile_profile("demo", str(output), **{**ROOTS, key: value})
+    assert not output.exists()
+    # Object-store URIs of every kind a KFP pod reads pass this check.
+    config = dataclasses.replace(_config("demo"), weights="gs://b/weights",
+                                 segmenter_uri="minio://b/unet")
+    kubeflow_runner.check_cluster_places(config, "s3://b/data", "gs://b/root", "gs://b/serving")
+
+
 def test_compile_refuses_what_cannot_run():
     with pytest.raises(ValueError, match="--project, --region, --temp_location"):
         kubeflow_runner.beam_pipeline_args("dataflow", CPU)
@@ -285,7 +324,7 @@ def test_the_cli_offers_exactly_the_library_choices():
     assert tuple(params["profile"].type.choices) == kubeflow_runner.PROFILES
     assert tuple(params["beam_runner"].type.choices) == kubeflow_runner.BEAM_RUNNERS
     assert tuple(params["training"].type.choices) == kubeflow_runner.TRAINING_MODES
-    assert params["weights"].default == kubeflow_runner.IMAGE_WEIGHTS_DIR
+    assert params["weights"].default == kubeflow_runner.IMAGE_WEIGHTS
     assert params["image_repository"].default == kubeflow_runner.DEFAULT_REPOSITORY
 
 

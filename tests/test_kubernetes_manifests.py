@@ -247,9 +247,18 @@ def test_retraining_cronjob_submits_the_compiled_pipeline(overlay):
     variables = set(re.findall(r"\$(\w+)", script))
     assert {"PROFILE", "DATA_ROOT", "KFP_HOST", "COMPILE_ARGS"} <= variables
     assert variables <= set(env), variables - set(env)
+    # Multi-user KFP: `cardio pipeline submit` sends the projected token (audience
+    # pipelines.kubeflow.org, rotated by the kubelet) named by KF_PIPELINES_SA_TOKEN_PATH, the
+    # variable kfp and the CLI read (tests/test_pipeline_schedule.py: re-read per request).
+    from kfp import client as kfp_client
     token = next(v for v in pod_spec(cronjob)["spec"]["volumes"] if v["name"] == "kfp-token")
-    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == \
-        "pipelines.kubeflow.org"
+    (source,) = token["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    assert 600 <= source["serviceAccountToken"]["expirationSeconds"] <= 86400
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "kfp-token"]
+    variables = {e["name"]: e.get("value") for e in container["env"]}
+    assert variables[kfp_client.KF_PIPELINES_SA_TOKEN_ENV] == \
+        f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
 
 
 def test_kubeflow_rbac_and_the_tfjob_pods_validate(tmp_path):

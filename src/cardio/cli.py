@@ -403,11 +403,12 @@ def pipeline():
               help="Default of the data_root runtime parameter.")
 @click.option("--serving-root", default="gs://YOUR_BUCKET/cardio/serving", show_default=True)
 @click.option("--segmenter-uri", default="gs://YOUR_BUCKET/cardio/unet", show_default=True,
-              help="Directory holding unet_lungs.weights.h5 (upload src/cardio/imaging/assets/ "
-                   "there); with --config, the file's unless given.")
-@click.option("--weights", default="/opt/cardio/weights", show_default=True,
-              help="ImageNet weights directory inside the image, or 'random'; with --config, "
-                   "the file's unless given.")
+              help="Object-store directory holding unet_lungs.weights.h5 (upload "
+                   "src/cardio/imaging/assets/ there); with --config, the file's unless given.")
+@click.option("--weights", default="image", show_default=True,
+              help="ImageNet weights: 'image' (baked into the pipeline image at "
+                   "/opt/cardio/weights), a gs:// URI, or 'random'; with --config, the file's "
+                   "unless given. Local paths and 'imagenet' (a download in the pod) are refused.")
 @click.option("--beam-runner", type=click.Choice(["in-pod", "portable", "dataflow"]),
               default="in-pod", show_default=True)
 @click.option("--beam-job-endpoint", default=None, help="HOST:PORT of the Beam job server "
