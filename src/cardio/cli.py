@@ -395,9 +395,14 @@ def pipeline():
               help="Pipeline configuration file (YAML) instead of --profile: its grid, gate, "
                    "sites and recipe; its data_root/serving_root unless given here. Shipped: "
                    "study, demo, nih.")
+@click.option("--image", default=None, help="The CPU image in full, e.g. "
+              "REGISTRY/cardio:0.1.0@sha256:... (every component but the Trainers); with "
+              "--gpu-image, instead of --image-repository/--image-tag.")
+@click.option("--gpu-image", default=None, help="The GPU image in full (the Trainers, the "
+              "TFJob replicas), e.g. REGISTRY/cardio:0.1.0-gpu@sha256:...")
 @click.option("--image-repository", default="ghcr.io/cardio-pipeline/cardio", show_default=True)
 @click.option("--image-tag", default=None, help="Image tag (default: the package version); the "
-              "Trainers run TAG-gpu.")
+              "Trainers run TAG-gpu. No digest here: use --image and --gpu-image.")
 @click.option("--pipeline-root", default="gs://YOUR_BUCKET/cardio/pipeline-root", show_default=True)
 @click.option("--data-root", default="gs://YOUR_BUCKET/cardio/data", show_default=True,
               help="Default of the data_root runtime parameter.")
@@ -421,18 +426,22 @@ def pipeline():
 @click.option("--tfjob-workers", default=2, show_default=True, help="TFJob replicas (chief included).")
 @click.option("--gpu-type", default="nvidia.com/gpu", show_default=True,
               help="GPU resource name (Kubernetes) or accelerator type (Vertex, e.g. NVIDIA_L4).")
-def compile_(output, profile, config_file, image_repository, image_tag, pipeline_root, data_root,
-             serving_root, segmenter_uri, weights, beam_runner, beam_job_endpoint, beam_extra,
-             training, trainer_gpus, tfjob_workers, gpu_type):
+def compile_(output, profile, config_file, image, gpu_image, image_repository, image_tag,
+             pipeline_root, data_root, serving_root, segmenter_uri, weights, beam_runner,
+             beam_job_endpoint, beam_extra, training, trainer_gpus, tfjob_workers, gpu_type):
     """Compile the pipeline for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
     from cardio.pipeline import kubeflow_runner
+
+    source = click.get_current_context().get_parameter_source
+    default = click.core.ParameterSource.DEFAULT
+    if (image or gpu_image) and (image_tag or source("image_repository") != default):
+        raise click.UsageError("give the images either in full (--image and --gpu-image) or as "
+                               "--image-repository and --image-tag, not both")
 
     config = None
     if config_file:   # the file's values, except options given on the command line
         run_config = _load_config(config_file)
         config = run_config.config
-        source = click.get_current_context().get_parameter_source
-        default = click.core.ParameterSource.DEFAULT
         if source("data_root") == default and run_config.data_root:
             data_root = run_config.data_root
         if source("serving_root") == default and run_config.serving_root:
@@ -446,7 +455,8 @@ def compile_(output, profile, config_file, image_repository, image_tag, pipeline
             repository=image_repository, tag=image_tag or kubeflow_runner.DEFAULT_TAG,
             weights=weights, beam_runner=beam_runner, beam_job_endpoint=beam_job_endpoint,
             beam_extra=beam_extra, training=training, trainer_gpus=trainer_gpus,
-            tfjob_workers=tfjob_workers, gpu_type=gpu_type, config=config)
+            tfjob_workers=tfjob_workers, gpu_type=gpu_type, config=config, image=image,
+            gpu_image=gpu_image)
     except ValueError as error:
         raise click.UsageError(str(error))
     click.echo(f"upload {summary['schema']} to {summary['schema_uri']} before the first run",
