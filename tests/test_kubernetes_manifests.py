@@ -242,7 +242,8 @@ def test_retraining_cronjob_submits_the_compiled_pipeline(overlay):
     assert "--package /scratch/cardio.yaml" in script and "--output /scratch/cardio.json" in script
     env = one(documents, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
     # The submitted pipeline runs the same image version as the CronJob itself.
-    assert container["image"] == f"{env['IMAGE_REPOSITORY']}:{env['IMAGE_TAG']}"
+    assert container["image"] == env["IMAGE"]
+    assert env["GPU_IMAGE"].startswith(env["IMAGE"].split("@")[0])
     assert container["resources"]["limits"]["cpu"]
     variables = set(re.findall(r"\$(\w+)", script))
     assert {"PROFILE", "DATA_ROOT", "KFP_HOST", "COMPILE_ARGS"} <= variables
