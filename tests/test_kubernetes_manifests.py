@@ -128,6 +128,13 @@ def test_pods_meet_the_restricted_pod_security_profile(overlay):
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         assert spec["automountServiceAccountToken"] is False, where
+        # TF Serving reads gs:// through the GKE metadata server (Workload Identity: the account's
+        # annotation), never with a Kubernetes token (kubernetes/base/serviceaccount.yaml).
+        account = one(documents, "ServiceAccount", spec["serviceAccountName"])
+        assert account["automountServiceAccountToken"] is False, where
+        if where == "tf-serving":
+            assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+            assert not any(v.get("projected") for v in spec.get("volumes", [])), where
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
         for container in spec["containers"]:
             context = container["securityContext"]
