@@ -2,8 +2,8 @@
 # The pipeline image: every component of the compiled pipeline runs in it (TFX executors, Beam
 # workers, the TFJob launcher and replicas, `cardio pipeline submit` in the retraining CronJob).
 #
-#   docker build --target cpu -t REGISTRY/cardio:TAG .
-#   docker build --target gpu -t REGISTRY/cardio:TAG-gpu .        # the Trainers' image
+#   docker build --target cpu --build-arg DEBIAN_IMAGE=debian:13.2-slim@sha256:... -t REGISTRY/cardio:TAG .
+#   docker build --target gpu --build-arg DEBIAN_IMAGE=... -t REGISTRY/cardio:TAG-gpu .   # the Trainers' image
 #   ... --build-context weights=DIR    ImageNet weights (Keras *_notop.h5 files) into the image
 #
 # Debian 13: ml-metadata and TFDV 1.21 ship only manylinux_2_39 wheels (glibc >= 2.39), and its
@@ -79,6 +79,6 @@ FROM runtime AS gpu
 COPY --from=build-gpu /opt/cardio-venv /opt/cardio-venv
 ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
-# Last, so that a plain `docker build .` gives the CPU image.
+# Last, so that `docker build .` (with the base's digest) gives the CPU image.
 FROM runtime AS cpu
 COPY --from=build /opt/cardio-venv /opt/cardio-venv

@@ -323,6 +323,23 @@ def test_both_images_are_full_references_that_may_carry_digests(tmp_path, given,
     assert {images[n] for n in images if not n.startswith("Trainer.")} == {given["image"]}
 
 
+def test_the_cli_takes_the_images_in_full_or_by_tag_not_both(tmp_path):
+    from click.testing import CliRunner
+
+    from cardio.cli import main
+    result = CliRunner().invoke(main, [
+        "pipeline", "compile", "--output", str(tmp_path / "c.json"),
+        "--image", f"{CPU}@sha256:" + "a" * 64, "--gpu-image", GPU, "--image-tag", "1.0"])
+    assert result.exit_code == 2 and "not both" in result.output
+    result = CliRunner().invoke(main, [
+        "pipeline", "compile", "--output", str(tmp_path / "c.json"),
+        "--image-tag", "0.1.0@sha256:" + "a" * 64])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "a tag may not carry a digest" in text
+    assert "--image REGISTRY/cardio@sha256:... --gpu-image" in text
+    assert not (tmp_path / "c.json").exists()
+
+
 @pytest.mark.parametrize("root", ["minio://mlpipeline/v2/artifacts", "s3://bucket/root",
                                   "pipeline-root"])
 def test_compile_refuses_a_pipeline_root_this_stack_cannot_write(root, tmp_path):
