@@ -35,7 +35,9 @@ log "image $image (Dockerfile target cpu)"
 # bundle (mounted for the RUN steps only; nothing of it stays in the image).
 ca=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}
 printf '[global]\ncert = /etc/ssl/host-ca.crt\n' > "$work/pip.conf"
-bah bud --isolation chroot --build-arg DEBIAN_IMAGE="$base" --target cpu -t "$image" \
+# The base is this script's own Debian 13 root, built above: no registry digest to pin.
+bah bud --isolation chroot --build-arg DEBIAN_IMAGE="$base" --build-arg ALLOW_UNPINNED_BASE=1 \
+  --target cpu -t "$image" \
   --volume "$ca:/etc/ssl/host-ca.crt:ro" --volume "$work/pip.conf:/etc/pip.conf:ro" . >&2
 t2=$(date +%s)
 size=$(bah inspect --type image --format '{{.ImageSize}}' "$image" 2>/dev/null || echo 0)

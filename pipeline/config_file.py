@@ -8,8 +8,9 @@ only the fields whose file form differs from the Python one have a converter (`_
 - `grid`: `{backbones: [...], weightings: [...]}` (their product) or a list of `{backbone, weighting}`;
 - `gate`: a profile's name (`study`, `demo`) or the profile itself, inline;
 - `segmenter_uri`: `shipped` for the shipped lung U-Net, a directory, or null (no crop);
-- `weights`: `random`, `imagenet` (Keras's cache, downloading where a network exists), a file or a
-  directory.
+- `weights`: `random`, `imagenet` (Keras's cache, downloading where a network exists), `image`
+  (the pipeline image's /opt/cardio/weights, looked up where the Trainer runs), a file or a
+  directory, or a URI (`gs://...`).
 
 Errors name the key and the reason (`ConfigError`). Relative paths are taken from the directory
 the command runs in, as on the command line.
@@ -166,7 +167,7 @@ def _segmenter(value):
 
 
 def _weights(value):
-    if value in (None, "random", "imagenet") or "://" in value:
+    if value in (None, "random", "imagenet", "image") or "://" in value:
         return value
     return os.path.abspath(value)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import yaml
 from google.protobuf import json_format
@@ -27,15 +28,19 @@ from tfx.dsl.components.base import executor_spec
 import cardio
 from cardio import schemas
 from cardio.components import tfjob_trainer, trainer_component
+from cardio.imaging import SHIPPED_UNET_DIR
 from cardio.pipeline import configs
 from cardio.pipeline.configs import PipelineConfig
 from cardio.pipeline.pipeline import create_pipeline
+from cardio.trainer import model as model_lib
 
 DEFAULT_REPOSITORY = "ghcr.io/cardio-pipeline/cardio"
 DEFAULT_TAG = cardio.__version__
 DEFAULT_IMAGE = f"{DEFAULT_REPOSITORY}:{DEFAULT_TAG}"
-# Where the image keeps ImageNet weights (Dockerfile: the optional `weights` build context).
-IMAGE_WEIGHTS_DIR = "/opt/cardio/weights"
+# Where the image keeps ImageNet weights (Dockerfile: the optional `weights` build context), and
+# the configuration's name for them (`weights: image`), resolved in the Trainer's pod.
+IMAGE_WEIGHTS_DIR = model_lib.IMAGE_WEIGHTS_DIR
+IMAGE_WEIGHTS = model_lib.IMAGE_WEIGHTS
 
 PROFILES = ("study", "demo")
 BEAM_RUNNERS = ("in-pod", "portable", "dataflow")
@@ -49,6 +54,7 @@ RUNTIME_PARAMETERS = (DATA_ROOT, RANGE_CONFIG, EPOCHS, LEARNING_RATE)
 DATA_STAGE_PREFIXES = ("ImportExampleGen", "StatisticsGen", "LungCrop", "CropReport", "Evaluator",
                        "ModelComparison")
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+WORKERS_FLAG = "--direct_num_workers="
 
 
 def profile_config(profile: str) -> PipelineConfig:
@@ -62,32 +68,110 @@ def profile_config(profile: str) -> PipelineConfig:
 
 
 def images(repository: str = DEFAULT_REPOSITORY, tag: str = DEFAULT_TAG) -> tuple[str, str]:
-    """(CPU image, GPU image) as the Dockerfile's two targets are tagged."""
+    """(CPU image, GPU image) as the Dockerfile's two targets are tagged: TAG and TAG-gpu. A
+    digest cannot be derived this way (each target has its own): give both references with
+    `image_references`."""
     if not tag or tag == "latest":
         raise ValueError("give the image an explicit tag (not 'latest'): a compiled pipeline must "
                          "name the exact image it was tested with")
-    return f"{repository}:{tag}", f"{repository}:{tag}-gpu"
+    if "@" in tag or ":" in tag:
+        raise ValueError(f"image tag {tag!r}: a tag may not carry a digest ('{tag}-gpu' would be "
+                         "no valid reference); give both images in full instead: --image "
+                         "REGISTRY/cardio@sha256:... --gpu-image REGISTRY/cardio@sha256:...")
+    return check_image(f"{repository}:{tag}", "--image-tag"), \
+        check_image(f"{repository}:{tag}-gpu", "--image-tag")
+
+
+# An OCI image reference: [registry[:port]/]path[:tag][@sha256:<64 hex>]
+# (distribution/reference's grammar, simplified: lower-case path components).
+_REFERENCE = re.compile(
+    r"(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}))?(?:@sha256:(?P<digest>[0-9a-f]{64}))?")
+
+
+def check_image(reference: str, key: str = "--image") -> str:
+    """`reference` if it is a full image reference that names one image: a tag other than
+    `latest`, or a digest (best: both, `REPO:TAG@sha256:...`); else a ValueError naming `key`."""
+    match = _REFERENCE.fullmatch(reference or "")
+    if not match:
+        raise ValueError(f"{key} {reference!r}: not an image reference "
+                         "(REGISTRY/REPOSITORY:TAG or REGISTRY/REPOSITORY[:TAG]@sha256:<64 hex>)")
+    if not match.group("digest") and match.group("tag") in (None, "latest"):
+        raise ValueError(f"{key} {reference!r}: give an explicit tag (not 'latest') or a digest: "
+                         "a compiled pipeline must name the exact image it was tested with")
+    return reference
+
+
+def image_references(image: str, gpu_image: str) -> tuple[str, str]:
+    """(CPU image, GPU image) given in full, each with its own tag or digest."""
+    if not image or not gpu_image:
+        raise ValueError("give both images: --image (every component) and --gpu-image (the "
+                         "Trainers, CUDA); each the Dockerfile's target of that name")
+    return check_image(image, "--image"), check_image(gpu_image, "--gpu-image")
 
 
 @dataclasses.dataclass(frozen=True)
 class Resources:
-    """Requests (and memory limits) per kind of component."""
+    """Requests (and memory limits) per kind of component, and the sizes behind each task's
+    ephemeral-storage estimate (`ephemeral_storage_gb`)."""
     default_cpu: str = "1"
     default_memory: str = "4G"
-    beam_cpu: str = "4"              # the in-pod Beam runner: one worker per core of its limit
+    beam_cpu: str = "4"              # the in-pod Beam runner: one worker per core requested
     beam_memory: str = "16G"         # LungCrop holds a U-Net and batches of 1-3k px radiographs;
                                      # ModelComparison every grid cell's model
     trainer_cpu: str = "8"
     trainer_memory: str = "32G"
     trainer_gpus: int = 1
     gpu_type: str = "nvidia.com/gpu"
+    # (component id prefix, cpu, memory) for one stage's own size, e.g. (("LungCrop", "8",
+    # "32G"),): its Beam workers follow its own CPU request.
+    stages: tuple = ()
+    # What KFP's launcher copies into a task's pod (every input artifact; outputs too, once
+    # written to the launcher's local path before upload), in GB: one span's examples as
+    # TFRecords (raw or cropped), one exported model (a SavedModel with the U-Net), anything
+    # else (statistics, schema, evaluations, blessings, reports); plus scratch (/tmp, Beam's
+    # and TensorFlow's temporary files).
+    examples_gb: float = 10.0
+    model_gb: float = 1.0
+    small_gb: float = 0.1
+    scratch_gb: float = 2.0
 
     @property
     def beam_workers(self) -> int:
-        """In-pod Beam workers: one per core of the Beam stages' CPU limit. Beam's own default
-        (`--direct_num_workers=0`) counts the *node's* cores, and each worker loads TensorFlow
-        and the U-Net."""
-        return max(1, int(cpu_limit(self.beam_cpu)))
+        """In-pod Beam workers of a Beam stage of `beam_cpu`: one per core it requests (not the
+        limit it may burst to). Beam's own default (`--direct_num_workers=0`) counts the
+        *node's* cores, and each worker loads TensorFlow and the U-Net."""
+        return workers_for(self.beam_cpu)
+
+    def for_node(self, node_id: str, kind: str) -> tuple[str, str]:
+        """(cpu, memory) of a node: its stage override, else its kind's (`beam` or `default`)."""
+        for prefix, cpu, memory in self.stages:
+            if node_id.startswith(prefix):
+                return cpu, memory
+        return ((self.beam_cpu, self.beam_memory) if kind == "beam"
+                else (self.default_cpu, self.default_memory))
+
+    def artifact_gb(self, artifact_type) -> float:
+        from tfx.types import standard_artifacts
+        if issubclass(artifact_type, standard_artifacts.Examples):
+            return self.examples_gb
+        if issubclass(artifact_type, standard_artifacts.Model):
+            return self.model_gb
+        return self.small_gb
+
+    def ephemeral_storage_gb(self, node) -> int:
+        """A task's ephemeral storage, estimated: every input artifact the launcher copies into
+        the pod (backend/src/v2/component/launcher_v2.go, `downloadArtifacts`: all of them,
+        whether read or not) and every output written under its local path before upload, by
+        artifact type, plus scratch; whole GB, rounded up."""
+        channels = list(node.inputs.values()) + list(node.outputs.values())
+        total = self.scratch_gb + sum(self.artifact_gb(c.type) for c in channels)
+        return int(-(-total // 1))
+
+
+def workers_for(cpu: str) -> int:
+    """In-pod Beam workers for a pod requesting `cpu` cores: one per whole core, at least one."""
+    return max(1, int(float(cpu)))
 
 
 def cpu_limit(cpu: str) -> float:
@@ -206,14 +290,18 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
                      serving_root: str, image: str = DEFAULT_IMAGE, gpu_image: str | None = None,
                      beam_args: list[str] | None = None, resources: Resources = Resources(),
                      training: str = "in-pod",
-                     tfjob: tfjob_trainer.TFJobSpec | None = None) -> str:
+                     tfjob: tfjob_trainer.TFJobSpec | None = None,
+                     workers_per_cpu: bool = True, storage: dict | None = None) -> str:
     """Writes a PipelineJob JSON for Kubeflow Pipelines 2.x (or Vertex Pipelines), and beside it
     the PipelineSpec YAML (`pipeline_spec_path`) and `schema.pbtxt` with the configured sites, to
     upload to `schema_uri(pipeline_root)`.
 
     `data_root` is the default of the `data_root` runtime parameter. `training="tfjob"` makes
     each Trainer a launcher of a multi-worker TFJob (`tfjob`, default: 2 replicas on
-    `gpu_image`); the launcher pod itself needs no GPU.
+    `gpu_image`); the launcher pod itself needs no GPU. With the in-pod multi-process Beam
+    runner, each Beam stage's `--direct_num_workers` is its own CPU request (`workers_per_cpu`;
+    False keeps the args' own count). `storage`, when given, receives each task's
+    ephemeral-storage estimate in GB (`Resources.ephemeral_storage_gb`).
     """
     if training not in TRAINING_MODES:
         raise ValueError(f"unknown training mode {training!r}; choose one of "
@@ -222,6 +310,13 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
     gpu_image = gpu_image or image
     if beam_args is not None:
         config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
+    # In-pod Beam (multi-process): each Beam stage's workers come from its own CPU request below,
+    # so the pipeline-wide args (which every other task also receives) carry no count.
+    workers_per_cpu = workers_per_cpu and "--direct_running_mode=multi_processing" in \
+        config.beam_pipeline_args
+    if workers_per_cpu:
+        config = dataclasses.replace(config, beam_pipeline_args=tuple(
+            a for a in config.beam_pipeline_args if not a.startswith(WORKERS_FLAG)))
     output_dir = os.path.dirname(os.path.abspath(output_file))
     os.makedirs(output_dir, exist_ok=True)
     schemas.render(config.sites, os.path.join(output_dir, "schema.pbtxt"), views=config.views)
@@ -253,10 +348,17 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
                     resources.trainer_cpu, resources.trainer_memory, resources.trainer_gpus,
                     resources.gpu_type))
         elif node.id.startswith(DATA_STAGE_PREFIXES):
-            node.with_platform_config(resource_spec(resources.beam_cpu, resources.beam_memory))
+            node.with_platform_config(resource_spec(*resources.for_node(node.id, "beam")))
         elif hasattr(node, "with_platform_config") and not isinstance(node, tfx.dsl.Importer):
-            node.with_platform_config(resource_spec(resources.default_cpu,
-                                                    resources.default_memory))
+            node.with_platform_config(resource_spec(*resources.for_node(node.id, "default")))
+        if storage is not None and not isinstance(node, tfx.dsl.Importer):
+            storage[node.id] = resources.ephemeral_storage_gb(node)
+        if workers_per_cpu and isinstance(node.executor_spec, executor_spec.BeamExecutorSpec):
+            # In-pod Beam: this stage's own CPU request sets its workers (no pipeline-wide count).
+            cpu = node.platform_config.resource_cpu_request if node.platform_config else "1"
+            node.executor_spec.beam_pipeline_args = [
+                a for a in node.executor_spec.beam_pipeline_args
+                if not str(a).startswith(WORKERS_FLAG)] + [f"{WORKERS_FLAG}{workers_for(cpu)}"]
 
     defaults = {DATA_ROOT: data_root, RANGE_CONFIG: "", EPOCHS: config.epochs,
                 LEARNING_RATE: config.learning_rate}
@@ -296,33 +398,102 @@ def pipeline_spec_path(pipeline_job_file: str) -> str:
     return os.path.splitext(pipeline_job_file)[0] + ".yaml"
 
 
+# Object stores a pod reaches by URI: the schemes the KFP v2 launcher and importer accept for
+# artifacts (backend/src/v2/objectstore/config.go, ParseBucketConfigForArtifactURI: gs, s3, minio;
+# mem is in-memory, for tests). Which of them this stack can *write* is `check_pipeline_root`'s
+# business.
+OBJECT_STORE_SCHEMES = ("gs", "s3", "minio")
+
+
+def _local(value: str) -> str | None:
+    """Why `value` is a place on the compiling machine (None if it is an object-store URI)."""
+    scheme = value.split("://", 1)[0].lower() if "://" in value else ""
+    if scheme in OBJECT_STORE_SCHEMES:
+        return None
+    if scheme == "file":
+        return "a file:// URI of the compiling machine"
+    if scheme:
+        return f"scheme {scheme}:// is no object store a pod reads (use gs://, s3:// or minio://)"
+    return ("an absolute path on the compiling machine" if value.startswith("/")
+            else "a relative path on the compiling machine")
+
+
+def check_cluster_places(config: PipelineConfig, data_root: str, pipeline_root: str,
+                         serving_root: str) -> None:
+    """Refuses, naming every offending key and its reason, what a pod of the cluster cannot
+    read: a data root, serving root, pipeline root or U-Net directory that is a local path,
+    ImageNet weights from a local path, from Keras's cache (`weights` unset) or downloaded
+    (`imagenet`: no egress in a pipeline pod). The U-Net must be an object-store URI: it is
+    imported (tfx.dsl.Importer), and KFP's importer records only bucket URIs
+    (backend/src/v2/component/importer_launcher.go: `ParseProviderFromPath`, "no provider scheme
+    found in artifact URI"). Weights may also be `image` (baked into the image) or `random`.
+    `compile_pipeline` does not check: tests execute compiled specs on this machine."""
+    problems = []
+    for key, value in (("data_root", data_root), ("pipeline_root", pipeline_root),
+                       ("serving_root", serving_root), ("segmenter_uri", config.segmenter_uri)):
+        why = _local(value) if value else None
+        if why:
+            shipped = (" (`shipped`: the package directory of the compiling machine; upload "
+                       "src/cardio/imaging/assets/unet_lungs.* to gs://BUCKET/cardio/unet)"
+                       if value == SHIPPED_UNET_DIR else "")
+            problems.append(f"{key} {value!r}: {why}{shipped}; a pod reads only object-store "
+                            f"URIs (gs://, s3://, minio://): give --{key.replace('_', '-')}")
+    weights = config.weights
+    if weights is None:
+        problems.append("weights unset: Keras's cache is empty in a pod; use `image` (the "
+                        f"image's {IMAGE_WEIGHTS_DIR}), a gs:// URI or `random` (--weights)")
+    elif weights == "imagenet":
+        problems.append("weights 'imagenet': Keras would download them in the pod, which has no "
+                        f"egress; use `image` (the image's {IMAGE_WEIGHTS_DIR}), a gs:// URI or "
+                        "`random` (--weights)")
+    elif weights not in (IMAGE_WEIGHTS, "random") and _local(weights):
+        problems.append(f"weights {weights!r}: {_local(weights)}; use `image` (the image's "
+                        f"{IMAGE_WEIGHTS_DIR}), a gs:// URI or `random` (--weights)")
+    if problems:
+        raise ValueError("cannot compile for a cluster:\n  " + "\n  ".join(problems))
+
+
 def compile_profile(profile: str, output_file: str, data_root: str, pipeline_root: str,
                     serving_root: str, segmenter_uri: str, repository: str = DEFAULT_REPOSITORY,
-                    tag: str = DEFAULT_TAG, weights: str = IMAGE_WEIGHTS_DIR,
+                    tag: str = DEFAULT_TAG, weights: str = IMAGE_WEIGHTS,
                     beam_runner: str = "in-pod", beam_job_endpoint: str | None = None,
                     beam_extra: tuple = (), training: str = "in-pod", trainer_gpus: int = 1,
                     tfjob_workers: int = 2, gpu_type: str = Resources.gpu_type,
-                    config: PipelineConfig | None = None) -> dict:
+                    config: PipelineConfig | None = None, image: str | None = None,
+                    gpu_image: str | None = None, resources: Resources | None = None) -> dict:
     """`cardio pipeline compile`: one profile (or a configuration file's `config`) to a
     PipelineJob JSON and a PipelineSpec YAML. `segmenter_uri` and `weights` override the
-    configuration's when given."""
-    cpu_image, gpu_image = images(repository, tag)
+    configuration's when given. The images: `image` and `gpu_image` in full (tags or digests),
+    else `repository`:`tag` and `tag`-gpu."""
+    if image or gpu_image:
+        cpu_image, gpu_image = image_references(image, gpu_image)
+    else:
+        cpu_image, gpu_image = images(repository, tag)
     config = config or profile_config(profile)
     config = dataclasses.replace(
         config, segmenter_uri=config.segmenter_uri if segmenter_uri is None else segmenter_uri,
         weights=config.weights if weights is None else weights)
-    resources = Resources(trainer_gpus=trainer_gpus, gpu_type=gpu_type)
+    check_pipeline_root(pipeline_root)
+    check_cluster_places(config, data_root, pipeline_root, serving_root)
+    resources = resources or Resources(trainer_gpus=trainer_gpus, gpu_type=gpu_type)
     beam_args = beam_pipeline_args(beam_runner, cpu_image, beam_job_endpoint, tuple(beam_extra),
                                    workers=resources.beam_workers)
+    # A count given with --beam-arg wins over the per-stage one.
+    workers_given = any(a.startswith(WORKERS_FLAG) for a in beam_extra)
+    storage = {}
     tfjob = (tfjob_trainer.TFJobSpec(image=gpu_image, workers=tfjob_workers,
                                      gpus_per_worker=trainer_gpus, gpu_resource=gpu_type)
              if training == "tfjob" else None)
     compile_pipeline(config, output_file, data_root=data_root, pipeline_root=pipeline_root,
                      serving_root=serving_root, image=cpu_image, gpu_image=gpu_image,
                      beam_args=beam_args, resources=resources,
-                     training=training, tfjob=tfjob)
+                     training=training, tfjob=tfjob, workers_per_cpu=not workers_given,
+                     storage=storage)
     return {"pipeline_job": output_file, "pipeline_spec": pipeline_spec_path(output_file),
             "schema": os.path.join(os.path.dirname(output_file), "schema.pbtxt"),
             "schema_uri": schema_uri(pipeline_root), "profile": profile,
             "grid": [cell.name for cell in config.grid], "image": cpu_image,
-            "gpu_image": gpu_image, "beam_runner": beam_runner, "training": training}
+            "gpu_image": gpu_image, "beam_runner": beam_runner, "training": training,
+            # GB per task, estimated (KFP v2 has no per-container ephemeral-storage request:
+            # docs/operator-guide.md, "Resources").
+            "ephemeral_storage_gb": storage}

@@ -63,6 +63,10 @@ def test_runtime_sets_keras_2_and_a_numeric_non_root_user():
         assert uid.isdigit() and int(uid) >= 1000 and gid.isdigit(), user
         assert any(i.startswith("COPY --from=build") and "/opt/cardio-venv" in i
                    for i in all_stages[target]), target
+        # KFP's launcher copies artifacts under /gcs, /minio or /s3 (LocalPathForURI) as this
+        # user: each must exist and be the user's, since / is not.
+        setup = " ".join(i for i in instructions if i.startswith("RUN "))
+        assert f"mkdir /gcs /minio /s3 && chown {uid}:{gid} /gcs /minio /s3" in setup, target
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -74,12 +78,24 @@ def _pins(path: Path) -> dict[str, str]:
 def test_the_lock_is_installed_as_is_and_gpu_adds_the_locked_cuda_wheels():
     all_stages = stages()
     build = " ".join(all_stages["build"])
-    assert "pip install --no-deps -r /tmp/requirements.lock" in build
+    # pip, the lock and the GPU lock hash-checked; pip pinned; the base pinned by digest or the
+    # build stops (the escape is explicit: a base built locally).
+    assert "pip install --no-deps --require-hashes -r /tmp/requirements.lock" in build
+    pin = re.search(r"pip==(\S+) --hash=sha256:([0-9a-f]{64})", build)
+    assert pin and "pip install --no-deps --require-hashes -r /tmp/pip.lock" in build
+    assert "--upgrade pip" not in build
+    assert re.search(r'case "\$DEBIAN_IMAGE" in\s+\*@sha256:\*\) ;;.*exit 1', build)
+    assert "ALLOW_UNPINNED_BASE=1" in (ROOT / "benchmarks" / "image_build.sh").read_text()
     assert "pip install --no-deps /src" in build and "pip check" in build
     # The test tools go again, before pip check.
     assert build.index("tools/runtime_only.py --uninstall") < build.rindex("pip check")
     gpu = " ".join(all_stages["build-gpu"])
-    assert "pip install --no-deps -r /tmp/requirements-gpu.lock" in gpu
+    assert "pip install --no-deps --require-hashes -r /tmp/requirements-gpu.lock" in gpu
+    for lock in ("requirements.lock", "requirements-gpu.lock"):   # every pin with its hash
+        text = (ROOT / lock).read_text()
+        pins = re.findall(r"^[A-Za-z0-9][^\s=]*==\S+ \\\n((?: +--hash=sha256:[0-9a-f]{64}(?: \\)?\n)+)",
+                          text, re.MULTILINE)
+        assert len(pins) == len(_pins(ROOT / lock)) > 0, lock
     assert any("ENV NVIDIA_VISIBLE_DEVICES=all" in i for i in all_stages["gpu"])
     # Every CUDA wheel of the locked TensorFlow's `and-cuda` extra is pinned, within its range.
     assert _pins(ROOT / "requirements.lock")["tensorflow"] == metadata.version("tensorflow")
@@ -132,5 +148,5 @@ def test_the_compiled_pipeline_and_the_manifests_name_the_images_the_targets_bui
     env = dict(line.split("=", 1) for line in
                (ROOT / "kubernetes/base/retraining.env").read_text().splitlines()
                if line and not line.startswith("#"))
-    assert (env["IMAGE_REPOSITORY"], env["IMAGE_TAG"]) == (
+    assert (env["IMAGE"], env["GPU_IMAGE"]) == kubeflow_runner.images(
         kubeflow_runner.DEFAULT_REPOSITORY, kubeflow_runner.DEFAULT_TAG)

@@ -7,6 +7,7 @@ this file; what each grid cell must have is asserted concretely.
 """
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -123,7 +124,7 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
         custom = json.loads(_param(trainer, "custom_config")[1])
         assert (custom["backbone"], custom["weighting"]) == (cell.backbone, cell.weighting)
         assert custom["image_size"] == config.image_size
-        assert custom["weights"] == kubeflow_runner.IMAGE_WEIGHTS_DIR
+        assert custom["weights"] == kubeflow_runner.IMAGE_WEIGHTS == "image"
         assert custom["segmenter_weights"] == "gs://bucket/unet/unet_lungs.weights.h5"
         assert _param(trainer, "run_fn") == ("constant", "cardio.trainer.task.run_fn")
         assert _param(trainer, "epochs") == ("input", "epochs")
@@ -221,7 +222,7 @@ def test_runtime_overrides_reach_the_run_fn_config():
 
 
 @pytest.mark.parametrize("runner,extra,expected", [
-    ("in-pod", (), ["--direct_running_mode=multi_processing", "--direct_num_workers=8"]),
+    ("in-pod", (), ["--direct_running_mode=multi_processing", "--direct_num_workers=4"]),
     ("portable", (), ["--runner=PortableRunner", "--job_endpoint=js:8099",
                       "--environment_type=EXTERNAL", "--environment_config=localhost:50000"]),
     ("dataflow", ("--project=p", "--region=europe-west4", "--temp_location=gs://b/tmp"),
@@ -244,23 +245,105 @@ def test_beams_local_runners_make_tfx_build_no_sdist(runner):
     assert dependency_utils.make_beam_dependency_flags(list(args)) == args
 
 
-def test_in_pod_beam_runs_one_worker_per_core_of_the_pods_cpu_limit(tmp_path):
+def test_in_pod_beam_runs_one_worker_per_core_each_stage_requests(tmp_path):
     """Beam's default (0) would start one worker per core of the node, each loading TensorFlow
-    and the U-Net, in a pod limited to a few cores."""
-    kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"), repository=REPO, tag=TAG,
-                                    beam_runner="in-pod", **ROOTS)
+    and the U-Net; a pipeline-wide count would give a small stage as many as the largest. Each
+    Beam stage's count is its own CPU request (here LungCrop sized apart), tasks that run no Beam
+    get none, and a count given with --beam-arg wins."""
+    resources = kubeflow_runner.Resources(stages=(("LungCrop", "6", "24G"),))
+    summary = kubeflow_runner.compile_profile(
+        "demo", str(tmp_path / "c.json"), repository=REPO, tag=TAG, beam_runner="in-pod",
+        resources=resources, **ROOTS)
     spec = yaml.safe_load((tmp_path / "c.yaml").read_text())
-    checked = 0
+    counts = {}
     for name, executor in spec["deploymentSpec"]["executors"].items():
         container = executor.get("container")
-        if container is None or not any(b in _executor_class(container) for b in BEAM_EXECUTORS):
+        if container is None:
             continue
         workers = [a for a in container["args"] if a.startswith("--direct_num_workers=")]
-        assert len(workers) == 1, name
-        limit = float(container["resources"]["resourceCpuLimit"])
-        assert int(workers[0].split("=")[1]) == int(limit) >= 1, (name, workers, limit)
-        checked += 1
-    assert checked >= 4   # ImportExampleGen, StatisticsGen, LungCrop, CropReport, Evaluator
+        if workers:
+            (flag,) = workers
+            counts[name] = int(flag.split("=")[1])
+            assert counts[name] == int(float(container["resources"]["resourceCpuRequest"])), name
+    assert counts["LungCrop_executor"] == 6
+    assert counts["ImportExampleGen_executor"] == counts["StatisticsGen_executor"] == 4
+    beam_stages = {"ImportExampleGen", "StatisticsGen", "LungCrop"} | {
+        f"Evaluator.{cell}" for cell in summary["grid"]}
+    assert set(counts) == {f"{stage}_executor" for stage in beam_stages}
+
+    kubeflow_runner.compile_profile(
+        "demo", str(tmp_path / "given.json"), repository=REPO, tag=TAG, beam_runner="in-pod",
+        beam_extra=("--direct_num_workers=3",), resources=resources, **ROOTS)
+    spec = yaml.safe_load((tmp_path / "given.yaml").read_text())
+    assert "--direct_num_workers=3" in _executor(
+        {"pipelineSpec": spec}, "LungCrop")["container"]["args"]
+
+
+def test_each_tasks_ephemeral_storage_is_estimated_from_what_the_launcher_copies(tmp_path):
+    """KFP's launcher copies every input artifact into the pod (and, written locally, every
+    output): the estimate adds them up by type, with scratch; the summary reports it per task."""
+    resources = kubeflow_runner.Resources(examples_gb=30, model_gb=2, small_gb=0.5,
+                                          scratch_gb=1)
+    summary = kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"), repository=REPO,
+                                              tag=TAG, resources=resources, **ROOTS)
+    storage = summary["ephemeral_storage_gb"]
+    cell = summary["grid"][0]
+    assert storage["ImportExampleGen"] == 1 + 30              # writes one span's examples
+    assert storage["LungCrop"] == 1 + 30 + 2 + 30             # examples, U-Net; cropped examples
+    # Evaluator: cropped examples, the model, the baseline model; evaluation and blessing out.
+    assert storage[f"Evaluator.{cell}"] == 1 + 30 + 2 + 2 + 1
+    assert storage[f"Pusher.{cell}"] == 1 + 2 + 1             # model, blessing in; pushed out
+    assert "LungSegmenter" not in storage                     # an importer runs no pod
+    assert json.loads(json.dumps(summary)) == summary
+
+
+@pytest.mark.parametrize("given,expected", [
+    (dict(image="r.example/cardio:0.1.0@sha256:" + "a" * 64,
+          gpu_image="r.example/cardio:0.1.0-gpu@sha256:" + "b" * 64), None),
+    (dict(image="r.example:5000/team/cardio@sha256:" + "a" * 64,
+          gpu_image="r.example:5000/team/cardio-gpu:0.1.0"), None),
+    (dict(tag="0.1.0@sha256:" + "a" * 64), "a tag may not carry a digest"),
+    (dict(image="r.example/cardio:0.1.0"), "give both images"),
+    (dict(image="r.example/cardio:latest", gpu_image="r.example/cardio:1-gpu"),
+     "--image 'r.example/cardio:latest': give an explicit tag"),
+    (dict(image="r.example/cardio:1", gpu_image="r.example/cardio"),
+     "--gpu-image 'r.example/cardio': give an explicit tag"),
+    (dict(image="r.example/cardio:1", gpu_image="r.example/Cardio:1@sha256:12"),
+     "--gpu-image 'r.example/Cardio:1@sha256:12': not an image reference"),
+])
+def test_both_images_are_full_references_that_may_carry_digests(tmp_path, given, expected):
+    """`--image-tag 0.1.0@sha256:...` once compiled `...@sha256:...-gpu` for the Trainers."""
+    kwargs = {"repository": REPO, **given}
+    if expected:
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"), **kwargs, **ROOTS)
+        assert not (tmp_path / "c.json").exists()
+        return
+    summary = kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"), **kwargs,
+                                              **ROOTS)
+    assert (summary["image"], summary["gpu_image"]) == (given["image"], given["gpu_image"])
+    images = {name: executor["container"]["image"] for name, executor in yaml.safe_load(
+        (tmp_path / "c.yaml").read_text())["deploymentSpec"]["executors"].items()
+        if "container" in executor}
+    assert {images[n] for n in images if n.startswith("Trainer.")} == {given["gpu_image"]}
+    assert {images[n] for n in images if not n.startswith("Trainer.")} == {given["image"]}
+
+
+def test_the_cli_takes_the_images_in_full_or_by_tag_not_both(tmp_path):
+    from click.testing import CliRunner
+
+    from cardio.cli import main
+    result = CliRunner().invoke(main, [
+        "pipeline", "compile", "--output", str(tmp_path / "c.json"),
+        "--image", f"{CPU}@sha256:" + "a" * 64, "--gpu-image", GPU, "--image-tag", "1.0"])
+    assert result.exit_code == 2 and "not both" in result.output
+    result = CliRunner().invoke(main, [
+        "pipeline", "compile", "--output", str(tmp_path / "c.json"),
+        "--image-tag", "0.1.0@sha256:" + "a" * 64])
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2 and "a tag may not carry a digest" in text
+    assert "--image REGISTRY/cardio@sha256:... --gpu-image" in text
+    assert not (tmp_path / "c.json").exists()
 
 
 @pytest.mark.parametrize("root", ["hdfs://namenode/root", "pipeline-root"])
@@ -286,6 +369,45 @@ def test_a_minio_or_s3_root_compiles_for_the_launchers_local_copies(root, tmp_pa
     assert commands == {kubeflow_runner.ENTRYPOINT}
 
 
+def test_compile_for_a_cluster_refuses_every_place_of_the_compiling_machine(tmp_path):
+    """`cardio pipeline compile --config nih` as shipped: its data root, the shipped U-Net's
+    package directory and the weights directory are paths of this machine, which no pod has;
+    every offending key is named with its reason, exit 2, no traceback, nothing written."""
+    from click.testing import CliRunner
+
+    from cardio.cli import main
+    output = tmp_path / "c.json"
+    result = CliRunner().invoke(main, ["pipeline", "compile", "--config", "nih", "--output",
+                                       str(output), "--pipeline-root", "gs://b/root"])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output and not output.exists()
+    text = " ".join(result.output.split())
+    assert "data_root '/" in text and "an absolute path on the compiling machine" in text
+    assert "segmenter_uri '/" in text and "`shipped`" in text
+    assert "weights '/" in text and "use `image`" in text
+    assert "serving_root" not in text and "pipeline_root" not in text   # gs:// both
+
+    # The study's file: `weights: imagenet` is a download in a pod without egress.
+    result = CliRunner().invoke(main, ["pipeline", "compile", "--config", "study", "--output",
+                                       str(output), "--data-root", "gs://b/data"])
+    assert result.exit_code == 2
+    assert "weights 'imagenet': Keras would download them in the pod" in \
+        " ".join(result.output.split())
+
+    for key, value, reason in [("data_root", "cardio-nih/data", "a relative path"),
+                               ("pipeline_root", "/srv/root", "an absolute path"),
+                               ("serving_root", "file:///srv/serving", "a file:// URI"),
+                               ("segmenter_uri", "unet", "a relative path"),
+                               ("weights", "/home/me/weights", "an absolute path")]:
+        with pytest.raises(ValueError, match=f"{key} '{value}': {reason}"):
+            kubeflow_runner.compile_profile("demo", str(output), **{**ROOTS, key: value})
+    assert not output.exists()
+    # Object-store URIs of every kind a KFP pod reads pass this check.
+    config = dataclasses.replace(_config("demo"), weights="gs://b/weights",
+                                 segmenter_uri="minio://b/unet")
+    kubeflow_runner.check_cluster_places(config, "s3://b/data", "gs://b/root", "gs://b/serving")
+
+
 def test_compile_refuses_what_cannot_run():
     with pytest.raises(ValueError, match="--project, --region, --temp_location"):
         kubeflow_runner.beam_pipeline_args("dataflow", CPU)
@@ -303,7 +425,7 @@ def test_the_cli_offers_exactly_the_library_choices():
     assert tuple(params["profile"].type.choices) == kubeflow_runner.PROFILES
     assert tuple(params["beam_runner"].type.choices) == kubeflow_runner.BEAM_RUNNERS
     assert tuple(params["training"].type.choices) == kubeflow_runner.TRAINING_MODES
-    assert params["weights"].default == kubeflow_runner.IMAGE_WEIGHTS_DIR
+    assert params["weights"].default == kubeflow_runner.IMAGE_WEIGHTS
     assert params["image_repository"].default == kubeflow_runner.DEFAULT_REPOSITORY
 
 

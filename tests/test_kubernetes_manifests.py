@@ -128,6 +128,13 @@ def test_pods_meet_the_restricted_pod_security_profile(overlay):
         assert spec["securityContext"]["runAsNonRoot"] is True, where
         assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         assert spec["automountServiceAccountToken"] is False, where
+        # TF Serving reads gs:// through the GKE metadata server (Workload Identity: the account's
+        # annotation), never with a Kubernetes token (kubernetes/base/serviceaccount.yaml).
+        account = one(documents, "ServiceAccount", spec["serviceAccountName"])
+        assert account["automountServiceAccountToken"] is False, where
+        if where == "tf-serving":
+            assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+            assert not any(v.get("projected") for v in spec.get("volumes", [])), where
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
         for container in spec["containers"]:
             context = container["securityContext"]
@@ -242,14 +249,24 @@ def test_retraining_cronjob_submits_the_compiled_pipeline(overlay):
     assert "--package /scratch/cardio.yaml" in script and "--output /scratch/cardio.json" in script
     env = one(documents, "ConfigMap", container["envFrom"][0]["configMapRef"]["name"])["data"]
     # The submitted pipeline runs the same image version as the CronJob itself.
-    assert container["image"] == f"{env['IMAGE_REPOSITORY']}:{env['IMAGE_TAG']}"
+    assert container["image"] == env["IMAGE"]
+    assert env["GPU_IMAGE"].startswith(env["IMAGE"].split("@")[0])
     assert container["resources"]["limits"]["cpu"]
     variables = set(re.findall(r"\$(\w+)", script))
     assert {"PROFILE", "DATA_ROOT", "KFP_HOST", "COMPILE_ARGS"} <= variables
     assert variables <= set(env), variables - set(env)
+    # Multi-user KFP: `cardio pipeline submit` sends the projected token (audience
+    # pipelines.kubeflow.org, rotated by the kubelet) named by KF_PIPELINES_SA_TOKEN_PATH, the
+    # variable kfp and the CLI read (tests/test_pipeline_schedule.py: re-read per request).
+    from kfp import client as kfp_client
     token = next(v for v in pod_spec(cronjob)["spec"]["volumes"] if v["name"] == "kfp-token")
-    assert token["projected"]["sources"][0]["serviceAccountToken"]["audience"] == \
-        "pipelines.kubeflow.org"
+    (source,) = token["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    assert 600 <= source["serviceAccountToken"]["expirationSeconds"] <= 86400
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "kfp-token"]
+    variables = {e["name"]: e.get("value") for e in container["env"]}
+    assert variables[kfp_client.KF_PIPELINES_SA_TOKEN_ENV] == \
+        f"{mount['mountPath']}/{source['serviceAccountToken']['path']}"
 
 
 def test_kubeflow_rbac_and_the_tfjob_pods_validate(tmp_path):

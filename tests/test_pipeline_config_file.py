@@ -214,8 +214,12 @@ def test_pipeline_run_refuses_the_span_before_anything_runs(tmp_path):
 
 def test_compile_takes_the_same_file(tmp_path):
     output = tmp_path / "nih.json"
+    # The file's recipe, grid and sites; the places a cluster needs given on the command line
+    # (the file's local ones are refused: test_kubeflow_compile.py).
     result = CliRunner().invoke(main, ["pipeline", "compile", "--config", "nih", "--output",
-                                       str(output), "--image-tag", "1.0"])
+                                       str(output), "--image-tag", "1.0",
+                                       "--data-root", "gs://b/data", "--segmenter-uri",
+                                       "gs://b/unet", "--weights", "image"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["grid"] == ["cardio-mobilenet-025-75-25", "cardio-mobilenet-025-50-50"]

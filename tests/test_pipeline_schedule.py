@@ -19,11 +19,20 @@ from cardio.pipeline import kubeflow_runner, scheduling
 
 
 class StandInKfpApi(http.server.ThreadingHTTPServer):
-    """Answers the calls kfp.Client makes, as KFP 2.x's API server does, and records them."""
+    """Answers the calls kfp.Client makes, as KFP 2.x's API server does, and records them.
 
-    def __init__(self):
+    With `token`, it stands for multi-user KFP behind its auth: a request without
+    `Authorization: Bearer <token>` is answered 401 (a `forbidden` token: 403, as a
+    SubjectAccessReview that denies), and `rotate` (a callable) runs after the named call is
+    answered, as the kubelet rotating a projected token between two requests."""
+
+    def __init__(self, token=None, forbidden=None):
         self.requests = []
+        self.authorizations = []     # (path, Authorization header or None), every request
+        self.refused = []
         self.experiments = {}
+        self.token, self.forbidden = token, forbidden
+        self.rotate = {}             # (method, path) -> callable, run after answering it
         super().__init__(("127.0.0.1", 0), _Handler)
 
     @property
@@ -36,7 +45,30 @@ class StandInKfpApi(http.server.ThreadingHTTPServer):
 
 class _Handler(JsonHandler):
 
+    def _refused(self) -> bool:
+        """401 / 403 as KFP's API answers them (gRPC-gateway's JSON error: code 16 / 7)."""
+        header = self.headers.get("Authorization")
+        self.server.authorizations.append((self.path.split("?")[0], header))
+        if self.server.token is None:
+            return False
+        if self.server.forbidden and header == f"Bearer {self.server.forbidden}":
+            self.server.refused.append(403)
+            self._send(403, {"code": 7, "message": "PermissionDenied: not authorized"})
+            return True
+        if header != f"Bearer {self.server.token}":
+            self.server.refused.append(401)
+            self._send(401, {"code": 16, "message": "Unauthenticated: missing or bad token"})
+            return True
+        return False
+
+    def _after(self, method):
+        hook = self.server.rotate.pop((method, self.path.split("?")[0]), None)
+        if hook:
+            hook()
+
     def do_GET(self):
+        if self._refused():
+            return
         self.server.requests.append(("GET", self.path, None))
         path = self.path.split("?")[0]
         if path == "/apis/v2beta1/healthz":
@@ -49,11 +81,14 @@ class _Handler(JsonHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+        if self._refused():
+            return
         self.server.requests.append(("POST", self.path, body))
         if self.path == "/apis/v2beta1/experiments":
             experiment_id = f"exp-{len(self.server.experiments) + 1}"
             self.server.experiments[body["display_name"]] = experiment_id
-            return self._send(200, {"experiment_id": experiment_id, **body})
+            self._send(200, {"experiment_id": experiment_id, **body})
+            return self._after("POST")
         if self.path == "/apis/v2beta1/recurringruns":
             return self._send(200, {"recurring_run_id": "rr-1", **body})
         if self.path == "/apis/v2beta1/runs":
@@ -61,11 +96,24 @@ class _Handler(JsonHandler):
         self._send(404, {"error": f"no route {self.path}"})
 
 
+def _serve(server):
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    return server
+
+
 @pytest.fixture
 def api():
-    server = StandInKfpApi()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = _serve(StandInKfpApi())
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def secured_api():
+    """Multi-user KFP's API: bearer token `token-1` required."""
+    server = _serve(StandInKfpApi(token="token-1", forbidden="token-of-another-account"))
     yield server
     server.shutdown()
     server.server_close()
@@ -149,3 +197,89 @@ def test_the_pipeline_job_json_is_refused_with_the_fix(tmp_path):
     job.write_text("{}")
     with pytest.raises(ValueError, match="PipelineSpec YAML"):
         scheduling.submit("http://127.0.0.1:9", str(job))
+
+
+def test_calls_carry_the_projected_token_re_read_before_every_request(secured_api, package,
+                                                                      tmp_path):
+    """The CronJob's case: KF_PIPELINES_SA_TOKEN_PATH names the projected token and --host is
+    given (kfp.Client alone then sends no token: kfp/client/client.py `_load_config`). The
+    kubelet rotates the token while the command runs: every request must read the file anew."""
+    token = tmp_path / "token"
+    token.write_text("token-1\n")
+
+    def rotate():   # after the experiment is created: the old token is no longer accepted
+        token.write_text("token-2\n")
+        secured_api.token = "token-2"
+    secured_api.rotate[("POST", "/apis/v2beta1/experiments")] = rotate
+
+    result = CliRunner().invoke(
+        main, ["pipeline", "schedule", "--host", secured_api.url, "--package", package,
+               "--namespace", "cardio-pipelines"],
+        env={"KF_PIPELINES_SA_TOKEN_PATH": str(token)})
+    assert result.exit_code == 0, result.output
+    assert secured_api.refused == []
+    sent = dict(secured_api.authorizations)
+    assert sent["/apis/v2beta1/experiments"] == "Bearer token-1"
+    assert sent["/apis/v2beta1/recurringruns"] == "Bearer token-2"
+    (job,) = secured_api.bodies("POST", "/apis/v2beta1/recurringruns")
+    assert job["display_name"] == "cardio-retraining"
+
+    # A later call (the next CronJob run): the file's current token, by --token-file too.
+    token.write_text("token-3\n")
+    secured_api.token = "token-3"
+    summary = scheduling.submit(secured_api.url, package, namespace="cardio-pipelines",
+                                token_file=str(token))
+    assert summary["run_id"] == "run-1"
+    assert secured_api.authorizations[-1] == ("/apis/v2beta1/runs", "Bearer token-3")
+
+
+@pytest.mark.parametrize("token,expected", [
+    (None, "HTTP 401 Unauthorized: no token was sent: give --token-file or set "
+           "KF_PIPELINES_SA_TOKEN_PATH"),
+    ("a-stale-token", "HTTP 401 Unauthorized: the token in {path} was not accepted"),
+    ("token-of-another-account", "HTTP 403 Forbidden: the caller may not use the pipelines API "
+                                 "in namespace cardio-pipelines"),
+])
+def test_a_refused_call_is_one_line_naming_the_host_and_the_cause(secured_api, package, tmp_path,
+                                                                  monkeypatch, token, expected):
+    monkeypatch.delenv("KF_PIPELINES_SA_TOKEN_PATH", raising=False)
+    args = ["pipeline", "submit", "--host", secured_api.url, "--package", package,
+            "--namespace", "cardio-pipelines"]
+    path = tmp_path / "token"
+    if token:
+        path.write_text(token)
+        args += ["--token-file", str(path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1
+    (line,) = result.output.splitlines()
+    assert line.startswith(f"Error: Kubeflow Pipelines at {secured_api.url} refused the call: "
+                           + expected.format(path=path)), line
+    assert secured_api.bodies("POST", "/apis/v2beta1/runs") == []
+    # Refused once, not retried: kfp's own healthz would retry 5 times, 5 s apart.
+    assert len(secured_api.refused) == 1
+
+
+def test_an_unreachable_host_is_one_line_naming_the_host_and_the_cause(package, caplog):
+    import socket
+    import warnings
+
+    with socket.socket() as probe:   # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        result = CliRunner().invoke(main, ["pipeline", "submit", "--host", host,
+                                           "--package", package])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"Error: cannot reach Kubeflow Pipelines at {host}: Connection refused"]
+    # Nothing else would reach stderr: no warning (kfp's FutureWarning), no urllib3 retry log.
+    assert [str(w.message) for w in shown] == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+
+
+def test_a_missing_token_file_is_refused_before_anything_is_sent(api, package, tmp_path):
+    result = CliRunner().invoke(main, ["pipeline", "submit", "--host", api.url, "--package",
+                                       package, "--token-file", str(tmp_path / "absent")])
+    assert result.exit_code == 2 and "KFP token file" in result.output
+    assert api.requests == []

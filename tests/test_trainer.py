@@ -37,6 +37,29 @@ def test_keras_cache_and_imagenet_as_users_expect_them(tmp_path, monkeypatch):
             cache / "mobilenet_2_5_224_tf_no_top.h5")
 
 
+def test_weights_from_the_image_or_a_uri_are_resolved_where_the_trainer_runs(tmp_path,
+                                                                            monkeypatch):
+    """What a compiled pipeline may name (pipeline/kubeflow_runner.py, check_cluster_places):
+    `image`, the pipeline image's directory, looked up in the pod; or a URI read with
+    TensorFlow's file systems (gs:// on a cluster; file:// here) and copied to a local file."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    in_image = tmp_path / "opt-cardio-weights"
+    in_image.mkdir()
+    (in_image / "mobilenet_2_5_224_tf_no_top.h5").write_bytes(b"in the image")
+    monkeypatch.setattr(model_lib, "IMAGE_WEIGHTS_DIR", str(in_image))
+    assert model_lib.resolve_weights("mobilenet_025", 128, "image") == str(
+        in_image / "mobilenet_2_5_224_tf_no_top.h5")
+    with pytest.raises(model_lib.WeightsNotFound, match=str(in_image)):
+        model_lib.resolve_weights("xception", 224, "image")
+
+    for uri in (f"file://{in_image}", f"file://{in_image}/mobilenet_2_5_224_tf_no_top.h5"):
+        local = model_lib.resolve_weights("mobilenet_025", 128, uri)
+        assert local.endswith("mobilenet_2_5_224_tf_no_top.h5") and "://" not in local
+        assert open(local, "rb").read() == b"in the image"
+    with pytest.raises(model_lib.WeightsNotFound, match="xception_weights.*'image'"):
+        model_lib.resolve_weights("xception", 224, f"file://{in_image}")
+
+
 def test_random_initialisation_only_when_asked():
     assert model_lib.resolve_weights("xception", 224, "random") is None
 

@@ -5,6 +5,9 @@ name Keras itself uses (the given directory, then Keras's own cache `~/.keras/mo
 `weights="imagenet"` looks in Keras's cache and, when the file is not there, lets Keras download it
 (where a network exists). With none of these, `WeightsNotFound` says where it looked and where to
 put the file; random initialisation happens only when asked for with `weights="random"`.
+`weights="image"` is the directory the pipeline image keeps them in (`IMAGE_WEIGHTS_DIR`, the
+Dockerfile's `weights` build context), resolved where the Trainer runs, and a URI (`gs://...`, a
+file or a directory) is read with TensorFlow's file systems and copied to a local file first.
 """
 from __future__ import annotations
 
@@ -16,6 +19,13 @@ import tf_keras as keras
 
 class WeightsNotFound(FileNotFoundError):
     pass
+
+
+# `weights: image`: the ImageNet weights baked into the pipeline image (Dockerfile: the optional
+# `weights` build context lands here), looked up in the pod that trains, never on the machine
+# that compiles the pipeline.
+IMAGE_WEIGHTS = "image"
+IMAGE_WEIGHTS_DIR = "/opt/cardio/weights"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +58,13 @@ def resolve_weights(backbone: str, image_size: int, weights: str | None) -> str 
             return resolve_weights(backbone, image_size, None)
         except WeightsNotFound:
             return "imagenet"   # not cached: keras.applications downloads it
+    if weights == IMAGE_WEIGHTS:
+        weights = IMAGE_WEIGHTS_DIR
     spec = BACKBONES[backbone]
     # MobileNet's files are per input size; its convolutions fit any size, so 224 is a fallback.
     names = dict.fromkeys(spec.weights_file.format(size=s) for s in (image_size, 224))
+    if weights and "://" in weights:
+        return _fetch_weights(weights, list(names))
     directories = [os.path.expanduser("~/.keras/models")]
     candidates = []
     if weights and not os.path.isdir(weights):
@@ -66,6 +80,26 @@ def resolve_weights(backbone: str, image_size: int, weights: str | None) -> str 
         f"ImageNet weights for {backbone} not found (looked for {', '.join(candidates)}). "
         f"Put {file_name} in a directory and pass it as the weights path, or pass "
         f"weights='random' to train from random initialisation.")
+
+
+def _fetch_weights(uri: str, names: list[str]) -> str:
+    """A weights file named by URI (the file, or a directory holding one of `names`), copied to
+    a local file: Keras loads HDF5 from local paths only."""
+    import tempfile
+
+    import tensorflow as tf
+
+    uri = uri.rstrip("/")
+    candidates = ([f"{uri}/{name}" for name in names] if tf.io.gfile.isdir(uri) else [uri])
+    for remote in candidates:
+        if tf.io.gfile.exists(remote):
+            local_dir = tempfile.mkdtemp(prefix="cardio-weights-")
+            local = os.path.join(local_dir, os.path.basename(remote))
+            tf.io.gfile.copy(remote, local, overwrite=True)
+            return local
+    raise WeightsNotFound(f"ImageNet weights not found at {', '.join(candidates)}: upload "
+                          f"{names[0]} there, or use weights 'image' (baked into the image) or "
+                          "'random'.")
 
 
 def _scaling_layers(scaling: str):

@@ -432,19 +432,25 @@ def pipeline():
               help="Pipeline configuration file (YAML) instead of --profile: its grid, gate, "
                    "sites and recipe; its data_root/serving_root unless given here. Shipped: "
                    "study, demo, nih.")
+@click.option("--image", default=None, help="The CPU image in full, e.g. "
+              "REGISTRY/cardio:0.1.0@sha256:... (every component but the Trainers); with "
+              "--gpu-image, instead of --image-repository/--image-tag.")
+@click.option("--gpu-image", default=None, help="The GPU image in full (the Trainers, the "
+              "TFJob replicas), e.g. REGISTRY/cardio:0.1.0-gpu@sha256:...")
 @click.option("--image-repository", default="ghcr.io/cardio-pipeline/cardio", show_default=True)
 @click.option("--image-tag", default=None, help="Image tag (default: the package version); the "
-              "Trainers run TAG-gpu.")
+              "Trainers run TAG-gpu. No digest here: use --image and --gpu-image.")
 @click.option("--pipeline-root", default="gs://YOUR_BUCKET/cardio/pipeline-root", show_default=True)
 @click.option("--data-root", default="gs://YOUR_BUCKET/cardio/data", show_default=True,
               help="Default of the data_root runtime parameter.")
 @click.option("--serving-root", default="gs://YOUR_BUCKET/cardio/serving", show_default=True)
 @click.option("--segmenter-uri", default="gs://YOUR_BUCKET/cardio/unet", show_default=True,
-              help="Directory holding unet_lungs.weights.h5 (upload src/cardio/imaging/assets/ "
-                   "there); with --config, the file's unless given.")
-@click.option("--weights", default="/opt/cardio/weights", show_default=True,
-              help="ImageNet weights directory inside the image, or 'random'; with --config, "
-                   "the file's unless given.")
+              help="Object-store directory holding unet_lungs.weights.h5 (upload "
+                   "src/cardio/imaging/assets/ there); with --config, the file's unless given.")
+@click.option("--weights", default="image", show_default=True,
+              help="ImageNet weights: 'image' (baked into the pipeline image at "
+                   "/opt/cardio/weights), a gs:// URI, or 'random'; with --config, the file's "
+                   "unless given. Local paths and 'imagenet' (a download in the pod) are refused.")
 @click.option("--beam-runner", type=click.Choice(["in-pod", "portable", "dataflow"]),
               default="in-pod", show_default=True)
 @click.option("--beam-job-endpoint", default=None, help="HOST:PORT of the Beam job server "
@@ -457,18 +463,22 @@ def pipeline():
 @click.option("--tfjob-workers", default=2, show_default=True, help="TFJob replicas (chief included).")
 @click.option("--gpu-type", default="nvidia.com/gpu", show_default=True,
               help="GPU resource name (Kubernetes) or accelerator type (Vertex, e.g. NVIDIA_L4).")
-def compile_(output, profile, config_file, image_repository, image_tag, pipeline_root, data_root,
-             serving_root, segmenter_uri, weights, beam_runner, beam_job_endpoint, beam_extra,
-             training, trainer_gpus, tfjob_workers, gpu_type):
+def compile_(output, profile, config_file, image, gpu_image, image_repository, image_tag,
+             pipeline_root, data_root, serving_root, segmenter_uri, weights, beam_runner,
+             beam_job_endpoint, beam_extra, training, trainer_gpus, tfjob_workers, gpu_type):
     """Compile the pipeline for Kubeflow Pipelines 2.x with KubeflowV2DagRunner."""
     from cardio.pipeline import kubeflow_runner
+
+    source = click.get_current_context().get_parameter_source
+    default = click.core.ParameterSource.DEFAULT
+    if (image or gpu_image) and (image_tag or source("image_repository") != default):
+        raise click.UsageError("give the images either in full (--image and --gpu-image) or as "
+                               "--image-repository and --image-tag, not both")
 
     config = None
     if config_file:   # the file's values, except options given on the command line
         run_config = _load_config(config_file)
         config = run_config.config
-        source = click.get_current_context().get_parameter_source
-        default = click.core.ParameterSource.DEFAULT
         if source("data_root") == default and run_config.data_root:
             data_root = run_config.data_root
         if source("serving_root") == default and run_config.serving_root:
@@ -482,7 +492,8 @@ def compile_(output, profile, config_file, image_repository, image_tag, pipeline
             repository=image_repository, tag=image_tag or kubeflow_runner.DEFAULT_TAG,
             weights=weights, beam_runner=beam_runner, beam_job_endpoint=beam_job_endpoint,
             beam_extra=beam_extra, training=training, trainer_gpus=trainer_gpus,
-            tfjob_workers=tfjob_workers, gpu_type=gpu_type, config=config)
+            tfjob_workers=tfjob_workers, gpu_type=gpu_type, config=config, image=image,
+            gpu_image=gpu_image)
     except ValueError as error:
         raise click.UsageError(str(error))
     click.echo(f"upload {summary['schema']} to {summary['schema_uri']} before the first run",
@@ -527,6 +538,24 @@ _kfp_experiment = click.option("--experiment", default="cardio-retraining", show
 _kfp_namespace = click.option("--namespace", default=None, help="Kubeflow profile namespace.")
 _kfp_root = click.option("--pipeline-root", "root", default=None,
                          help="Override the compiled spec's pipeline root for this submission.")
+_kfp_token = click.option(
+    "--token-file", default=None, envvar="KF_PIPELINES_SA_TOKEN_PATH",
+    help="File holding the bearer token for the KFP API, re-read before every request (a "
+         "projected service account token, audience pipelines.kubeflow.org; "
+         "$KF_PIPELINES_SA_TOKEN_PATH; default: kfp's mount point when present, else none).")
+
+
+def _kfp_call(call):
+    """Runs a submission: bad input is a usage error (exit 2); a cluster that is not there or
+    refuses the call is one line naming the host and the cause (exit 1)."""
+    from cardio.pipeline import scheduling
+
+    try:
+        return call()
+    except ValueError as error:
+        raise click.UsageError(str(error))
+    except scheduling.ClusterError as error:
+        raise click.ClickException(str(error))
 
 
 @pipeline.command("submit")
@@ -535,16 +564,14 @@ _kfp_root = click.option("--pipeline-root", "root", default=None,
 @_kfp_experiment
 @_kfp_namespace
 @_kfp_root
+@_kfp_token
 @click.option("--run-name", default=None)
-def submit(host, package, experiment, namespace, root, run_name):
+def submit(host, package, experiment, namespace, root, token_file, run_name):
     """Start one run of a compiled pipeline on Kubeflow Pipelines."""
     from cardio.pipeline import scheduling
 
-    try:
-        click.echo(json.dumps(scheduling.submit(host, package, experiment, namespace, run_name,
-                                                root=root)))
-    except ValueError as error:
-        raise click.UsageError(str(error))
+    click.echo(json.dumps(_kfp_call(lambda: scheduling.submit(
+        host, package, experiment, namespace, run_name, root=root, token_file=token_file))))
 
 
 @pipeline.command("schedule")
@@ -556,16 +583,14 @@ def submit(host, package, experiment, namespace, root, run_name):
               help="KFP cron, six fields with seconds first (default: Mondays 03:00 UTC).")
 @click.option("--job-name", default="cardio-retraining", show_default=True)
 @_kfp_root
-def schedule(host, package, experiment, namespace, cron, job_name, root):
+@_kfp_token
+def schedule(host, package, experiment, namespace, cron, job_name, root, token_file):
     """Create a recurring run: scheduled retraining on the newest data span."""
     from cardio.pipeline import scheduling
 
-    try:
-        summary = scheduling.schedule(host, package, cron, job_name, experiment, namespace,
-                                      root=root)
-    except ValueError as error:
-        raise click.UsageError(str(error))
-    click.echo(json.dumps(summary))
+    click.echo(json.dumps(_kfp_call(lambda: scheduling.schedule(
+        host, package, cron, job_name, experiment, namespace, root=root,
+        token_file=token_file))))
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
