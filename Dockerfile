@@ -60,11 +60,9 @@ RUN apt-get update \
  && mkdir /gcs /minio /s3 && chown 10001:10001 /gcs /minio /s3
 # Where Kubeflow Pipelines' launcher copies each input artifact and collects each output (by the
 # URI's scheme: backend/src/v2/component/launcher_v2.go, LocalPathForURI), as this image's user:
-# the pod's ephemeral storage (docs/operator-guide.md, "Resources").
+# the pod's ephemeral storage (docs/operator-guide.md, "Resources"); pipeline/kfp_entrypoint.py
+# hands the executors those copies.
 COPY --from=weights / /opt/cardio/weights/
-# The open-source KFP launcher copies artifacts to and from /gcs, /minio and /s3 as this user
-# (launcher_v2.go, LocalPathForURI); pipeline/kfp_entrypoint.py hands the executors those copies.
-RUN install -d -o 10001 -g 10001 /gcs /minio /s3
 # The Kubeflow V2 runner ignores container env set in the pipeline: Keras 2 must be the image's
 # default (TFX, TFT and TFMA 1.x need it).
 ENV TF_USE_LEGACY_KERAS=1 \
