@@ -63,7 +63,8 @@ def compile_and_run(tmp: Path, config, runs_arguments=({},)) -> dict:
     compiled = kubeflow_runner.compile_pipeline(
         config, str(tmp / "compiled" / "cardio.json"), data_root="/compile-time/data",
         pipeline_root=ROOT, serving_root=str(tmp / "kfp-serving"), image=IMAGE,
-        beam_args=kubeflow_runner.beam_pipeline_args("in-pod", IMAGE, workers=1))
+        beam_args=kubeflow_runner.beam_pipeline_args("in-pod", IMAGE, workers=1),
+        workers_per_cpu=False)   # one worker as given, not one per requested core
     cluster = kfp_harness.Cluster(tmp / "cluster")
     # The operator's upload step (`compile` prints it): the schema to where the spec reads it.
     schema = cluster.object_path(kubeflow_runner.schema_uri(ROOT))

@@ -10,6 +10,8 @@
 # with apt-get when they are missing). Exit status: 0 passed, 1 failed, 77 the host cannot do it
 # (the reason is printed: e.g. user namespaces disabled for unprivileged users).
 set -euo pipefail
+# Callers may start me with a bare environment (env -i): useradd and usermod live in sbin.
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 here=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd -P)
 say() { printf '[check-unprivileged] %s\n' "$*" >&2; }
 [ "$(id -u)" = 0 ] || { say "run me as root: I create a throwaway user"; exit 2; }

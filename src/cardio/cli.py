@@ -202,8 +202,7 @@ def synth(out, n, seed, size, span, external_site, files):
     with _progress(n, "synthesising radiographs") as bar:
         summary = convert.write_synthetic(out, n, seed, size, span, (external_site,),
                                           progress=bar.update)
-    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary,
-                           **({"notes": notes} if notes else {})}))
+    click.echo(json.dumps({"out": os.path.abspath(out), "span": span, **summary}))
 
 
 @data.command()
