@@ -33,6 +33,7 @@ from tfx.types.standard_artifacts import (
 )
 
 from cardio import features as F
+from cardio.components import gate as gate_lib
 from cardio.evaluation import statistics as S
 
 MARKDOWN = "model_card.md"
@@ -173,6 +174,10 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
             "config", "train_examples", "steps_per_epoch", "epochs_run")},
         "data": data_summary(examples_uri),
         "calibration": metadata.get("calibration"),
+        "ctr": ({"outputs": (metadata.get("ctr") or {}).get("outputs"),
+                 "heart_segmenter": metadata["heart_segmenter"]}
+                if metadata.get("heart_segmenter") else None),
+        "external_site": external_site(gate, metrics),
         "operating_point": {
             "threshold": metadata.get("operating_threshold"),
             "chosen_on": "validation split",
@@ -190,6 +195,66 @@ def build(*, cell: str, model_uri: str, model_run_uri: str | None, evaluation_ur
                     "evaluation_uri": evaluation_uri, "model_uri": model_uri,
                     **(lineage or {})},
     }
+
+
+STUDY_EXTERNAL_AUC = gate_lib.GATE_PROFILES["study"].external_auc_min   # the study's 0.85
+
+
+def external_site(gate: dict, metrics: dict) -> dict | None:
+    """The external site's own slice (AUC, sensitivity, specificity with their CIs) against the
+    gate's external criterion and the study's 0.85; None without an external site."""
+    site = gate.get("external_site")
+    if not site:
+        return None
+    row = metrics.get(f"{F.SITE}={site}") or {}
+    auc = (row.get("auc") or {}).get("value")
+    return {"site": site, "slice": {m: row.get(m) for m in ("example_count", "auc", "sensitivity",
+                                                            "specificity", "tp", "fn")},
+            "gate_auc_min": gate.get("external_auc_min"),
+            "gate_met": None if auc is None else auc >= gate.get("external_auc_min", 0.0),
+            "study_auc_min": STUDY_EXTERNAL_AUC,
+            "study_met": None if auc is None else auc >= STUDY_EXTERNAL_AUC}
+
+
+def render_external(external: dict | None) -> list:
+    if external is None:
+        return ["No external site is configured: this model has not been measured on another "
+                "hospital's radiographs."]
+    row = external["slice"]
+    if row.get("auc") is None:
+        return [f"Site `{external['site']}`: no evaluated slice (its split is empty or lacks a "
+                "class)."]
+    positives = (row["tp"]["value"] + row["fn"]["value"]) if row.get("tp") and row.get("fn") else None
+
+    def met(flag):
+        return "met" if flag else "NOT met"
+
+    return [f"Site `{external['site']}`, never trained, calibrated or chosen on: "
+            f"{_figure(row.get('example_count'), count=True)} radiographs"
+            + (f", {positives:.0f} cardiomegaly" if positives is not None else "")
+            + f"; AUC {_figure(row['auc'])}, sensitivity {_figure(row.get('sensitivity'))}, "
+            f"specificity {_figure(row.get('specificity'))} at the operating threshold.", "",
+            f"- This gate's criterion, AUC >= {external['gate_auc_min']}: "
+            f"{met(external['gate_met'])}.",
+            f"- The study's criterion, AUC >= {external['study_auc_min']}: "
+            f"{met(external['study_met'])}.",
+            "- Its labels may be defined differently from the training site's (e.g. a measured "
+            "cardiothoracic ratio against report text mining) and its prevalence differs: the "
+            "AUC says how well this score ranks that site's own label."]
+
+
+def render_ctr(ctr: dict | None) -> list:
+    if ctr is None:
+        return ["Not served: the export has no heart U-Net beside its lung U-Net."]
+    heart = ctr["heart_segmenter"]
+    held = heart.get("held_out") or {}
+    return [f"Served beside the probability: {', '.join(f'`{o}`' for o in ctr['outputs'] or [])}"
+            f". The heart U-Net `{str(heart.get('weights_sha256', ''))[:12]}` has a held-out "
+            f"Dice of {_figure({'value': held['dice']}) if 'dice' in held else 'unknown'} "
+            f"(n={held.get('n', '-')}); trained on {heart.get('training_data', 'unknown data')}. "
+            "The CTR's agreement with ground truth and its AUC beside this model's on the same "
+            "images are in the model comparison report (section 'Cardiothoracic ratio beside "
+            "the champion')."]
 
 
 COUNTS = ("example_count", "tp", "fp", "tn", "fn")   # shown without an interval
@@ -291,6 +356,8 @@ def render_markdown(card: dict) -> str:
         small = row.get("example_count", {}).get("value", 0) < SMALL_SLICE
         lines.append(f"| {name}{' (small)' if small else ''} | "
                      + " | ".join(_figure(row.get(m), m in COUNTS) for m in CARD_METRICS) + " |")
+    lines += ["", "## External site", ""] + render_external(card.get("external_site"))
+    lines += ["", "## Cardiothoracic ratio", ""] + render_ctr(card.get("ctr"))
     lines += ["", "## Limitations", ""] + [f"- {text}" for text in card["limitations"]]
     lines += ["", "## Lineage", ""] + [f"- {k.replace('_', ' ')}: `{v}`"
                                        for k, v in card["lineage"].items()]

@@ -8,7 +8,8 @@ PPV/NPV at the deployment prevalence, and the fairness review; cardio.evaluation
 report. The champion is chosen on internal data only; the external site never chooses.
 
 Output artifact (`comparison`, type cardio.ModelComparison):
-  comparison.json   {"champion": {"model_name", "reason", ...}, "models": {...}, "delong": [...]}
+  comparison.json   {"champion": {"model_name", "reason", ...}, "models": {...}, "delong": [...],
+                     "ctr": the served cardiothoracic ratio beside the champion, or null}
   report.md, report.html and their PNGs; predictions.csv (every model's probability per image);
   overlays/<model>/ (Grad-CAM and guided backprop, when cardio.evaluation.explain is available)
 
@@ -118,6 +119,41 @@ def score(model_dir: str, examples_uri: str, splits=SCORED_SPLITS) -> np.ndarray
     return np.concatenate(probabilities).astype(np.float64)
 
 
+CTR_SPLITS = (F.TEST, F.EXTERNAL)   # the CTR reports beside the champion; nothing chooses on it
+
+
+def measure_ctr(model_dir: str, raw_uri: str, cases: dict) -> dict | None:
+    """The served cardiothoracic ratio of every test and external radiograph, by the export's
+    serving_default on the stored (uncropped) image as a client sends it, aligned with `cases`
+    by image id: {"measured", "truth" (the examples' ground-truth `ctr`, NaN where none)}. None
+    when the export serves no CTR (no heart U-Net beside its segmenter)."""
+    signature = tf.saved_model.load(model_dir).signatures[F.SERVING_DEFAULT]
+    if F.CTR not in signature.structured_outputs:
+        return None
+    by_id = {}
+    for split in CTR_SPLITS:
+        ids, images, truths = [], [], []
+
+        def flush():
+            ratio = signature(**{F.IMAGE_BYTES: tf.constant(images)})[F.CTR].numpy()
+            by_id.update({(split, i): (float(r), t) for i, r, t in zip(ids, ratio, truths)})
+            ids.clear(), images.clear(), truths.clear()
+
+        for raw in records(raw_uri, split):
+            example = tf.train.Example.FromString(raw)
+            truth = _feature(example, F.CTR)
+            ids.append(_feature(example, F.IMAGE_ID))
+            images.append(example.features.feature[F.IMAGE].bytes_list.value[0])
+            truths.append(np.nan if truth is None else float(truth))
+            if len(ids) == BATCH:
+                flush()
+        if ids:
+            flush()
+    pairs = [by_id.get((split, image_id), (np.nan, np.nan))
+             for split, image_id in zip(cases["split"], cases[F.IMAGE_ID])]
+    return {"measured": np.array([p[0] for p in pairs]), "truth": np.array([p[1] for p in pairs])}
+
+
 def _read_json(path: str) -> dict | None:
     if not tf.io.gfile.exists(path):
         return None
@@ -137,6 +173,7 @@ def model_info(cell_name: str, model, model_run, blessing, pushed) -> dict:
                          "operating_threshold; was it exported by trainer.export?")
     info = {"model_dir": model_dir, "threshold": float(metadata["operating_threshold"]),
             "backbone": metadata.get("backbone"), "weighting": metadata.get("weighting"),
+            "heart_segmenter": metadata.get("heart_segmenter"),
             "target_sensitivity": None, "blessed": None, "pushed": None}
     if model_run is not None:
         summary = _read_json(os.path.join(model_run.uri, "training_summary.json")) or {}
@@ -249,10 +286,17 @@ class Executor(base_executor.BaseExecutor):
                                       single("blessing", cell), single("pushed_model", cell))
             logging.info("scoring %s on %s", cell, ", ".join(SCORED_SPLITS))
             scores[cell] = score(models[cell]["model_dir"], examples.uri)
+        # The CTR comes from the segmenters, the same in every export of a run: any one serves.
+        ctr, with_ctr = None, [c for c in cells if models[c].get("heart_segmenter")]
+        if with_ctr:
+            logging.info("measuring the served CTR on %s", ", ".join(CTR_SPLITS))
+            ctr = measure_ctr(models[with_ctr[0]]["model_dir"], raw[0].uri, cases)
+            if ctr is not None:
+                ctr["segmenter"] = models[with_ctr[0]]["heart_segmenter"]
         result = comparison.analyse(
             cases, scores, models, settings["internal_sites"], settings["external_site"],
             prevalence=settings["deployment_prevalence"],
-            min_per_class=settings["fairness_min_per_class"])
+            min_per_class=settings["fairness_min_per_class"], ctr=ctr)
         with tempfile.TemporaryDirectory() as local:
             overlays, note = write_overlays(models, overlay_images(raw[0].uri), local)
             comparison_report.write(result, local, overlays, note)

@@ -236,3 +236,47 @@ def test_the_tie_rule_knows_every_backbone_the_trainer_builds():
 
     assert set(model_lib.BACKBONES) <= set(C.BACKBONE_PARAMETERS)
     assert C.BACKBONE_PARAMETERS["mobilenet_025"] == 218_544   # tests/test_trainer.py counts it
+
+
+def test_the_served_ctr_is_reported_beside_the_champion_as_scikit_learn_scores_it(tmp_path):
+    """The CTR row: AUC over the measured images only (-1 and NaN counted as not measured),
+    `ctr > 0.5` as the rule (0.5 itself is not above it), DeLong against the champion on the
+    same images, agreement only where a ground-truth ratio exists; never on validation."""
+    cases = _cases()
+    models = {"cardio-a-75-25": _info("a", "75-25")}
+    scores = {"cardio-a-75-25": _model(cases, 2.0, 1)}
+    rng = np.random.default_rng(5)
+    truth = np.where(cases[F.LABEL] == 1, 0.56, 0.45) + rng.normal(0, 0.04, len(cases[F.LABEL]))
+    measured = truth + rng.normal(0, 0.03, truth.size)
+    test = np.flatnonzero(cases["split"] == C.TEST)
+    measured[test[4:9]] = 0.5                # exactly 0.5: not above the rule
+    measured[test[:3]] = -1.0                # empty masks
+    measured[test[3]] = np.nan               # not scored
+    truth[cases["split"] == C.EXTERNAL] = np.nan   # the external site has no ground truth
+    out = C.analyse(cases, scores, models, INTERNAL, EXTERNAL_SITE, prevalence=0.1,
+                    min_per_class=10, ctr={"measured": measured, "truth": truth,
+                                           "segmenter": {"held_out": {"dice": 0.88, "n": 27}}})
+    json.dumps(out)
+    rows = out["ctr"]["groups"]
+    assert set(rows) == {C.TEST, C.EXTERNAL}        # validation chooses; the CTR never does
+    mask = (cases["split"] == C.TEST) & (measured >= 0)
+    y, r, p = cases[F.LABEL][mask], measured[mask], scores["cardio-a-75-25"][mask]
+    row = rows[C.TEST]
+    assert (row["n"], row["not_measured"]) == (mask.sum(), 4)
+    assert row["auc"] == pytest.approx(skm.roc_auc_score(y, r))
+    assert row["above_0.5"]["sensitivity"] == pytest.approx(skm.recall_score(y, r > 0.5))
+    assert row["above_0.5"]["specificity"] == pytest.approx(
+        skm.recall_score(y, r > 0.5, pos_label=0))
+    assert row["vs_champion"]["auc_b"] == pytest.approx(skm.roc_auc_score(y, p))
+    assert np.sign(row["vs_champion"]["z"]) == np.sign(skm.roc_auc_score(y, p) - row["auc"])
+    assert row["agreement"]["mae"] == pytest.approx(np.abs(r - truth[mask]).mean())
+    assert row["agreement"]["pearson_r"] == pytest.approx(np.corrcoef(truth[mask], r)[0, 1])
+    assert "agreement" not in rows[C.EXTERNAL]
+    text = open(R.write(out, str(tmp_path))["markdown"]).read()
+    assert "## Cardiothoracic ratio beside the champion" in text
+    assert "held-out Dice 0.880 (n=27)" in text and "no ground truth in the examples" in text
+    # Without a heart U-Net the report says the CTR was not served, not that it was poor.
+    without = C.analyse(cases, scores, models, INTERNAL, EXTERNAL_SITE, prevalence=0.1,
+                        min_per_class=10)
+    assert without["ctr"] is None
+    assert "Not served" in open(R.write(without, str(tmp_path / "w"))["markdown"]).read()

@@ -48,3 +48,26 @@ def test_a_refused_calibration_is_headed_in_the_card_with_the_validation_counts(
     text = model_card.render_markdown(_card(intervals=True, calibration=refused))
     assert "REFUSED" in text and "fewer than min_validation_positives=10" in text
     assert "Validation: 2 cardiomegaly, 40 normal" in text
+
+
+def test_the_external_site_section_states_both_criteria_and_the_ctr_its_provenance():
+    card = _card(intervals=True)
+    slices = {"site=site-b": {"auc": {"value": 0.72, "lower": 0.6, "upper": 0.84},
+                              "example_count": {"value": 143.0}, "tp": {"value": 80.0},
+                              "fn": {"value": 20.0},
+                              "sensitivity": {"value": 0.8, "lower": 0.7, "upper": 0.9}}}
+    card["external_site"] = model_card.external_site(card["evaluation"]["gate"], slices)
+    card["ctr"] = {"outputs": ["ctr", "heart_box", "thorax_box", "ctr_qc"], "heart_segmenter": {
+        "weights_sha256": "ab" * 32, "held_out": {"dice": 0.885, "n": 27},
+        "training_data": "Wingspan: 116 radiographs"}}
+    text = model_card.render_markdown(card)
+    external = text[text.index("## External site"):text.index("## Cardiothoracic ratio")]
+    # The demo gate's 0.6 is met, the study's 0.85 is not: both said, neither hidden.
+    assert "143 radiographs, 100 cardiomegaly; AUC 0.720 [0.600, 0.840]" in external
+    assert "AUC >= 0.6: met" in external and "AUC >= 0.85: NOT met" in external
+    ctr = text[text.index("## Cardiothoracic ratio"):]
+    assert "`ctr`, `heart_box`" in ctr and "Dice of 0.885 (n=27)" in ctr and "Wingspan" in ctr
+    # No external site, no heart U-Net: each section says so.
+    bare = model_card.render_markdown({**_card(intervals=True, external_site=None),
+                                       "external_site": None, "ctr": None})
+    assert "has not been measured on another hospital" in bare and "Not served" in bare

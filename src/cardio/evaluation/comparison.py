@@ -231,13 +231,57 @@ def _slice_row(name, site, feature, value, labels, scores, threshold, status) ->
             "status": status}
 
 
+# The CTR's own rule: cardiomegaly when the ratio is above 0.5 (cardio.imaging.ctr.CARDIOMEGALY;
+# threshold_metrics counts `score >= threshold`, so the next float above it).
+CTR_ABOVE = float(np.nextafter(0.5, 1.0))
+
+
+def ctr_reference(labels_by_group: dict, measured_by_group: dict, truth_by_group: dict,
+                  champion_by_group: dict | None) -> dict:
+    """The cardiothoracic ratio the served graph measures (cardio.imaging.ctr), as a score beside
+    the champion on the test and external groups: per group, over the images it measured (a
+    ratio of -1 or NaN is not measured, and counted), its AUC with DeLong's CI, `ctr > 0.5`'s
+    sensitivity and specificity (Wilson CIs), DeLong's paired test against the champion on the
+    same images (z > 0: the champion ranks better), and where the examples carry a ground-truth
+    ratio (synthetic radiographs, Wingspan's measured one) the agreement with it."""
+    rows = {}
+    for group, labels in labels_by_group.items():
+        if group == VALIDATION or group not in measured_by_group:
+            continue
+        ratio = np.asarray(measured_by_group[group], float)
+        ok = np.isfinite(ratio) & (ratio >= 0)
+        labels = np.asarray(labels)[ok]
+        positives, negatives = S.class_counts(labels)
+        row = {"n": int(ok.sum()), "not_measured": int((~ok).sum()), "positives": positives,
+               "negatives": negatives}
+        if positives and negatives:
+            row.update({k: v for k, v in S.auc_with_ci(labels, ratio[ok]).items() if k != "se"})
+            at = S.threshold_metrics(labels, ratio[ok], CTR_ABOVE)
+            row["above_0.5"] = {k: at[k] for k in ("sensitivity", "sensitivity_ci",
+                                                  "specificity", "specificity_ci")}
+            if champion_by_group is not None:
+                row["vs_champion"] = S.delong_paired(
+                    labels, ratio[ok], np.asarray(champion_by_group[group])[ok])
+        truth = np.asarray(truth_by_group.get(group, []), float)
+        known = ok & np.isfinite(truth) if truth.size else np.zeros_like(ok)
+        if known.sum() > 2:
+            error = ratio[known] - truth[known]
+            row["agreement"] = {"n": int(known.sum()), "mae": float(np.abs(error).mean()),
+                                "bias": float(error.mean()),
+                                "pearson_r": float(np.corrcoef(truth[known], ratio[known])[0, 1])}
+        rows[group] = row
+    return rows
+
+
 def analyse(cases: dict, scores: dict, models: dict, internal_sites, external_site: str,
-            prevalence: float, min_per_class: int, alpha: float = ALPHA) -> dict:
+            prevalence: float, min_per_class: int, alpha: float = ALPHA, ctr: dict | None = None) -> dict:
     """Everything comparison.json holds.
 
     cases:  {"split", "site", "sex", "age_band", "view", "label", "image_id": array per case}
     scores: {model name: probabilities aligned with `cases`}
     models: {model name: {"threshold", "blessed", "backbone", "weighting", ...}}
+    ctr:    {"measured": the served CTR per case (NaN where not scored), "truth": the examples'
+            ground-truth ratio (NaN where none), "segmenter": the heart U-Net's card}, or None
     """
     masks = groups(cases, internal_sites, external_site)
     labels = np.asarray(cases[F.LABEL]).astype(int)
@@ -253,11 +297,18 @@ def analyse(cases: dict, scores: dict, models: dict, internal_sites, external_si
     champion = choose_champion(out_models, delong, alpha, external_site)
     if champion["model_name"]:   # where serving finds it (version to label `stable`)
         champion["pushed"] = models[champion["model_name"]].get("pushed")
+    ctr_section = None
+    if ctr is not None:
+        champion_scores = (scores_by_group[champion["model_name"]] if champion["model_name"]
+                           else None)
+        ctr_section = {"segmenter": ctr.get("segmenter"), "groups": ctr_reference(
+            labels_by_group, {g: np.asarray(ctr["measured"])[m] for g, m in masks.items()},
+            {g: np.asarray(ctr["truth"])[m] for g, m in masks.items()}, champion_scores)}
     sites = tuple(internal_sites) + ((external_site,) if external_site else ())
     for name, info in models.items():
         out_models[name]["fairness"] = fairness(cases, scores[name], info["threshold"], sites,
                                                 min_per_class, alpha)
-    return {"champion": champion, "models": out_models, "delong": delong,
+    return {"champion": champion, "models": out_models, "delong": delong, "ctr": ctr_section,
             "groups": {g: {"n": int(m.sum()), "positives": S.class_counts(labels[m])[0],
                            "sites": sorted(set(np.asarray(cases[F.SITE])[m]))}
                        for g, m in masks.items()},

@@ -276,6 +276,47 @@ def _fairness_table(rows: list) -> list:
     return lines
 
 
+def _ctr_section(comparison: dict) -> list:
+    """The served cardiothoracic ratio as a score beside the champion, and its agreement with
+    the ground-truth ratio where the examples carry one."""
+    ctr = comparison.get("ctr")
+    lines = ["## Cardiothoracic ratio beside the champion", ""]
+    if not ctr:
+        return lines + ["Not served: the exports have no heart U-Net beside the lung U-Net, so "
+                        "no `ctr` was measured.", ""]
+    card = ctr.get("segmenter") or {}
+    held = card.get("held_out") or {}
+    champion = comparison["champion"]["model_name"]
+    lines += ["`ctr` is what serving returns beside the probability: the heart's maximal "
+              "horizontal width over the lung fields' (heart and lung U-Nets, "
+              "cardio.imaging.ctr), measured on the uncropped radiograph as a client sends it; "
+              "`ctr > 0.5` is the clinical rule on a PA film. Not measured: a mask was empty "
+              "(`ctr` = -1). DeLong's paired test compares its AUC with the champion's "
+              f"({champion or 'none chosen'}) on the same images; z > 0 when the champion "
+              "ranks better. It reports only: nothing is chosen on it.", ""]
+    if card:
+        lines += [f"Heart U-Net `{str(card.get('weights_sha256', ''))[:12]}`: held-out Dice "
+                  f"{_f(held.get('dice'))} (n={held.get('n', '-')}); trained on "
+                  f"{card.get('training_data', 'unknown data')}. On a site whose radiographs "
+                  "trained it, the CTR's figures are not an independent test of it.", ""]
+    lines += [f"| group | n measured (not) | cardiomegaly | CTR AUC ({S.DELONG_CI}) | "
+              f"`ctr > 0.5` sensitivity ({S.WILSON_CI}) | specificity ({S.WILSON_CI}) | "
+              "champion AUC, same images | z | p | agreement with ground-truth CTR "
+              "(n, MAE, bias, r) |", "|---" * 10 + "|"]
+    for group, row in ctr["groups"].items():
+        above, versus = row.get("above_0.5") or {}, row.get("vs_champion") or {}
+        agree = row.get("agreement")
+        lines.append(
+            f"| {group} | {row['n']} ({row['not_measured']}) | {row['positives']} | "
+            f"{_ci(row.get('auc'), row.get('ci', [None, None]))} | "
+            f"{_ci(above.get('sensitivity'), above.get('sensitivity_ci', [None, None]))} | "
+            f"{_ci(above.get('specificity'), above.get('specificity_ci', [None, None]))} | "
+            f"{_f(versus.get('auc_b'))} | {_f(versus.get('z'), 2)} | {_p(versus.get('p'))} | "
+            + (f"{agree['n']}, {agree['mae']:.3f}, {agree['bias']:+.3f}, {agree['pearson_r']:.2f}"
+               if agree else "no ground truth in the examples") + " |")
+    return lines + [""]
+
+
 def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_note: str | None) -> str:
     champion = comparison["champion"]
     settings = comparison["settings"]
@@ -335,6 +376,8 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
               "whether the models differ in class weighting (one backbone), backbone (one "
               "weighting) or both. p (Holm) is adjusted over the pairs of a group.", ""]
     lines += _delong_table(comparison) + [""]
+
+    lines += _ctr_section(comparison)
 
     prevalence = settings["deployment_prevalence"]
     lines += ["## Operating point", "",
