@@ -54,7 +54,7 @@ def test_the_real_set_converts_as_the_external_split_beside_nih(tmp_path, monkey
     assert summary["quarantined"] == 0 and summary["written"] == 12 + 143
     assert "treated as PA" in summary["notes"][0] and "143 radiograph" in summary["notes"][0]
     assert "treated as PA" in result.stderr
-    sites = {}
+    sites, ratios = {}, []
     for path in glob.glob(str(tmp_path / "out" / "span-1" / "*" / "*.tfrecord.gz")):
         split = path.split("/")[-2]
         for raw in tf.data.TFRecordDataset(path, compression_type="GZIP"):
@@ -62,5 +62,13 @@ def test_the_real_set_converts_as_the_external_split_beside_nih(tmp_path, monkey
             key = (split, f[F.SITE].bytes_list.value[0].decode(),
                    f[F.VIEW].bytes_list.value[0].decode())
             sites[key] = sites.get(key, 0) + 1
+            if key[1] == "wingspan":   # its measured CTR travels as ground truth, as labels.csv has it
+                ratio = f[F.CTR].float_list.value[0]
+                assert f[F.LABEL].int64_list.value[0] == int(ratio > 0.5)
+                ratios.append(round(ratio, 4))
+            else:
+                assert F.CTR not in f
     assert sites[("external", "wingspan", "PA")] == 143
+    with open(data / "labels.csv") as f:
+        assert sorted(ratios) == sorted(round(float(r["ctr"]), 4) for r in csv.DictReader(f))
     assert all(site == "nih" for (split, site, _) in sites if split != "external")

@@ -321,8 +321,9 @@ def csv_(csv_path, images, external_sites, default_site, views, wingspan_dir, ou
             raise click.UsageError("--wingspan needs --view PA: its radiographs are taken as PA")
         extra, assumed_pa = wingspan.select(os.path.join(wingspan_dir, "labels.csv"))
         selection = convert.merge_selections(selection, extra)
-        loader = convert.loader_by_site(loader, {wingspan.SITE: functools.partial(
-            convert.file_loader, os.path.join(wingspan_dir, "images"))})
+        loader = convert.loader_by_site(loader, {wingspan.SITE: convert.with_ground_truth(
+            functools.partial(convert.file_loader, os.path.join(wingspan_dir, "images")),
+            wingspan.ground_truth(os.path.join(wingspan_dir, "labels.csv")))})
         if assumed_pa:
             notes.append(f"{wingspan.VIEW_NOTE}: {assumed_pa} radiograph(s)")
     _convert_or_dry_run(selection, loader, out, span, tuple(external_sites), dry_run, seed,

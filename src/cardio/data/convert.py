@@ -122,6 +122,18 @@ class loader_by_site:
         return self.by_site.get(candidate.site, self.default)(candidate)
 
 
+@dataclasses.dataclass
+class with_ground_truth:
+    """A loader whose records also carry each image's ground truth (`extras[path]`: features,
+    e.g. a measured CTR), as the synthetic radiographs carry theirs. (A class, so conversion
+    workers can pickle it.)"""
+    load: Callable[[Candidate], bytes]
+    extras: dict
+
+    def __call__(self, candidate: Candidate) -> tuple[bytes, dict]:
+        return self.load(candidate), self.extras.get(candidate.path, {})
+
+
 def file_loader(image_root: str, candidate: Candidate, bits_stored: int | None = None) -> bytes:
     """`bits_stored`: the site's declared depth of its 16-bit PNGs without an sBIT chunk
     (cardio.imaging.files.normalised_pixels)."""

@@ -12,19 +12,35 @@ masks. `labels.csv`: `path,label,ctr,ctr_source,site,view`. Rules:
      file name, a DICOM UID, becomes the salted patient id), sex and age are unknown. If the
      hospital imaged a patient twice, both images are in the external split anyway, so no
      patient can leak into training.
-The site is `wingspan` (the rows' `site` when given). Images are at <images>/<path>.
+The site is `wingspan` (the rows' `site` when given). Images are at <images>/<path>. Each record
+carries its measured `ctr` as ground truth (`ground_truth`), as synthetic records carry theirs.
 """
 from __future__ import annotations
 
 import csv
 import os
 
+from cardio import features as F
 from cardio.data.sources import Candidate, Selection
 
 SITE = "wingspan"
 CTR_THRESHOLD = 0.5
 VIEW_NOTE = ("Wingspan records no view: radiographs without one are treated as PA "
              "(frontal films; the source does not say PA or AP)")
+
+
+def ground_truth(labels_csv: str) -> dict:
+    """{image path: {"ctr": the measured ratio}} for every row whose ratio reads: the records
+    carry it (the schema's `ctr`), so the served CTR can be compared with it."""
+    with open(labels_csv, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    truth = {}
+    for row in rows:
+        try:
+            truth[(row.get("path") or "").strip()] = {F.CTR: float(row.get("ctr") or "")}
+        except ValueError:
+            continue   # select() quarantines that row
+    return truth
 
 
 def select(labels_csv: str) -> tuple[Selection, int]:
