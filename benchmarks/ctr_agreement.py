@@ -156,7 +156,7 @@ def _raw_test_split(workdir: str) -> dict:
 
 
 def nih(measure, workdir: str) -> dict:
-    from benchmarks.nih_pipeline import PIPELINES, _predictions
+    from benchmarks.nih_pipeline import _pipeline_name, _predictions
     from cardio.evaluation import statistics as S
 
     cases = _raw_test_split(workdir)
@@ -174,7 +174,7 @@ def nih(measure, workdir: str) -> dict:
                                 "normal": float((value[labels == 0] > 0.5).mean())},
               "ctr": score_table(labels, value), "models": {}}
     try:
-        predictions = _predictions(workdir, PIPELINES[True])
+        predictions = _predictions(workdir, _pipeline_name(workdir))   # nih or nih-wingspan
     except Exception as error:      # no finished comparison in that run: the CTR's AUC alone
         result["models_error"] = f"{type(error).__name__}: {error}"
         return result

@@ -35,6 +35,7 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 from tfx.utils import path_utils
 
 from cardio import features as F
+from cardio.components import crop_report as crop_report_lib
 from cardio.evaluation import comparison, comparison_report
 
 NODE_ID = "ModelComparison"
@@ -299,6 +300,8 @@ class Executor(base_executor.BaseExecutor):
             min_per_class=settings["fairness_min_per_class"], ctr=ctr)
         with tempfile.TemporaryDirectory() as local:
             overlays, note = write_overlays(models, overlay_images(raw[0].uri), local)
+            if input_dict.get("crop_report"):
+                result["sites"] = copy_site_figure(input_dict["crop_report"][0].uri, local)
             comparison_report.write(result, local, overlays, note)
             write_predictions(os.path.join(local, PREDICTIONS_CSV), cases, scores)
             with open(os.path.join(local, COMPARISON_JSON), "w") as f:
@@ -306,6 +309,16 @@ class Executor(base_executor.BaseExecutor):
             copy_tree(local, output.uri)
         logging.info("champion: %s (%s)", result["champion"]["model_name"],
                      result["champion"]["reason"])
+
+
+def copy_site_figure(report_uri: str, local: str) -> dict:
+    """The CropReport's t-SNE by site (before and after the crop) and its separability AUCs,
+    copied beside the comparison report: {"site_auc_raw", "site_auc_cropped", "images", "plot"}."""
+    with tf.io.gfile.GFile(os.path.join(report_uri, crop_report_lib.REPORT_JSON)) as f:
+        figures = json.load(f)
+    tf.io.gfile.copy(os.path.join(report_uri, crop_report_lib.REPORT_PNG),
+                     os.path.join(local, crop_report_lib.REPORT_PNG), overwrite=True)
+    return {**figures, "plot": crop_report_lib.REPORT_PNG}
 
 
 def copy_tree(local: str, destination: str):
@@ -319,17 +332,22 @@ def copy_tree(local: str, destination: str):
 
 # ---------------------------------------------------------------------------------- component
 
-def create(examples, trained: dict, config, raw_examples=None) -> base_component.BaseComponent:
-    """The ModelComparison node for this grid.
+def create(examples, trained: dict, config, raw_examples=None,
+           crop_report=None) -> base_component.BaseComponent:
+    """The ModelComparison node for this grid; `crop_report` (the CropReport's output, when the
+    run has two sites and a crop) puts its site t-SNE and separability into the report.
 
     trained: {cell name: {"model": channel, "model_run": channel, "blessing": channel,
     "pushed_model": channel}}; `blessing`, `model_run` and `pushed_model` may be left out.
     """
     inputs = {"examples": ChannelParameter(type=standard_artifacts.Examples),
-              "raw_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True)}
+              "raw_examples": ChannelParameter(type=standard_artifacts.Examples, optional=True),
+              "crop_report": ChannelParameter(type=crop_report_lib.DatasetReport, optional=True)}
     arguments = {"examples": examples}
     if raw_examples is not None:
         arguments["raw_examples"] = raw_examples
+    if crop_report is not None:
+        arguments["crop_report"] = crop_report
     for cell, channels in trained.items():
         if "model" not in channels:
             raise ValueError(f"ModelComparison: cell {cell} has no model channel")

@@ -81,6 +81,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     components = [example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate,
                   drift_gate]
     examples = example_gen.outputs["examples"]
+    crop_report = None
     if config.segmenter_uri:
         # The lung U-Net, imported so that lineage records which one cropped the data.
         segmenter = tfx.dsl.Importer(source_uri=config.segmenter_uri,
@@ -94,8 +95,9 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         components += [segmenter, lung_crop]
         if len(config.sites) > 1:
             # t-SNE by site before and after cropping, and how separable the sites are (AUC).
-            components.append(CropReport(raw_examples=examples,
-                                         cropped_examples=lung_crop.outputs["cropped_examples"]))
+            crop_report = CropReport(raw_examples=examples,
+                                     cropped_examples=lung_crop.outputs["cropped_examples"])
+            components.append(crop_report)
         examples = lung_crop.outputs["cropped_examples"]
 
     trained = {}   # every cell's model, training run, blessing and push, for the comparison
@@ -139,8 +141,9 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
 
     # Every model scored on the same images: AUCs with CIs, DeLong for every pair, operating
     # points, the fairness review and the champion (chosen on internal data only), in one report.
-    components.append(model_comparison.create(examples, trained, config,
-                                              raw_examples=example_gen.outputs["examples"]))
+    components.append(model_comparison.create(
+        examples, trained, config, raw_examples=example_gen.outputs["examples"],
+        crop_report=crop_report.outputs["report"] if crop_report else None))
 
     return tfx.dsl.Pipeline(
         pipeline_name=config.pipeline_name, pipeline_root=pipeline_root, components=components,

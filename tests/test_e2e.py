@@ -315,6 +315,11 @@ def test_the_comparison_reports_the_ctr_serving_returns_beside_the_champion(e2e)
     assert row["agreement"]["mae"] < 0.08 and row["agreement"]["pearson_r"] > 0.3, row
     text = open(e2e.summary["comparison"]["markdown"]).read()
     assert "## Cardiothoracic ratio beside the champion" in text
+    # The study's Figure 3 (t-SNE by site before and after the crop) in the same report.
+    sites = result["sites"]
+    assert 0.0 <= sites["site_auc_cropped"] <= 1.0 and sites["images"] > 0
+    assert f"({sites['plot']})" in text and os.path.getsize(
+        os.path.join(os.path.dirname(e2e.summary["comparison"]["markdown"]), sites["plot"])) > 10_000
     for name, model in e2e.summary["models"].items():
         card = open(model["model_card"]).read()
         assert "## External site" in card and "The study's criterion, AUC >= 0.85" in card, name

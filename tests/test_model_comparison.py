@@ -223,12 +223,13 @@ def test_compiles_for_kubeflow_with_every_cells_model_blessing_and_push(tmp_path
     producers = {key: value["taskOutputArtifact"]["producerTask"]
                  for key, value in task["inputs"]["artifacts"].items()}
     assert producers["examples"] == "LungCrop" and producers["raw_examples"] == "ImportExampleGen"
+    assert producers["crop_report"] == "CropReport"   # two sites: the t-SNE by site
     assert len(config.grid) == 10
     for cell in config.grid:
         for role, node in (("model", "Trainer"), ("model_run", "Trainer"),
                            ("blessing", "Evaluator"), ("pushed_model", "Pusher")):
             assert producers[MC.input_key(role, cell.name)] == f"{node}.{cell.name}"
-    assert len(producers) == 2 + 4 * len(config.grid)
+    assert len(producers) == 3 + 4 * len(config.grid)
     settings = json.loads(task["inputs"]["parameters"]["settings"]["runtimeValue"]
                           ["constantValue"]["stringValue"])
     assert settings["deployment_prevalence"] == config.deployment_prevalence

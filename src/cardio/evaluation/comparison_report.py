@@ -378,6 +378,16 @@ def markdown(comparison: dict, figures: dict, overlays: dict | None, overlay_not
     lines += _delong_table(comparison) + [""]
 
     lines += _ctr_section(comparison)
+    sites = comparison.get("sites")
+    if sites:
+        lines += ["## The sites before and after the crop", "",
+                  f"t-SNE of {sites['images']} radiographs coloured by site (the crop stage's "
+                  "report). Site separability: the cross-validated AUC of a logistic regression "
+                  "telling the sites apart from 32x32 thumbnails (0.5: they look alike): "
+                  f"{sites['site_auc_raw']:.3f} before the crop, {sites['site_auc_cropped']:.3f} "
+                  "after. A site a thumbnail can tell apart differs in acquisition as well as in "
+                  "patients; the external AUC is measured across that difference.", "",
+                  f"![t-SNE by site, before and after the crop]({sites['plot']})", ""]
 
     prevalence = settings["deployment_prevalence"]
     lines += ["## Operating point", "",
