@@ -307,6 +307,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
         raise ValueError(f"unknown training mode {training!r}; choose one of "
                          f"{', '.join(TRAINING_MODES)}")
     check_pipeline_root(pipeline_root)
+    storage = {} if storage is None else storage
     gpu_image = gpu_image or image
     if beam_args is not None:
         config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
@@ -351,7 +352,7 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
             node.with_platform_config(resource_spec(*resources.for_node(node.id, "beam")))
         elif hasattr(node, "with_platform_config") and not isinstance(node, tfx.dsl.Importer):
             node.with_platform_config(resource_spec(*resources.for_node(node.id, "default")))
-        if storage is not None and not isinstance(node, tfx.dsl.Importer):
+        if not isinstance(node, tfx.dsl.Importer):
             storage[node.id] = resources.ephemeral_storage_gb(node)
         if workers_per_cpu and isinstance(node.executor_spec, executor_spec.BeamExecutorSpec):
             # In-pod Beam: this stage's own CPU request sets its workers (no pipeline-wide count).
@@ -387,10 +388,55 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
     _for_open_source_backend(job["pipelineSpec"])
     with open(output_file, "w") as f:
         json.dump(job, f, indent=2, sort_keys=True)
-    # Kubeflow Pipelines uploads and runs the PipelineSpec itself, as YAML.
+    # Kubeflow Pipelines uploads and runs the PipelineSpec itself, as YAML, with its platform
+    # spec (each task's artifact volume) as a second document, as the KFP SDK writes it.
     with open(pipeline_spec_path(output_file), "w") as f:
-        yaml.safe_dump(job["pipelineSpec"], f, sort_keys=True)
+        yaml.safe_dump_all([job["pipelineSpec"], platform_spec(job["pipelineSpec"], pipeline_root,
+                                                               storage)], f, sort_keys=True)
     return output_file
+
+
+# Where the open-source launcher keeps a task's artifacts in its pod, by the pipeline root's
+# scheme (`LocalPathForURI`, backend/src/v2/component/launcher_v2.go): inputs downloaded there
+# before the executor starts, outputs uploaded from there after it.
+LAUNCHER_LOCAL_PATHS = {"gs": "/gcs", "minio": "/minio", "s3": "/s3"}
+ARTIFACT_VOLUME = "launcher-artifacts"
+
+
+def platform_spec(pipeline_spec: dict, pipeline_root: str, storage: dict) -> dict:
+    """KFP's Kubernetes platform spec for the compiled pipeline: every container task gets a
+    generic ephemeral volume at the launcher's local path for the root's scheme, sized from its
+    estimate (`Resources.ephemeral_storage_gb`), so the copies the launcher makes are requested
+    storage (a claim the scheduler must place) instead of the node's unrequested scratch.
+    Fields: kubernetes_platform/proto/kubernetes_executor_config.proto (`GenericEphemeralVolume`);
+    the driver mounts it into the task's main container, where the launcher runs
+    (`extendPodSpecPatch`, backend/src/v2/driver/k8s.go); the API server takes it from an
+    uploaded package's second YAML document (`IsPlatformSpecWithKubernetesConfig`,
+    backend/src/apiserver/template/v2_template.go) or, from `kfp.Client`'s runs, beside the
+    spec in the run's `pipeline_spec` (backend/src/apiserver/server/api_util.go). Needs a
+    default StorageClass that provisions dynamically (the volume is a claim per pod)."""
+    mount = LAUNCHER_LOCAL_PATHS[pipeline_root.split("://", 1)[0]]
+    executors = {}
+    for name, task in pipeline_spec["root"]["dag"]["tasks"].items():
+        label = pipeline_spec["components"][task["componentRef"]["name"]].get("executorLabel")
+        executor = pipeline_spec["deploymentSpec"]["executors"].get(label, {})
+        if name in storage and "container" in executor:
+            executors[label] = {"genericEphemeralVolume": [{
+                "volumeName": ARTIFACT_VOLUME, "mountPath": mount,
+                "accessModes": ["ReadWriteOnce"], "size": f"{storage[name]}Gi",
+                "defaultStorageClass": True}]}
+    return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}}
+
+
+def read_package(path: str) -> tuple[dict, dict]:
+    """(pipeline spec, platform spec) of a compiled package: its YAML documents, as `kfp.Client`
+    reads them (the first is the pipeline spec, later ones the platform spec)."""
+    with open(path) as f:
+        documents = [d for d in yaml.safe_load_all(f) if d]
+    platform = {}
+    for document in documents[1:]:
+        platform.update(document)
+    return documents[0], platform
 
 
 def pipeline_spec_path(pipeline_job_file: str) -> str:
@@ -494,6 +540,6 @@ def compile_profile(profile: str, output_file: str, data_root: str, pipeline_roo
             "schema_uri": schema_uri(pipeline_root), "profile": profile,
             "grid": [cell.name for cell in config.grid], "image": cpu_image,
             "gpu_image": gpu_image, "beam_runner": beam_runner, "training": training,
-            # GB per task, estimated (KFP v2 has no per-container ephemeral-storage request:
-            # docs/operator-guide.md, "Resources").
+            # GB per task, estimated: each task's artifact volume in the platform spec
+            # (docs/operator-guide.md, "Resources").
             "ephemeral_storage_gb": storage}

@@ -14,7 +14,6 @@ import re
 import sys
 import warnings
 
-import yaml
 
 DEFAULT_CRON = "0 0 3 * * 1"   # KFP's cron has a seconds field: Mondays at 03:00:00 (UTC)
 DEFAULT_EXPERIMENT = "cardio-retraining"
@@ -46,8 +45,7 @@ def pipeline_root(package: str, override: str | None = None) -> str:
     """The root a run writes to: `override`, else the compiled spec's default."""
     from cardio.pipeline import kubeflow_runner
     if override is None:
-        with open(package) as f:
-            override = (yaml.safe_load(f) or {}).get("defaultPipelineRoot")
+        override = (kubeflow_runner.read_package(package)[0] or {}).get("defaultPipelineRoot")
         if not override:
             raise ValueError(f"{package}: the spec has no defaultPipelineRoot (compiled by an "
                              "older cardio): recompile it or pass --pipeline-root")

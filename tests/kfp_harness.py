@@ -244,7 +244,7 @@ def fingerprint(task: dict, executor_input: dict, container: dict) -> str:
 
 def load_spec(path: str) -> dict:
     """The PipelineSpec YAML as compiled (validated against KFP's proto on the way in)."""
-    spec = yaml.safe_load(Path(path).read_text())
+    spec = next(yaml.safe_load_all(Path(path).read_text()))   # the platform spec follows it
     json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())   # KFP would refuse it too
     return spec
 

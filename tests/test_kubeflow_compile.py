@@ -81,7 +81,7 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
     # The pipeline root travels with the spec KFP uploads, and with the Vertex PipelineJob.
     assert spec["defaultPipelineRoot"] == ROOTS["pipeline_root"]
     assert job["runtimeConfig"]["gcsOutputDirectory"] == ROOTS["pipeline_root"]
-    uploaded = yaml.safe_load(Path(summary["pipeline_spec"]).read_text())
+    uploaded = kubeflow_runner.read_package(summary["pipeline_spec"])[0]
     assert uploaded["defaultPipelineRoot"] == ROOTS["pipeline_root"]
 
     # Every node of the pipeline definition is a task, and nothing else.
@@ -200,7 +200,7 @@ def test_profile_compiles_with_the_pipelines_structure(compiled, profile, traini
 
     # The PipelineSpec YAML (what KFP uploads) is the job's spec, and both parse strictly as
     # kfp-pipeline-spec's protos; the schema is written beside.
-    assert yaml.safe_load((out / "cardio.yaml").read_text()) == spec
+    assert kubeflow_runner.read_package(str(out / "cardio.yaml"))[0] == spec
     json_format.ParseDict(spec, pipeline_spec_pb2.PipelineSpec())
     json_format.ParseDict(job, pipeline_spec_pb2.PipelineJob())
     assert spec["pipelineInfo"]["name"] == config.pipeline_name
@@ -254,7 +254,7 @@ def test_in_pod_beam_runs_one_worker_per_core_each_stage_requests(tmp_path):
     summary = kubeflow_runner.compile_profile(
         "demo", str(tmp_path / "c.json"), repository=REPO, tag=TAG, beam_runner="in-pod",
         resources=resources, **ROOTS)
-    spec = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    spec = kubeflow_runner.read_package(str(tmp_path / "c.yaml"))[0]
     counts = {}
     for name, executor in spec["deploymentSpec"]["executors"].items():
         container = executor.get("container")
@@ -274,7 +274,7 @@ def test_in_pod_beam_runs_one_worker_per_core_each_stage_requests(tmp_path):
     kubeflow_runner.compile_profile(
         "demo", str(tmp_path / "given.json"), repository=REPO, tag=TAG, beam_runner="in-pod",
         beam_extra=("--direct_num_workers=3",), resources=resources, **ROOTS)
-    spec = yaml.safe_load((tmp_path / "given.yaml").read_text())
+    spec = kubeflow_runner.read_package(str(tmp_path / "given.yaml"))[0]
     assert "--direct_num_workers=3" in _executor(
         {"pipelineSpec": spec}, "LungCrop")["container"]["args"]
 
@@ -295,6 +295,23 @@ def test_each_tasks_ephemeral_storage_is_estimated_from_what_the_launcher_copies
     assert storage[f"Pusher.{cell}"] == 1 + 2 + 1             # model, blessing in; pushed out
     assert "LungSegmenter" not in storage                     # an importer runs no pod
     assert json.loads(json.dumps(summary)) == summary
+    # Each estimate is requested: a generic ephemeral volume per task where the launcher keeps
+    # its copies for this root's scheme (LocalPathForURI: gs:// -> /gcs), as kfp.Client reads
+    # the package (its own parser) and sends it to the API server.
+    from kfp.client import client as kfp_client
+
+    package = kfp_client._extract_pipeline_yaml(summary["pipeline_spec"])
+    platform = json_format.MessageToDict(package.platform_spec)
+    spec = json_format.MessageToDict(package.pipeline_spec)
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for task, gb in storage.items():
+        label = spec["components"][spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]][
+            "executorLabel"]
+        (volume,) = executors[label]["genericEphemeralVolume"]
+        assert volume == {"volumeName": "launcher-artifacts", "mountPath": "/gcs",
+                          "accessModes": ["ReadWriteOnce"], "size": f"{gb}Gi",
+                          "defaultStorageClass": True}, task
+    assert len(executors) == len(storage)                     # none for the importer
 
 
 @pytest.mark.parametrize("given,expected", [
@@ -322,8 +339,8 @@ def test_both_images_are_full_references_that_may_carry_digests(tmp_path, given,
     summary = kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"), **kwargs,
                                               **ROOTS)
     assert (summary["image"], summary["gpu_image"]) == (given["image"], given["gpu_image"])
-    images = {name: executor["container"]["image"] for name, executor in yaml.safe_load(
-        (tmp_path / "c.yaml").read_text())["deploymentSpec"]["executors"].items()
+    images = {name: executor["container"]["image"] for name, executor in kubeflow_runner.read_package(
+        str(tmp_path / "c.yaml"))[0]["deploymentSpec"]["executors"].items()
         if "container" in executor}
     assert {images[n] for n in images if n.startswith("Trainer.")} == {given["gpu_image"]}
     assert {images[n] for n in images if not n.startswith("Trainer.")} == {given["image"]}
@@ -362,7 +379,7 @@ def test_a_minio_or_s3_root_compiles_for_the_launchers_local_copies(root, tmp_pa
     pipeline/kfp_entrypoint.py); tests/test_kubeflow_executed.py runs one."""
     kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"),
                                     **{**ROOTS, "pipeline_root": root})
-    spec = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    spec = kubeflow_runner.read_package(str(tmp_path / "c.yaml"))[0]
     assert spec["defaultPipelineRoot"] == root
     commands = {e["container"]["command"][-1] for e in spec["deploymentSpec"]["executors"].values()
                 if "container" in e}

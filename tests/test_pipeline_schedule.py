@@ -7,10 +7,8 @@ the namespace's default store, MinIO on a stock install, which TensorFlow cannot
 import http.server
 import json
 import threading
-from pathlib import Path
 
 import pytest
-import yaml
 from click.testing import CliRunner
 from json_http import JsonHandler
 
@@ -148,8 +146,11 @@ def test_schedule_creates_a_weekly_recurring_run_of_the_compiled_spec(api, packa
     assert job["display_name"] == "cardio-retraining"
     # The spec is the compiled one, as compiled; no parameter overrides its defaults, so each
     # run reads the newest span with the profile's training arguments.
-    compiled = yaml.safe_load(Path(package).read_text())
-    assert job["pipeline_spec"] == compiled
+    compiled, platform = kubeflow_runner.read_package(package)
+    # kfp.Client sends both documents of the package: the spec and its platform spec (each
+    # task's artifact volume), as the API server takes them.
+    assert job["pipeline_spec"] == {"pipeline_spec": compiled, "platform_spec": platform}
+    assert platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert not job["runtime_config"].get("parameters")
     assert compiled["defaultPipelineRoot"] == "gs://b/root"
     assert job["runtime_config"]["pipeline_root"] == "gs://b/root"
@@ -163,8 +164,10 @@ def test_submit_starts_one_run(api, package):
                        "pipeline_root": "gs://b/root"}
     (run,) = api.bodies("POST", "/apis/v2beta1/runs")
     assert run["display_name"] == "weekly"
-    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "cardiomegaly-demo"
-    assert run["pipeline_spec"]["defaultPipelineRoot"] == "gs://b/root"
+    # kfp.Client sends the spec and its platform spec together (the artifact volumes).
+    assert set(run["pipeline_spec"]) == {"pipeline_spec", "platform_spec"}
+    assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "cardiomegaly-demo"
+    assert run["pipeline_spec"]["pipeline_spec"]["defaultPipelineRoot"] == "gs://b/root"
     assert run["runtime_config"]["pipeline_root"] == "gs://b/root"
 
 
