@@ -112,6 +112,14 @@ def write_pointer(uri: str, pipeline: str, cell: str, found: dict | None) -> dic
     return pointer
 
 
+# Set by the Kubeflow container entrypoint (pipeline/kfp_entrypoint.py): artifact ids there are
+# hashes of KFP's runtime artifact names, and TFX's entrypoint can name only the task's own
+# inputs and outputs when it rewrites a blessing's model ids
+# (tfx/orchestration/kubeflow/v2/container/kubeflow_v2_entrypoint_utils.py,
+# refactor_model_blessing), so a baseline must be recorded by the input that brought it.
+KFP_RUNTIME_ENV = "CARDIO_KFP_RUNTIME"
+
+
 def read_pointer(artifact) -> dict | None:
     """The lookup's answer, or None when the artifact holds no pointer (a real Model). On the
     open-source Kubeflow backend with a MinIO/S3 root the lookup's output *is* the blessed model

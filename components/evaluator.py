@@ -164,8 +164,10 @@ class Executor(tfx_evaluator.Executor):
             # Evaluate the blessed model itself (not a copy); the blessing records its uri and id.
             model = standard_artifacts.Model()
             model.uri = pointer["model_uri"]
-            if pointer.get("model_id"):
-                model.id = int(pointer["model_id"])
+            if os.environ.get(baseline_lib.KFP_RUNTIME_ENV):
+                model.id = lookups[0].id   # the input that brought it (its runtime name)
+            elif pointer.get("model_id"):
+                model.id = int(pointer["model_id"])   # the blessed model's own MLMD id
             input_dict[keys.BASELINE_MODEL_KEY] = [model]
         else:
             input_dict[keys.BASELINE_MODEL_KEY] = []   # the cell's first model: floors only

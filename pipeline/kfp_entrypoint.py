@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from tfx.orchestration.kubeflow.v2.container import kubeflow_v2_run_executor as tfx_entry
 
+    from cardio.components import baseline
+    os.environ[baseline.KFP_RUNTIME_ENV] = "1"   # artifact ids are hashes of runtime names
+
     # TFX's own entrypoint, as the compiled command would have run it (less absl's app.run,
     # which would hand the program name to Beam as an argument).
     tfx_entry.main(tfx_entry._parse_flags(argv))   # pylint: disable=protected-access

@@ -308,6 +308,13 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
                          f"{', '.join(TRAINING_MODES)}")
     check_pipeline_root(pipeline_root)
     storage = {} if storage is None else storage
+    claims = {}
+    for key in CLAIM_MOUNTS:   # roots on a claim: the path where its tasks mount it
+        claim = claim_root(key, {"data_root": data_root, "serving_root": serving_root}[key])
+        if claim:
+            claims[key] = claim[0]
+            data_root, serving_root = ((claim[1], serving_root) if key == "data_root"
+                                       else (data_root, claim[1]))
     gpu_image = gpu_image or image
     if beam_args is not None:
         config = dataclasses.replace(config, beam_pipeline_args=tuple(beam_args))
@@ -391,8 +398,9 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
     # Kubeflow Pipelines uploads and runs the PipelineSpec itself, as YAML, with its platform
     # spec (each task's artifact volume) as a second document, as the KFP SDK writes it.
     with open(pipeline_spec_path(output_file), "w") as f:
-        yaml.safe_dump_all([job["pipelineSpec"], platform_spec(job["pipelineSpec"], pipeline_root,
-                                                               storage)], f, sort_keys=True)
+        yaml.safe_dump_all([job["pipelineSpec"], platform_spec(
+            job["pipelineSpec"], pipeline_root, storage, claims)],
+            f, sort_keys=True)
     return output_file
 
 
@@ -401,9 +409,28 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
 # before the executor starts, outputs uploaded from there after it.
 LAUNCHER_LOCAL_PATHS = {"gs": "/gcs", "minio": "/minio", "s3": "/s3"}
 ARTIFACT_VOLUME = "launcher-artifacts"
+# A data or serving root on a PersistentVolumeClaim (`pvc://CLAIM[/PATH]`), for clusters whose
+# object store TensorFlow cannot read or write (MinIO, S3): the tasks that use the root mount the
+# claim (ImportExampleGen at /data, the Pushers at /serving) and read or write the path there;
+# TF Serving mounts the serving claim read-only (kubernetes/overlays/onprem).
+PVC_SCHEME = "pvc://"
+CLAIM_MOUNTS = {"data_root": ("/data", ("ImportExampleGen",)),
+                "serving_root": ("/serving", ("Pusher.",))}
 
 
-def platform_spec(pipeline_spec: dict, pipeline_root: str, storage: dict) -> dict:
+def claim_root(key: str, root: str) -> tuple[str, str] | None:
+    """(claim, the path the tasks use in their pods) of a `pvc://CLAIM[/PATH]` root, else None."""
+    if not root.startswith(PVC_SCHEME):
+        return None
+    claim, _, path = root[len(PVC_SCHEME):].partition("/")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", claim or ""):
+        raise ValueError(f"{key} {root!r}: {claim!r} is not a claim name (a Kubernetes name: "
+                         "lower case letters, digits and '-')")
+    return claim, f"{CLAIM_MOUNTS[key][0]}/{path}".rstrip("/")
+
+
+def platform_spec(pipeline_spec: dict, pipeline_root: str, storage: dict,
+                  claims: dict | None = None) -> dict:
     """KFP's Kubernetes platform spec for the compiled pipeline: every container task gets a
     generic ephemeral volume at the launcher's local path for the root's scheme, sized from its
     estimate (`Resources.ephemeral_storage_gb`), so the copies the launcher makes are requested
@@ -414,7 +441,9 @@ def platform_spec(pipeline_spec: dict, pipeline_root: str, storage: dict) -> dic
     uploaded package's second YAML document (`IsPlatformSpecWithKubernetesConfig`,
     backend/src/apiserver/template/v2_template.go) or, from `kfp.Client`'s runs, beside the
     spec in the run's `pipeline_spec` (backend/src/apiserver/server/api_util.go). Needs a
-    default StorageClass that provisions dynamically (the volume is a claim per pod)."""
+    default StorageClass that provisions dynamically (the volume is a claim per pod).
+    `claims` ({root key: claim name}, `claim_root`): the tasks that use that root also mount the
+    claim (`PvcMount`; the driver's `makeVolumeMountPatch`, backend/src/v2/driver/k8s.go)."""
     mount = LAUNCHER_LOCAL_PATHS[pipeline_root.split("://", 1)[0]]
     executors = {}
     for name, task in pipeline_spec["root"]["dag"]["tasks"].items():
@@ -425,6 +454,12 @@ def platform_spec(pipeline_spec: dict, pipeline_root: str, storage: dict) -> dic
                 "volumeName": ARTIFACT_VOLUME, "mountPath": mount,
                 "accessModes": ["ReadWriteOnce"], "size": f"{storage[name]}Gi",
                 "defaultStorageClass": True}]}
+            for key, claim in (claims or {}).items():
+                claim_mount, tasks = CLAIM_MOUNTS[key]
+                if name.startswith(tasks):
+                    executors[label].setdefault("pvcMount", []).append({
+                        "pvcNameParameter": {"runtimeValue": {"constant": claim}},
+                        "mountPath": claim_mount})
     return {"platforms": {"kubernetes": {"deploymentSpec": {"executors": executors}}}}
 
 
@@ -474,9 +509,27 @@ def check_cluster_places(config: PipelineConfig, data_root: str, pipeline_root: 
     (backend/src/v2/component/importer_launcher.go: `ParseProviderFromPath`, "no provider scheme
     found in artifact URI"). Weights may also be `image` (baked into the image) or `random`.
     `compile_pipeline` does not check: tests execute compiled specs on this machine."""
-    problems = []
+    problems, checked = [], set()
+    for key, value in (("data_root", data_root), ("serving_root", serving_root)):
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme in ("minio", "s3"):   # not artifacts: no launcher copies them
+            what = "ImportExampleGen reads" if key == "data_root" else "the Pushers write"
+            problems.append(
+                f"{key} {value!r}: {what} it with TensorFlow's file systems, which have no "
+                f"{scheme}:// here; put it on a claim the pods mount, --{key.replace('_', '-')} "
+                "pvc://CLAIM/PATH (docs/operator-guide.md, 'On-prem object storage')")
+        elif value.startswith(PVC_SCHEME):
+            try:
+                claim_root(key, value)
+            except ValueError as error:
+                problems.append(str(error))
+        else:
+            continue
+        checked.add(key)
     for key, value in (("data_root", data_root), ("pipeline_root", pipeline_root),
                        ("serving_root", serving_root), ("segmenter_uri", config.segmenter_uri)):
+        if key in checked:
+            continue
         why = _local(value) if value else None
         if why:
             shipped = (" (`shipped`: the package directory of the compiling machine; upload "

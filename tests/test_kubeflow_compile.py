@@ -419,10 +419,12 @@ def test_compile_for_a_cluster_refuses_every_place_of_the_compiling_machine(tmp_
         with pytest.raises(ValueError, match=f"{key} '{value}': {reason}"):
             kubeflow_runner.compile_profile("demo", str(output), **{**ROOTS, key: value})
     assert not output.exists()
-    # Object-store URIs of every kind a KFP pod reads pass this check.
+    # Object-store URIs of every kind a KFP pod reads pass this check (artifacts through the
+    # launcher; data and serving roots on gs:// or on a claim).
     config = dataclasses.replace(_config("demo"), weights="gs://b/weights",
                                  segmenter_uri="minio://b/unet")
-    kubeflow_runner.check_cluster_places(config, "s3://b/data", "gs://b/root", "gs://b/serving")
+    kubeflow_runner.check_cluster_places(config, "gs://b/data", "s3://b/root", "gs://b/serving")
+    kubeflow_runner.check_cluster_places(config, "pvc://data", "minio://b/root", "pvc://models")
 
 
 def test_compile_refuses_what_cannot_run():
@@ -481,3 +483,49 @@ def test_every_artifact_type_resolves_to_its_class_in_the_kubeflow_entrypoint(co
                 assert issubclass(cls, Artifact) and cls.TYPE_NAME in (title, title[4:]), title
                 titles.add(title)
     assert {"cardio.DatasetReport", "cardio.ModelCard", "cardio.ModelComparison"} <= titles
+
+
+def test_data_and_serving_roots_on_claims_for_an_object_store_tensorflow_cannot_reach(tmp_path):
+    """On MinIO/S3 (the open-source backend's default store) artifacts travel through the
+    launcher, but ImportExampleGen reads the data root and the Pushers write the serving root
+    with TensorFlow's own file systems: those roots go on claims (`pvc://CLAIM/PATH`) that only
+    the tasks using them mount, as the driver mounts a PvcMount; a minio:// or s3:// data or
+    serving root is refused, naming the key and the way out."""
+    from kfp.client import client as kfp_client
+
+    roots = dict(data_root="pvc://cardio-data/spans", pipeline_root="minio://cardio/root",
+                 serving_root="pvc://cardio-models", segmenter_uri="minio://cardio/unet")
+    summary = kubeflow_runner.compile_profile("demo", str(tmp_path / "c.json"), repository=REPO,
+                                              tag=TAG, **roots)
+    package = kfp_client._extract_pipeline_yaml(summary["pipeline_spec"])
+    spec = json_format.MessageToDict(package.pipeline_spec)
+    executors = json_format.MessageToDict(package.platform_spec)[
+        "platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    mounts = {}
+    for task_name, task in spec["root"]["dag"]["tasks"].items():
+        label = spec["components"][task["componentRef"]["name"]].get("executorLabel")
+        config = executors.get(label, {})
+        mounts[task_name] = [(m["pvcNameParameter"]["runtimeValue"]["constant"], m["mountPath"])
+                             for m in config.get("pvcMount", [])]
+        if config:
+            assert config["genericEphemeralVolume"][0]["mountPath"] == "/minio", task_name
+    cells = summary["grid"]
+    assert mounts["ImportExampleGen"] == [("cardio-data", "/data")]
+    for cell in cells:
+        assert mounts[f"Pusher.{cell}"] == [("cardio-models", "/serving")]
+        destination = json.loads(spec["root"]["dag"]["tasks"][f"Pusher.{cell}"]["inputs"][
+            "parameters"]["push_destination"]["runtimeValue"]["constant"])
+        assert destination["filesystem"]["base_directory"] == f"/serving/{cell}"
+    assert sum(bool(m) for m in mounts.values()) == 1 + len(cells)   # no other task mounts them
+    data_root = spec["root"]["inputDefinitions"]["parameters"]["data_root"]["defaultValue"]
+    assert data_root == "/data/spans"
+
+    for key, value, message in (
+            ("serving_root", "minio://cardio/serving", "serving_root 'minio://cardio/serving': "
+             "the Pushers write it with TensorFlow's file systems, which have no minio://"),
+            ("data_root", "s3://cardio/data", "data_root 's3://cardio/data': ImportExampleGen "
+             "reads it"),
+            ("serving_root", "pvc://Models_1", "'Models_1' is not a claim name")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            kubeflow_runner.compile_profile("demo", str(tmp_path / "x.json"), repository=REPO,
+                                            tag=TAG, **{**roots, key: value})

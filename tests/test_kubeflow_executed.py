@@ -304,4 +304,7 @@ def test_the_whole_grid_runs_and_a_second_run_finds_the_first_runs_blessed_model
         assert given["uri"] == first_model
         blessing = second.artifact(f"Evaluator.{cell}", "blessing")
         assert blessing["metadata"]["baseline_model"] == first_model
+        # TFX's entrypoint names the baseline by the input that brought it (ids are hashes of
+        # runtime names there: kubeflow_v2_entrypoint_utils.refactor_model_blessing).
+        assert blessing["metadata"]["baseline_model_id"] == given["name"]
         assert _blessed(blessing)   # the plumbing gate tolerates any change

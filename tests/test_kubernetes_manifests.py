@@ -15,10 +15,11 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 from cardio.components import tfjob_trainer
+from cardio.pipeline import kubeflow_runner
 
 KUBERNETES = Path(__file__).resolve().parents[1] / "kubernetes"
 KUBERNETES_VERSION = "1.33.0"   # the oldest release the manifests target (CronJob timeZone: 1.27+)
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "onprem")
 POD_OWNERS = ("Deployment", "CronJob")
 GUIDE = KUBERNETES.parent / "docs" / "operator-guide.md"
 # checkov's Kubernetes checks that do not apply here, each with the reason:
@@ -62,6 +63,19 @@ def one(documents, kind, name=None):
     return found[0]
 
 
+def serving_root(documents) -> str:
+    """The Pushers' serving root the overlay's retraining compiles with (gs:// read by TF Serving
+    itself, or pvc://CLAIM mounted by TF Serving on-premise)."""
+    return retraining_env(documents)["SERVING_ROOT"]
+
+
+def retraining_env(documents) -> dict:
+    """The retraining CronJob's environment (its ConfigMap's name carries kustomize's hash)."""
+    cronjob = one(documents, "CronJob", "cardio-retraining")
+    return one(documents, "ConfigMap", pod_spec(cronjob)["spec"]["containers"][0]["envFrom"][0][
+        "configMapRef"]["name"])["data"]
+
+
 def pod_spec(document):
     if document["kind"] == "CronJob":
         return document["spec"]["jobTemplate"]["spec"]["template"]
@@ -81,9 +95,10 @@ def test_overlay_validates_strictly(overlay, tmp_path):
     assert all(d["apiVersion"].split("/")[0] in {"v1", "apps", "batch", "autoscaling", "policy",
                                                   "networking.k8s.io"} for d in documents)
     validate(documents, tmp_path, name)
-    namespace = {"dev": "cardio-dev", "prod": "cardio"}[name]
-    assert {d["metadata"].get("namespace") for d in documents if d["kind"] != "Namespace"} == \
-        {namespace}
+    namespace = {"dev": "cardio-dev", "prod": "cardio", "onprem": "cardio"}[name]
+    # Namespaced kinds only (a PersistentVolume belongs to the cluster).
+    assert {d["metadata"].get("namespace") for d in documents
+            if d["kind"] not in ("Namespace", "PersistentVolume")} == {namespace}
     # The namespace is part of the overlay, with Pod Security admission enforcing `restricted`.
     labels = one(documents, "Namespace", namespace)["metadata"]["labels"]
     for mode in ("enforce", "audit", "warn"):
@@ -133,7 +148,8 @@ def test_pods_meet_the_restricted_pod_security_profile(overlay):
         account = one(documents, "ServiceAccount", spec["serviceAccountName"])
         assert account["automountServiceAccountToken"] is False, where
         if where == "tf-serving":
-            assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
+            if serving_root(documents).startswith("gs://"):
+                assert account["metadata"]["annotations"]["iam.gke.io/gcp-service-account"]
             assert not any(v.get("projected") for v in spec.get("volumes", [])), where
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
         for container in spec["containers"]:
@@ -177,21 +193,32 @@ def test_tf_serving_container_and_probes(overlay):
                                model_server_config_pb2.ModelServerConfig())
     served = models.model_config_list.config
     assert served and all(m.model_platform == "tensorflow" for m in served)
-    # TF Serving reads the models where the Pusher writes them: the retraining's serving root
-    # (gs://, read by TF Serving itself), no volume in between that nothing fills.
+    # TF Serving reads the models where the Pusher writes them: the retraining's serving root,
+    # gs:// (read by TF Serving itself, no volume in between that nothing fills) or, on-premise,
+    # the claim the Pushers write (pvc://CLAIM), mounted read-only where models.config looks.
     cronjob = one(documents, "CronJob", "cardio-retraining")
     env = one(documents, "ConfigMap",
               pod_spec(cronjob)["spec"]["containers"][0]["envFrom"][0]["configMapRef"]["name"])
-    serving_root = env["data"]["SERVING_ROOT"]
-    assert serving_root.startswith("gs://")
-    assert not by_kind(documents, "PersistentVolumeClaim")
-    assert {m["name"] for m in container["volumeMounts"]} == {"config", "tmp"}
+    root = env["data"]["SERVING_ROOT"]
+    if root.startswith("gs://"):
+        assert not by_kind(documents, "PersistentVolumeClaim")
+        assert {m["name"] for m in container["volumeMounts"]} == {"config", "tmp"}
+        base = root
+    else:
+        claim, mount_path = kubeflow_runner.claim_root("serving_root", root)
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] not in ("config", "tmp")]
+        volume = next(v for v in template["spec"]["volumes"] if v["name"] == mount["name"])
+        assert volume["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}
+        assert mount["readOnly"] is True and mount["mountPath"] == mount_path
+        assert one(documents, "PersistentVolumeClaim", claim)["spec"]["accessModes"] == \
+            ["ReadOnlyMany"]
+        base = mount_path
     for model in served:
-        assert model.base_path == f"{serving_root}/{model.name}"
+        assert model.base_path == f"{base}/{model.name}"
         # Every label points at a version the policy loads.
         assert set(model.version_labels.values()) <= set(model.model_version_policy.specific.versions)
     labels = {label for m in served for label in m.version_labels}
-    assert labels == ({"stable"} if name == "prod" else {"stable", "canary"})
+    assert labels == ({"stable"} if name in ("prod", "onprem") else {"stable", "canary"})
 
     # TF Serving has no gRPC health service: readiness is the REST model status of the served
     # model's `stable` version, liveness a TCP check of the gRPC port.
@@ -341,7 +368,8 @@ def test_checkov_passes_every_rendered_overlay(tmp_path):
         pytest.skip(f"checkov could not be installed (tools/checkov.sh): {result.stderr[-500:]}")
     checkov = result.stdout.strip()
     count = 0
-    for path in ("overlays/dev", "overlays/prod", "kubeflow"):
+    for path in ("overlays/dev", "overlays/prod", "overlays/onprem", "kubeflow",
+                 "kubeflow-onprem"):
         documents = render(KUBERNETES / path)
         count += len(documents)
         (tmp_path / f"{path.replace('/', '-')}.yaml").write_text(yaml.safe_dump_all(documents))
@@ -364,3 +392,37 @@ def test_kustomizations_render_without_warnings(path):
     result = subprocess.run(["kubectl", "kustomize", str(KUBERNETES / path)], capture_output=True,
                             text=True, env={**os.environ, "NO_COLOR": "1"})
     assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+def test_onprem_pushers_and_tf_serving_share_one_export(tmp_path):
+    """On-premise: the compiled pipeline's Pushers mount the claim the retraining's serving root
+    names, in the pipelines namespace (kubernetes/kubeflow-onprem), on the same NFS export TF
+    Serving's read-only claim shows (kubernetes/overlays/onprem); both validate strictly."""
+    serving = render(KUBERNETES / "overlays" / "onprem")
+    pipelines = render(KUBERNETES / "kubeflow-onprem")
+    validate(pipelines, tmp_path, "kubeflow-onprem")
+    env = retraining_env(serving)
+    claim, _ = kubeflow_runner.claim_root("serving_root", env["SERVING_ROOT"])
+    writer = one(pipelines, "PersistentVolumeClaim", claim)
+    assert writer["metadata"]["namespace"] == env["KFP_NAMESPACE"]
+    assert writer["spec"]["accessModes"] == ["ReadWriteMany"]
+    reader = one(serving, "PersistentVolumeClaim", claim)
+    exports = []
+    for documents, bound in ((pipelines, writer), (serving, reader)):
+        volume = one(documents, "PersistentVolume", bound["spec"]["volumeName"])
+        assert volume["spec"]["claimRef"] == {"name": claim,
+                                              "namespace": bound["metadata"]["namespace"]}
+        exports.append((volume["spec"]["nfs"]["server"], volume["spec"]["nfs"]["path"]))
+    assert exports[0] == exports[1]
+    # The pipeline compiled from this overlay's roots mounts that claim in its Pushers only.
+    summary = kubeflow_runner.compile_profile(
+        "demo", str(tmp_path / "c.json"), data_root=env["DATA_ROOT"],
+        pipeline_root=env["PIPELINE_ROOT"], serving_root=env["SERVING_ROOT"],
+        segmenter_uri=env["SEGMENTER_URI"])
+    _, platform = kubeflow_runner.read_package(summary["pipeline_spec"])
+    mounted = {label: [m["pvcNameParameter"]["runtimeValue"]["constant"]
+                       for m in config.get("pvcMount", [])]
+               for label, config in platform["platforms"]["kubernetes"]["deploymentSpec"][
+                   "executors"].items()}
+    assert {label for label, claims in mounted.items() if claim in claims} == {
+        f"Pusher.{cell}_executor" for cell in summary["grid"]}
