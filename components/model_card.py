@@ -253,13 +253,18 @@ def render_ctr(ctr: dict | None) -> list:
         return ["Not served: the export has no heart U-Net beside its lung U-Net."]
     heart = ctr["heart_segmenter"]
     held = heart.get("held_out") or {}
+    agreement = heart.get("ctr_held_out")
     return [f"Served beside the probability: {', '.join(f'`{o}`' for o in ctr['outputs'] or [])}"
             f". The heart U-Net `{str(heart.get('weights_sha256', ''))[:12]}` has a held-out "
             f"Dice of {_figure({'value': held['dice']}) if 'dice' in held else 'unknown'} "
             f"(n={held.get('n', '-')}); trained on {heart.get('training_data', 'unknown data')}. "
-            "The CTR's agreement with ground truth and its AUC beside this model's on the same "
-            "images are in the model comparison report (section 'Cardiothoracic ratio beside "
-            "the champion')."]
+            + (f"CTR agreement on those held-out radiographs: MAE {agreement['mae']:.3f}, bias "
+               f"{agreement['bias']:+.3f}, Pearson r {agreement['pearson_r']:.2f} "
+               f"(n={agreement['n']}; {agreement.get('measured_by', 'measured')}). "
+               if agreement else "No CTR agreement was measured for these weights. ")
+            + "The CTR's AUC beside this model's on the same images, and its agreement on this "
+            "run's sites where they carry a ground-truth ratio, are in the model comparison "
+            "report (section 'Cardiothoracic ratio beside the champion')."]
 
 
 COUNTS = ("example_count", "tp", "fp", "tn", "fn")   # shown without an interval
