@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from cardio.evaluation.comparison import agreement   # as the model comparison reports it
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WINGSPAN = os.path.join(os.path.dirname(REPO), "shared", "data", "wingspan-ctr-512")
 BATCH = 16
@@ -42,14 +44,6 @@ def _measure_files(measure, encoded: list) -> dict:
         out["thorax_box"].append(thorax.numpy())
         out["flags"].append(flags.numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def agreement(truth, predicted) -> dict:
-    truth, predicted = np.asarray(truth, float), np.asarray(predicted, float)
-    error = predicted - truth
-    return {"n": int(truth.size), "mae": float(np.abs(error).mean()), "bias": float(error.mean()),
-            "pearson_r": float(np.corrcoef(truth, predicted)[0, 1]),
-            "max_abs_error": float(np.abs(error).max())}
 
 
 def _measured_agreement(truth, predicted) -> dict:

@@ -314,8 +314,7 @@ class Executor(base_executor.BaseExecutor):
 def copy_site_figure(report_uri: str, local: str) -> dict:
     """The CropReport's t-SNE by site (before and after the crop) and its separability AUCs,
     copied beside the comparison report: {"site_auc_raw", "site_auc_cropped", "images", "plot"}."""
-    with tf.io.gfile.GFile(os.path.join(report_uri, crop_report_lib.REPORT_JSON)) as f:
-        figures = json.load(f)
+    figures = _read_json(os.path.join(report_uri, crop_report_lib.REPORT_JSON))
     tf.io.gfile.copy(os.path.join(report_uri, crop_report_lib.REPORT_PNG),
                      os.path.join(local, crop_report_lib.REPORT_PNG), overwrite=True)
     return {**figures, "plot": crop_report_lib.REPORT_PNG}

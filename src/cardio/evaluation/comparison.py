@@ -236,6 +236,16 @@ def _slice_row(name, site, feature, value, labels, scores, threshold, status) ->
 CTR_ABOVE = float(np.nextafter(0.5, 1.0))
 
 
+def agreement(truth, measured) -> dict:
+    """A measured ratio against its ground truth: n, mean absolute error, bias, Pearson r and
+    the largest error (the comparison's CTR rows and `benchmarks ctr` alike)."""
+    truth, measured = np.asarray(truth, float), np.asarray(measured, float)
+    error = measured - truth
+    return {"n": int(truth.size), "mae": float(np.abs(error).mean()), "bias": float(error.mean()),
+            "pearson_r": float(np.corrcoef(truth, measured)[0, 1]),
+            "max_abs_error": float(np.abs(error).max())}
+
+
 def ctr_reference(labels_by_group: dict, measured_by_group: dict, truth_by_group: dict,
                   champion_by_group: dict | None) -> dict:
     """The cardiothoracic ratio the served graph measures (cardio.imaging.ctr), as a score beside
@@ -265,10 +275,7 @@ def ctr_reference(labels_by_group: dict, measured_by_group: dict, truth_by_group
         truth = np.asarray(truth_by_group.get(group, []), float)
         known = ok & np.isfinite(truth) if truth.size else np.zeros_like(ok)
         if known.sum() > 2:
-            error = ratio[known] - truth[known]
-            row["agreement"] = {"n": int(known.sum()), "mae": float(np.abs(error).mean()),
-                                "bias": float(error.mean()),
-                                "pearson_r": float(np.corrcoef(truth[known], ratio[known])[0, 1])}
+            row["agreement"] = agreement(truth[known], ratio[known])
         rows[group] = row
     return rows
 
