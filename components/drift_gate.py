@@ -3,19 +3,27 @@
 A site that changes its scanner, its export (8-bit instead of 16-bit) or its population passes
 the schema (ExampleValidator) and would be trained on without a word. The gate compares, split
 by split, this run's StatisticsGen output with the statistics of the newest earlier span it
-accepted (found in MLMD through its own stamped outputs),
-using TFDV's own drift comparators (`validate_statistics(..., previous_statistics=...)`):
+accepted, using TFDV's own drift comparators (`validate_statistics(..., previous_statistics=...)`):
 L-infinity distance on the categorical features (site, sex, age band, label, stored bit depth)
 and Jensen-Shannon divergence on the numeric ones (image height and width). Past the pipeline
 configuration's thresholds it records the anomalies (an ExampleAnomalies artifact laid out like
 ExampleValidator's) and fails its execution, so no Trainer starts; on a pipeline's first span
 there is nothing to compare and it passes.
 
+`PreviousStatisticsLookup` finds those earlier statistics in MLMD (through the gate's own stamped
+outputs) and hands them to the gate as an input artifact, *by reference*, as BaselineLookup hands
+the Evaluator its baseline (components/baseline.py): `previous.json` names the statistics' URI,
+and on the open-source Kubeflow backend with a MinIO/S3 root the lookup's output is reported
+with that URI (pipeline/kfp_entrypoint.py), so the gate's launcher downloads the statistics like
+any input (`launcher_v2.go`, `downloadArtifacts`) and no TensorFlow file system for the object
+store is needed.
+
 It first checks the evaluated splits (validation, test, external) hold at least the
 configuration's `min_split_positives` cardiomegaly images each, from the same statistics, and
 fails naming the split and its count when one does not.
 """
 
+import json
 import logging
 import os
 
@@ -35,6 +43,9 @@ DRIFT_TYPES = {anomalies_pb2.AnomalyInfo.COMPARATOR_L_INFTY_HIGH,
                anomalies_pb2.AnomalyInfo.COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH}
 ANOMALIES_TYPES = ("ExampleAnomalies", "tfx.ExampleAnomalies")  # TFX's name; KFP v2's
 PIPELINE, SPAN, STATISTICS_URI = "cardio_drift_pipeline", "span", "statistics_uri"  # on the output
+# On the lookup's output: this run's span, the earlier one, and the statistics it stands for.
+CURRENT_SPAN, PREVIOUS_SPAN, PREVIOUS_URI = "current_span", "previous_span", "previous_statistics_uri"
+POINTER_FILE = "previous.json"
 STATS_FILE = "FeatureStats.pb"   # StatisticsGen's file in each Split-<name> directory
 SCHEMA_FILE = "schema.pbtxt"     # in a Schema artifact (ImportSchemaGen writes this name)
 
@@ -147,25 +158,77 @@ def find_previous(store, pipeline: str, current_span: int) -> dict | None:
         except errors.NotFoundError:
             continue
     earlier = [a for a in found if a.state == metadata_store_pb2.Artifact.LIVE
-               and _property(a, PIPELINE) == pipeline and _property(a, SPAN) is not None
-               and int(_property(a, SPAN)) < current_span]
+               and _property(a, PIPELINE) == pipeline and _stamped_span(a) is not None
+               and _stamped_span(a) < current_span]
     if not earlier:
         return None
-    latest = max(earlier, key=lambda a: (int(_property(a, SPAN)), a.create_time_since_epoch, a.id))
-    return {"span": int(_property(latest, SPAN)), "id": latest.id,
+    latest = max(earlier, key=lambda a: (_stamped_span(a), a.create_time_since_epoch, a.id))
+    return {"span": _stamped_span(latest), "id": latest.id,
             "statistics_uri": _property(latest, STATISTICS_URI)}
 
 
+def _stamped_span(artifact) -> int | None:
+    """The span the gate stamped on its output. ExampleAnomalies has a `span` property of its
+    own, so TFX's Kubeflow entrypoint reports the custom one as `custom:span` metadata
+    (kubeflow_v2_entrypoint_utils.py, `_get_json_metadata_mapping`), which KFP's launcher records
+    in MLMD under that name; a local run records `span`."""
+    value = _property(artifact, SPAN)
+    if value is None:
+        value = _property(artifact, "custom:" + SPAN)
+    return None if value is None else int(value)
+
+
+def _span(examples) -> int:
+    """ExampleGen's span: TFX's driver stamps it as a custom property (on Kubeflow it travels as
+    `custom:span` metadata and comes back as one: kubeflow_v2_entrypoint_utils.py,
+    `_parse_raw_artifact`, maybe as a double); the typed property is the fallback."""
+    if examples.has_custom_property(SPAN):
+        return int(examples.get_custom_property(SPAN) or 0)
+    return int(examples.span or 0)
+
+
+def read_previous(artifact) -> dict | None:
+    """The lookup's answer as {"span", "statistics_uri"}, or None on a pipeline's first span.
+    With a MinIO/S3 root the artifact *is* the earlier statistics (downloaded by the launcher)."""
+    path = os.path.join(artifact.uri, POINTER_FILE)
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            pointer = json.load(f)
+        return pointer if pointer.get("statistics_uri") else None
+    if not artifact.has_custom_property(PREVIOUS_SPAN):
+        return None
+    return {"span": int(artifact.get_custom_property(PREVIOUS_SPAN)), "statistics_uri": artifact.uri}
+
+
 @component
-def DriftGate(examples: InputArtifact[Examples], statistics: InputArtifact[ExampleStatistics],
+def PreviousStatisticsLookup(examples: InputArtifact[Examples],
+                             previous: OutputArtifact[ExampleStatistics],
+                             pipeline_name: Parameter[str], metadata_connection: Parameter[str]):
+    # Its input is the span's examples, which alone carry the span (StatisticsGen's output does
+    # only on Kubeflow); it reruns exactly when they are new.
+    span = _span(examples)
+    found = find_previous(open_store(metadata_connection), pipeline_name, span)
+    logging.info("span %d: previous span's statistics: %s", span, found or "none")
+    pointer = {"span": None, "statistics_uri": None, **(found or {})}
+    tf.io.gfile.makedirs(previous.uri)
+    with tf.io.gfile.GFile(os.path.join(previous.uri, POINTER_FILE), "w") as f:
+        json.dump(pointer, f, indent=2)
+    previous.set_int_custom_property(CURRENT_SPAN, span)
+    if found:
+        previous.set_int_custom_property(PREVIOUS_SPAN, found["span"])
+        previous.set_string_custom_property(PREVIOUS_URI, found["statistics_uri"])
+
+
+@component
+def DriftGate(statistics: InputArtifact[ExampleStatistics],
+              previous_statistics: InputArtifact[ExampleStatistics],
               schema: InputArtifact[Schema], drift: OutputArtifact[ExampleAnomalies],
-              pipeline_name: Parameter[str], metadata_connection: Parameter[str],
+              pipeline_name: Parameter[str],
               max_categorical_linf: Parameter[float], max_numeric_jsd: Parameter[float],
               min_split_positives: Parameter[int] = 0, evaluated_splits: Parameter[str] = ""):
     from google.protobuf import text_format
 
-    # ExampleGen stamps the span as a custom property (KFP may store it as a double).
-    span = int(examples.get_custom_property("span") or 0)
+    span = int(previous_statistics.get_custom_property(CURRENT_SPAN) or 0)   # the lookup's
     # Before any drift: a split too small to judge stops the run on every orchestrator (the
     # command line's pre-run check says the same before anything starts).
     small = too_few_positives(statistics.uri, [s for s in evaluated_splits.split(",") if s],
@@ -173,14 +236,14 @@ def DriftGate(examples: InputArtifact[Examples], statistics: InputArtifact[Examp
     if small:
         raise TooFewPositives(f"span {span}: too few positives to calibrate, threshold or gate "
                               f"on; nothing will be trained:\n  " + "\n  ".join(small))
-    previous = find_previous(open_store(metadata_connection), pipeline_name, span)
+    previous = read_previous(previous_statistics)
     drift.set_string_custom_property(PIPELINE, pipeline_name)
     drift.set_int_custom_property(SPAN, span)
     drift.set_string_custom_property(STATISTICS_URI, statistics.uri)
     if previous is None:
         logging.info("span %d: no earlier span's statistics; nothing to compare", span)
         return
-    drift.set_int_custom_property("previous_span", previous["span"])
+    drift.set_int_custom_property(PREVIOUS_SPAN, previous["span"])
     # The pipeline's schema artifact (ImportSchemaGen's, or on Kubeflow the imported one, which
     # the launcher downloads like any input): one schema.pbtxt in its directory.
     schema_text = tf.io.gfile.GFile(os.path.join(schema.uri, SCHEMA_FILE)).read()

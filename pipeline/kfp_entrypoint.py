@@ -39,11 +39,13 @@ import sys
 LOCAL_PATH_SCHEMES = {"minio://": "minio", "s3://": "s3"}
 LOCAL_ROOT_ENV = "CARDIO_LAUNCHER_LOCAL_ROOT"
 EXAMPLE_GEN_PARAMETERS = ("input_base", "input_config")
-# An output that names an earlier artifact it stands for (BaselineLookup's: the cell's last
-# blessed model, components/baseline.py). With a MinIO/S3 root it is reported with that
-# artifact's URI, so that its consumer's launcher downloads the model; nothing is uploaded for it
-# (launcher_v2.go skips an output with no local copy).
-BY_REFERENCE = "baseline_model_uri"
+# Outputs that name an earlier artifact they stand for, by the metadata key holding its URI:
+# BaselineLookup's (the cell's last blessed model, components/baseline.py) and
+# PreviousStatisticsLookup's (the previous span's statistics, components/drift_gate.py). With a
+# MinIO/S3 root such an output is reported with that artifact's URI, so that its consumer's
+# launcher downloads it; nothing is uploaded for it (launcher_v2.go skips an output with no local
+# copy).
+BY_REFERENCE = ("baseline_model_uri", "previous_statistics_uri")
 
 
 def local_root() -> str:
@@ -169,9 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         reported = _unmap(reported)
         for artifact_list in reported.get("artifacts", {}).values():
             for artifact in artifact_list.get("artifacts", []):
-                reference = artifact.get("metadata", {}).get(BY_REFERENCE)
-                if isinstance(reference, str) and local_path(reference) is not None:
-                    artifact["uri"] = reference
+                for key in BY_REFERENCE:
+                    reference = artifact.get("metadata", {}).get(key)
+                    if isinstance(reference, str) and local_path(reference) is not None:
+                        artifact["uri"] = reference
         with open(output_file, "w") as f:
             json.dump(reported, f)
     return 0

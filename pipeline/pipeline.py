@@ -17,7 +17,7 @@ from cardio.components import (
     trainer_component,
 )
 from cardio.components.anomaly_gate import AnomalyGate
-from cardio.components.drift_gate import DriftGate
+from cardio.components.drift_gate import DriftGate, PreviousStatisticsLookup
 from cardio.components.crop_report import CropReport
 from cardio.components.lung_crop import LungCrop
 from cardio.pipeline.configs import PipelineConfig
@@ -69,17 +69,20 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
     # Drift from the previous span's statistics (site, sex, age band, label, image size and bit
     # depth) past the configured thresholds stops the run before training, like the anomaly gate.
-    drift_gate = DriftGate(examples=example_gen.outputs["examples"],
-                           statistics=statistics_gen.outputs["statistics"],
+    # The previous span's statistics are found in MLMD and handed to the gate as an input, so
+    # that on Kubeflow its launcher downloads them (components/drift_gate.py).
+    previous_statistics = PreviousStatisticsLookup(
+        examples=example_gen.outputs["examples"], pipeline_name=config.pipeline_name,
+        metadata_connection=baseline_lib.connection_parameter(metadata_connection_config))
+    drift_gate = DriftGate(statistics=statistics_gen.outputs["statistics"],
+                           previous_statistics=previous_statistics.outputs["previous"],
                            pipeline_name=config.pipeline_name, schema=schema,
-                           metadata_connection=baseline_lib.connection_parameter(
-                               metadata_connection_config),
                            max_categorical_linf=config.drift_max_categorical_linf,
                            max_numeric_jsd=config.drift_max_numeric_jsd,
                            min_split_positives=config.min_split_positives,
                            evaluated_splits=",".join(config.scored_splits))
     components = [example_gen, schema_gen, statistics_gen, example_validator, anomaly_gate,
-                  drift_gate]
+                  previous_statistics, drift_gate]
     examples = example_gen.outputs["examples"]
     crop_report = None
     if config.segmenter_uri:

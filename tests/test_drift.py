@@ -1,5 +1,6 @@
 """Drift between spans: TFDV's comparators on this project's statistics, and the gate's lookup
 of the previous span's statistics in MLMD."""
+import json
 import os
 
 import numpy as np
@@ -102,10 +103,10 @@ def test_the_gate_finds_the_newest_earlier_span_it_accepted_in_mlmd(tmp_path):
     store = metadata_store.MetadataStore(config)
     type_id = store.put_artifact_type(metadata_store_pb2.ArtifactType(name="ExampleAnomalies"))
 
-    def put(span, pipeline="p", state=metadata_store_pb2.Artifact.LIVE):
+    def put(span, pipeline="p", state=metadata_store_pb2.Artifact.LIVE, key=drift_gate.SPAN):
         artifact = metadata_store_pb2.Artifact(type_id=type_id, uri=f"/gate/{span}", state=state)
         artifact.custom_properties[drift_gate.PIPELINE].string_value = pipeline
-        artifact.custom_properties[drift_gate.SPAN].int_value = span
+        artifact.custom_properties[key].int_value = span
         artifact.custom_properties[drift_gate.STATISTICS_URI].string_value = f"/stats/{span}"
         return store.put_artifacts([artifact])[0]
 
@@ -118,6 +119,16 @@ def test_the_gate_finds_the_newest_earlier_span_it_accepted_in_mlmd(tmp_path):
     assert drift_gate.find_previous(store, "p", 3) == {"span": 2, "id": two,
                                                        "statistics_uri": "/stats/2"}
     assert drift_gate.find_previous(store, "p", 1) is None
+    # As KFP's launcher records it (a double, under TFX's `custom:` name: ExampleAnomalies has a
+    # `span` property of its own).
+    artifact = metadata_store_pb2.Artifact(type_id=type_id, uri="/gate/kfp",
+                                           state=metadata_store_pb2.Artifact.LIVE)
+    artifact.custom_properties[drift_gate.PIPELINE].string_value = "p"
+    artifact.custom_properties["custom:span"].double_value = 4.0
+    artifact.custom_properties[drift_gate.STATISTICS_URI].string_value = "minio://b/stats/4"
+    kfp = store.put_artifacts([artifact])[0]
+    assert drift_gate.find_previous(store, "p", 5) == {"span": 4, "id": kfp,
+                                                       "statistics_uri": "minio://b/stats/4"}
 
 
 def _write_span(data, span, bit_depth_b):
@@ -157,14 +168,16 @@ def test_the_gate_stops_a_run_whose_span_drifted_from_the_previous_one(tmp_path)
         schema_gen = tfx.components.ImportSchemaGen(schema_file=schemas.SCHEMA_FILE)
         statistics_gen = tfx.components.StatisticsGen(
             examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"])
-        gate = drift_gate.DriftGate(
+        lookup = drift_gate.PreviousStatisticsLookup(
             examples=example_gen.outputs["examples"], pipeline_name="drift",
-            statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"],
-            metadata_connection=baseline.connection_parameter(metadata),
+            metadata_connection=baseline.connection_parameter(metadata))
+        gate = drift_gate.DriftGate(
+            statistics=statistics_gen.outputs["statistics"], pipeline_name="drift",
+            previous_statistics=lookup.outputs["previous"], schema=schema_gen.outputs["schema"],
             max_categorical_linf=0.1, max_numeric_jsd=0.1)
         tfx.orchestration.LocalDagRunner().run(tfx.dsl.Pipeline(
             pipeline_name="drift", pipeline_root=str(root),
-            components=[example_gen, schema_gen, statistics_gen, gate],
+            components=[example_gen, schema_gen, statistics_gen, lookup, gate],
             metadata_connection_config=metadata,
             beam_pipeline_args=list(configs.PipelineConfig().beam_pipeline_args)))
 
@@ -176,3 +189,9 @@ def test_the_gate_stops_a_run_whose_span_drifted_from_the_previous_one(tmp_path)
     assert "train:" not in str(raised.value)   # site-a's 16-bit export did not change
     store = outputs.open_store(str(tmp_path / "mlmd.sqlite"))
     assert len(outputs.node_executions(store, "drift", "DriftGate")) == 2
+    # The second run's lookup handed the gate span 1's statistics, the first gate's stamped input.
+    first_statistics = outputs.output_artifacts(
+        store, outputs.node_executions(store, "drift", "StatisticsGen")[0].id, "statistics")[0]
+    pointer = outputs.latest_output(store, "drift", "PreviousStatisticsLookup", "previous")
+    with open(os.path.join(pointer.uri, drift_gate.POINTER_FILE)) as f:
+        assert json.load(f)["statistics_uri"] == first_statistics.uri

@@ -53,10 +53,11 @@ def _config(grid=(CELL,)):
         min_validation_positives=3, min_split_positives=3)
 
 
-def compile_and_run(tmp: Path, config, runs_arguments=({},)) -> dict:
+def compile_and_run(tmp: Path, config, runs_arguments=({},), new_span_each_run=False) -> dict:
     """Compiles `config` for a MinIO pipeline root with the in-pod Beam runner's arguments (one
     worker: a pod of one core's limit), uploads the schema, and executes the PipelineSpec once
-    per entry of `runs_arguments` on one cluster, as the open-source backend would."""
+    per entry of `runs_arguments` on one cluster, as the open-source backend would; with
+    `new_span_each_run`, each later run finds the site's next span (span 1 exported again)."""
     data = tmp / "data"
     convert.write_synthetic(str(data), 96, seed=17, size=128, span=1,
                             external_sites=(config.external_site,), workers=1)
@@ -72,6 +73,8 @@ def compile_and_run(tmp: Path, config, runs_arguments=({},)) -> dict:
     shutil.copy(tmp / "compiled" / "schema.pbtxt", schema)
     executed = []
     for i, extra in enumerate(runs_arguments):
+        if new_span_each_run and i:
+            shutil.copytree(data / "span-1", data / f"span-{i + 1}")
         executed.append(kfp_harness.run(
             kubeflow_runner.pipeline_spec_path(compiled),
             {kubeflow_runner.DATA_ROOT: str(data), kubeflow_runner.EPOCHS: RUN_EPOCHS,
@@ -267,10 +270,10 @@ def test_the_open_source_launcher_refuses_a_root_it_cannot_map(runs, tmp_path):
 @pytest.fixture(scope="module")
 def grid_runs(tmp_path_factory):
     """The shortened configuration's whole grid (both class weightings), run twice on one
-    cluster (slow checks only)."""
+    cluster, the second time on the site's next span (slow checks only)."""
     grid = (CELL, configs.GridCell(CELL.backbone, "50-50"))
     return compile_and_run(tmp_path_factory.mktemp("executed-grid"), _config(grid),
-                           runs_arguments=({}, {}))
+                           runs_arguments=({}, {}), new_span_each_run=True)
 
 
 @pytest.mark.slow
@@ -282,12 +285,29 @@ def test_the_whole_grid_runs_and_a_second_run_finds_the_first_runs_blessed_model
         assert run.executed() == {n for n, t in run.tasks.items() if t.kind == "container"}
         comparison = run.artifact("ModelComparison", "comparison")["uri"]
         assert os.listdir(_stored(grid_runs, comparison))
-    # ExampleGen resolved the same span to the same fingerprint, which KFP's cache would have
-    # served (a new span would have been missed): its caching is off, so it ran again, and
-    # every task after it ran on its new artifact.
+    # ExampleGen's caching is off (its task's inputs do not change when a span arrives, so KFP's
+    # cache would have served the old span): it ran again, resolved the new span without the
+    # lifecycle hook, and every task after it ran on its new artifact.
     assert second.tasks["ImportExampleGen"].fingerprint == ""
-    assert (second.artifact("ImportExampleGen", "examples")["metadata"]["input_fingerprint"]
-            == first.artifact("ImportExampleGen", "examples")["metadata"]["input_fingerprint"])
+    spans = [int(run.artifact("ImportExampleGen", "examples")["metadata"]["custom:span"])
+             for run in (first, second)]
+    assert spans == [1, 2]
+    # DriftGate compared span 2 with span 1: the lookup found span 1's statistics in ML Metadata
+    # and, with the MinIO root, stands for them by URI, so the gate's launcher downloaded them.
+    first_statistics = first.artifact("StatisticsGen", "statistics")["uri"]
+    assert int(first.artifact("PreviousStatisticsLookup", "previous")["metadata"][
+        "current_span"]) == 1
+    assert "previous_span" not in first.artifact("DriftGate", "drift")["metadata"]
+    previous = second.artifact("PreviousStatisticsLookup", "previous")
+    assert previous["uri"] == previous["metadata"]["previous_statistics_uri"] == first_statistics
+    given = second.tasks["DriftGate"].executor_input["inputs"]["artifacts"][
+        "previous_statistics"]["artifacts"][0]
+    assert given["uri"] == first_statistics
+    drift = second.artifact("DriftGate", "drift")
+    # (ExampleAnomalies has a `span` property of its own: the gate's stamp is `custom:span`.)
+    assert int(drift["metadata"]["custom:span"]) == 2
+    assert int(drift["metadata"]["previous_span"]) == 1
+    assert os.listdir(_stored(grid_runs, drift["uri"]))   # span 1 re-exported: no drift
     for cell in cells:
         assert _blessed(first.artifact(f"Evaluator.{cell}", "blessing"))
         assert int(first.artifact(f"BaselineLookup.{cell}", "baseline")["metadata"][
