@@ -85,7 +85,9 @@ class CropDoFn(beam.DoFn):
             raise ValueError(f"LungCrop: cannot crop the batch of image ids {ids}: "
                              f"{error.message}") from error
         for example, png, box, raised in zip(examples, pngs, boxes, flags):
-            yield WindowedValue(crop_example(example, png, box, raised).SerializeToString(),
+            # Map entries in key order: the same crop gives the same bytes in every run.
+            yield WindowedValue(crop_example(example, png, box, raised).SerializeToString(
+                deterministic=True),
                                 timestamp, (window,))
             self._cropped.inc()
             if raised.any():

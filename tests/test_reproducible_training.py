@@ -112,3 +112,58 @@ def test_an_epoch_does_not_depend_on_how_beam_sharded_and_ordered_the_examples(t
     for (x1, y1), (x2, y2) in zip(epochs["one"], epochs["three"]):
         np.testing.assert_array_equal(y1, y2)
         np.testing.assert_array_equal(x1, x2)
+
+
+def _in_wire_order(example: tf.train.Example, keys) -> bytes:
+    """`example` serialized with its feature map's entries in the order of `keys`, as a writer in
+    another process may emit them (protobuf leaves map order unspecified: Python's differs from
+    process to process). Concatenated messages merge, so each entry is a one-key Features."""
+    features = b"".join(tf.train.Features(feature={k: example.features.feature[k]})
+                        .SerializeToString() for k in keys)
+    return b"\x0a" + _varint(len(features)) + features   # Example.features is field 1
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        out += bytes([(n & 0x7F) | (0x80 if n > 0x7F else 0)])
+        n >>= 7
+        if not n:
+            return out
+
+
+def test_the_epoch_does_not_depend_on_the_byte_order_a_writer_chose(tmp_path):
+    """Two pipeline runs' LungCrop wrote the same examples with their feature maps serialized in
+    different orders (one process's protobuf, then another's), and the seeded epoch of the
+    deterministic pipeline differed. Same examples, different bytes: the same batches."""
+    from cardio.data import records
+    from cardio.imaging.files import encode_png
+    from cardio.trainer import data
+
+    rng = np.random.default_rng(0)
+    examples = [records.to_example(records.Record(
+        image_png=encode_png(rng.integers(0, 255, (32, 32), dtype=np.uint8)), label=i % 3 == 0,
+        image_id=f"img-{i}", patient_id=str(i), site="site-a", sex="FM"[i % 2], age=40 + i))
+        for i in range(40)]
+    keys = sorted(examples[0].features.feature)
+    files = {}
+    for name, order in (("forward", keys), ("reversed", keys[::-1])):
+        files[name] = str(tmp_path / f"{name}.tfrecord.gz")
+        with tf.io.TFRecordWriter(files[name], tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+            for example in examples:
+                w.write(_in_wire_order(example, order))
+    raw = {name: [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
+           for name, path in files.items()}
+    assert all(a != b for a, b in zip(raw["forward"], raw["reversed"]))   # different bytes
+    assert [tf.train.Example.FromString(r) for r in raw["reversed"]] == examples   # same content
+
+    def epoch(path):
+        dataset = data.make_dataset([path], 8, 32, training=True, deterministic=True, seed=3,
+                                    repeat=False)
+        return [(images.numpy(), labels.numpy()) for images, labels in dataset]
+
+    forward, backward = epoch(files["forward"]), epoch(files["reversed"])
+    assert len(forward) == len(backward) == 7   # 40 examples + 14 augmented copies, batches of 8
+    for (x1, y1), (x2, y2) in zip(forward, backward):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)

@@ -6,8 +6,9 @@ added, every epoch (the study augmented cardiomegaly images "to reduce the train
 imbalance", which only adding copies does).
 
 `deterministic` (the pipeline's default) makes an epoch a function of the examples and the seed:
-records in an order fixed by their content (not Beam's), seeded shuffles, stateless augmentation
-seeds, and tf.data's deterministic element order.
+records in an order fixed by their content (not by Beam's order, nor by the bytes a writer
+happened to produce), seeded shuffles, stateless augmentation seeds, and tf.data's deterministic
+element order.
 """
 from __future__ import annotations
 
@@ -34,13 +35,22 @@ def list_files(file_patterns) -> list:
     return files
 
 
+def content_key(record: bytes) -> bytes:
+    """The SHA-256 of a serialized tf.Example's content. Not of its bytes: an Example's features
+    are a protobuf map, whose entries a writer may serialize in any order (Python's protobuf
+    orders them differently in every process), so the same example written by two runs differs in
+    bytes. Re-serialized deterministically (map keys sorted), it does not."""
+    return hashlib.sha256(
+        tf.train.Example.FromString(record).SerializeToString(deterministic=True)).digest()
+
+
 def ordered_records(files) -> tf.data.Dataset:
-    """Every record of `files` in an order fixed by its content (the SHA-256 of its bytes): the
-    same examples give the same order however Beam sharded and ordered them, so a seeded
+    """Every record of `files` in an order fixed by its content (`content_key`): the same
+    examples give the same order however Beam sharded, ordered and serialized them, so a seeded
     shuffle of them is the same shuffle. Holds the split's serialized records in memory (about
     the size of its TFRecord files)."""
     records = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    records.sort(key=lambda record: hashlib.sha256(record).digest())
+    records.sort(key=content_key)
     return tf.data.Dataset.from_generator(lambda: iter(records),
                                           output_signature=tf.TensorSpec([], tf.string))
 

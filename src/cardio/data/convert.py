@@ -390,7 +390,8 @@ def convert(selection: Selection, loader: Callable[[Candidate], bytes], out_dir:
                 os.makedirs(os.path.join(partial, split), exist_ok=True)
                 writers[key] = tf.io.TFRecordWriter(os.path.join(
                     partial, split, f"data-{key[1]:05d}-of-{shards:05d}.tfrecord.gz"), options)
-            writers[key].write(to_example(record).SerializeToString())
+            # Map entries in key order: the same record gives the same bytes in every run.
+            writers[key].write(to_example(record).SerializeToString(deterministic=True))
             counts[(split, candidate.label)] += 1
     except BaseException:   # Ctrl-C, SIGTERM (the CLI makes it an exit), a failing loader
         for writer in writers.values():
