@@ -279,7 +279,7 @@ def test_model_comparison_report_has_roc_curves_delong_table_and_a_champion(e2e)
         evaluation = outputs.latest_output(_store(e2e), PIPELINE, f"Evaluator.{name}", "evaluation")
         slices = report.slice_metrics(evaluator.load(evaluation.uri))
         for group, site in ((F.TEST, "site-a"), (F.EXTERNAL, "site-b")):
-            # Two computations, one exact (ranks) and one TFMA's (10,000 thresholds).
+            # Two computations, one exact (ranks) and one TFMA's (2,000 thresholds).
             assert model["groups"][group]["auc"] == pytest.approx(slices[f"site={site}"]["auc"],
                                                                   abs=2e-3)
     champion = result["champion"]["model_name"]

@@ -70,7 +70,7 @@ def test_auc_calibration_and_confusion_matrix_are_reported():
     eval_config = evaluator.eval_config(configs.PipelineConfig())
     probability = _metrics(eval_config, "probability")
     assert {"AUC", "MeanSquaredError", "Calibration", "CalibrationPlot", "BinaryCrossentropy"} <= set(probability)
-    assert '"num_thresholds": 10000' in probability["AUC"].config
+    assert '"num_thresholds": 2000' in probability["AUC"].config
     assert '"brier_score"' in probability["MeanSquaredError"].config
     label = _metrics(eval_config, "predicted_label")
     assert {"Recall", "Specificity", "BinaryAccuracy", "Precision", "F1Score", "TruePositives",

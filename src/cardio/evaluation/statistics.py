@@ -21,7 +21,7 @@ import scipy.stats
 LEVEL = 0.95
 
 # Which AUC, which interval: said here once, and printed beside every interval.
-#   The gate and the model card read TFMA's AUC (10,000 thresholds) per site slice, on the
+#   The gate and the model card read TFMA's AUC (2,000 thresholds) per site slice, on the
 #   served calibrated probability. The gate
 #   compares its point estimate; the CI beside it is TFMA's (Poisson bootstrap or jackknife, as
 #   configured), reported only.
