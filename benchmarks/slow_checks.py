@@ -1,7 +1,7 @@
 """The slow checks: tests marked `slow` (the crop stage on Beam's portable and multi-process
 runners, two-worker MultiWorkerMirroredStrategy, the demo without ImageNet weights, the compiled
 Kubeflow spec's whole grid run twice under the open-source backend's semantics, the second run
-finding the first run's blessed models), which the
+finding the first run's blessed models, two whole demo runs giving the same models), which the
 default suite leaves out to stay within its time budget. Runs them with pytest and prints one row
 per check."""
 from __future__ import annotations

