@@ -3,6 +3,7 @@ tools/environment.sh's own functions against a one-package stub lock: its consol
 through the same path `./cardio exec` takes, and an interrupted build is built again."""
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import subprocess
@@ -76,11 +77,15 @@ def test_set_up_prints_a_few_lines_and_names_its_full_log(native):
     """What the installers print goes to a log beside the environment; the caller sees the steps."""
     _, _, dest, stderr = native
     lines = stderr.splitlines()
-    assert len(lines) <= 8 and all(line.startswith("[cardio-env] ") for line in lines), stderr
+    assert len(lines) <= 9 and all(line.startswith("[cardio-env] ") for line in lines), stderr
     assert f"full log: {dest}.setup.log" in lines[0]
     assert "environment ready in" in lines[-1]
     log = open(f"{dest}.setup.log").read()
     assert "tabulate==0.10.0" in log and "Installed 1 package" in log     # uv's own lines
+    # Installed with its bytecode, so no process compiles the stack from source again.
+    assert any(line.startswith("[cardio-env]   bytecode compiled") for line in lines), stderr
+    assert glob.glob(os.path.join(dest, "lib", "python3.*", "site-packages", "tabulate",
+                                  "__pycache__", "*.pyc")), "no bytecode installed"
 
 
 def test_a_file_that_does_not_match_the_locks_hash_is_refused(tmp_path):
