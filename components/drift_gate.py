@@ -157,14 +157,13 @@ def find_previous(store, pipeline: str, current_span: int) -> dict | None:
             found += store.get_artifacts_by_type(type_name)
         except errors.NotFoundError:
             continue
-    earlier = [a for a in found if a.state == metadata_store_pb2.Artifact.LIVE
-               and _property(a, PIPELINE) == pipeline and _stamped_span(a) is not None
-               and _stamped_span(a) < current_span]
+    stamped = [(_stamped_span(a), a) for a in found if a.state == metadata_store_pb2.Artifact.LIVE
+               and _property(a, PIPELINE) == pipeline]
+    earlier = [(span, a) for span, a in stamped if span is not None and span < current_span]
     if not earlier:
         return None
-    latest = max(earlier, key=lambda a: (_stamped_span(a), a.create_time_since_epoch, a.id))
-    return {"span": _stamped_span(latest), "id": latest.id,
-            "statistics_uri": _property(latest, STATISTICS_URI)}
+    span, latest = max(earlier, key=lambda s_a: (s_a[0], s_a[1].create_time_since_epoch, s_a[1].id))
+    return {"span": span, "id": latest.id, "statistics_uri": _property(latest, STATISTICS_URI)}
 
 
 def _stamped_span(artifact) -> int | None:
