@@ -103,10 +103,11 @@ def read_cases(examples_uri: str, splits=SCORED_SPLITS) -> dict:
     return {name: np.asarray(values) for name, values in cases.items()}
 
 
-def score(model_dir: str, examples_uri: str, splits=SCORED_SPLITS) -> np.ndarray:
-    """Probabilities from the export's serving_examples signature, in read_cases' order."""
+def score(loaded, examples_uri: str, splits=SCORED_SPLITS) -> np.ndarray:
+    """Probabilities from the export's serving_examples signature (`loaded`: its
+    tf.saved_model.load), in read_cases' order."""
 
-    signature = tf.saved_model.load(model_dir).signatures[F.SERVING_EXAMPLES]
+    signature = loaded.signatures[F.SERVING_EXAMPLES]
     probabilities = []
     for split in splits:
         batch = []
@@ -123,12 +124,13 @@ def score(model_dir: str, examples_uri: str, splits=SCORED_SPLITS) -> np.ndarray
 CTR_SPLITS = (F.TEST, F.EXTERNAL)   # the CTR reports beside the champion; nothing chooses on it
 
 
-def measure_ctr(model_dir: str, raw_uri: str, cases: dict) -> dict | None:
+def measure_ctr(loaded, raw_uri: str, cases: dict) -> dict | None:
     """The served cardiothoracic ratio of every test and external radiograph, by the export's
-    serving_default on the stored (uncropped) image as a client sends it, aligned with `cases`
-    by image id: {"measured", "truth" (the examples' ground-truth `ctr`, NaN where none)}. None
-    when the export serves no CTR (no heart U-Net beside its segmenter)."""
-    signature = tf.saved_model.load(model_dir).signatures[F.SERVING_DEFAULT]
+    serving_default (`loaded`: its tf.saved_model.load) on the stored (uncropped) image as a
+    client sends it, aligned with `cases` by image id: {"measured", "truth" (the examples'
+    ground-truth `ctr`, NaN where none)}. None when the export serves no CTR (no heart U-Net
+    beside its segmenter)."""
+    signature = loaded.signatures[F.SERVING_DEFAULT]
     if F.CTR not in signature.structured_outputs:
         return None
     by_id = {}
@@ -217,36 +219,57 @@ def overlay_images(examples_uri: str, splits=(F.TEST, F.EXTERNAL)) -> list:
     return chosen
 
 
-def write_overlays(models: dict, images: list, out_dir: str) -> tuple[dict, str | None]:
-    """{model: [paths relative to out_dir]} and a note for the report when there are none."""
+def explain_module():
+    """cardio.evaluation.explain, or None in a build without it."""
     try:
         from cardio.evaluation import explain
     except ImportError:
+        return None
+    return explain
+
+
+def explain_images(name: str, model_dir: str, loaded, images: list):
+    """(the explain module's model, its explanations of `images`) from the already loaded
+    export, or (None, a failure note): an explanation failure must not hide the comparison."""
+    explain = explain_module()
+    try:
+        model = explain.load(model_dir, loaded)
+        return model, explain.explain(model, images)
+    except Exception as error:
+        logging.exception("overlays for %s failed", name)
+        return None, f"{name}: {type(error).__name__}: {error}"
+
+
+def write_overlays(models: dict, explained: dict, out_dir: str) -> tuple[dict, str | None]:
+    """{figure title or model: [paths relative to out_dir]} and a note for the report when some
+    or all are missing. `explained`: {model: explain_images' result}, each model explained once
+    for its own figures and for the side-by-side one."""
+    explain = explain_module()
+    if explain is None:
         return {}, ("Grad-CAM and guided-backprop overlays are not available in this build "
                     "(the module cardio.evaluation.explain is not installed yet); the report has none.")
     overlays, failures = {}, []
-    for name, info in sorted(models.items()):
-        target = os.path.join(out_dir, "overlays", name)
-        try:
-            paths = explain.write_overlays(info["model_dir"], images, target)
-        except Exception as error:   # an explanation failure must not hide the comparison
-            logging.exception("overlays for %s failed", name)
-            failures.append(f"{name}: {type(error).__name__}: {error}")
+    for name, (model, explanations) in sorted(explained.items()):
+        if model is None:
+            failures.append(explanations)
             continue
+        target = os.path.join(out_dir, "overlays", name)
+        paths = explain.write_figures(model, explanations, target)
         overlays[name] = [os.path.relpath(p, out_dir) for p in paths]
     # The study's Figure 6: per backbone, its class weightings side by side on the same images
     # (shown first in the report).
     figures, by_backbone = {}, {}
     for name, info in sorted(models.items()):
-        by_backbone.setdefault(info.get("backbone"), {})[info.get("weighting") or name] = \
-            info["model_dir"]
-    for backbone, dirs in sorted(by_backbone.items(), key=lambda item: str(item[0])):
-        if len(dirs) < 2 or not hasattr(explain, "comparison_figure"):
+        model, explanations = explained.get(name, (None, None))
+        if model is not None:
+            by_backbone.setdefault(info.get("backbone"), {})[info.get("weighting") or name] = \
+                explanations
+    for backbone, per_model in sorted(by_backbone.items(), key=lambda item: str(item[0])):
+        if len(per_model) < 2:
             continue
         path = os.path.join(out_dir, "overlays", f"weightings_{backbone}.png")
         try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            explain.comparison_figure(dirs, images, path)
+            explain.comparison_figure(per_model, path)
         except Exception as error:
             logging.exception("weighting figure for %s failed", backbone)
             failures.append(f"{backbone} weightings: {type(error).__name__}: {error}")
@@ -281,25 +304,31 @@ class Executor(base_executor.BaseExecutor):
             return artifacts[0] if artifacts else None
 
         cases = read_cases(examples.uri)
-        models, scores = {}, {}
+        images = overlay_images(raw[0].uri) if explain_module() else []
+        models, scores, explained, ctr, ctr_measured = {}, {}, {}, None, False
+        # Each export is loaded once, for everything it is asked here, and released before the
+        # next: a whole grid's exports at once would not fit a small pod.
         for cell in cells:
             models[cell] = model_info(cell, single("model", cell), single("model_run", cell),
                                       single("blessing", cell), single("pushed_model", cell))
+            loaded = tf.saved_model.load(models[cell]["model_dir"])
             logging.info("scoring %s on %s", cell, ", ".join(SCORED_SPLITS))
-            scores[cell] = score(models[cell]["model_dir"], examples.uri)
-        # The CTR comes from the segmenters, the same in every export of a run: any one serves.
-        ctr, with_ctr = None, [c for c in cells if models[c].get("heart_segmenter")]
-        if with_ctr:
-            logging.info("measuring the served CTR on %s", ", ".join(CTR_SPLITS))
-            ctr = measure_ctr(models[with_ctr[0]]["model_dir"], raw[0].uri, cases)
-            if ctr is not None:
-                ctr["segmenter"] = models[with_ctr[0]]["heart_segmenter"]
+            scores[cell] = score(loaded, examples.uri)
+            # The CTR comes from the segmenters, the same in every export of a run: any one serves.
+            if not ctr_measured and models[cell].get("heart_segmenter"):
+                logging.info("measuring the served CTR on %s", ", ".join(CTR_SPLITS))
+                ctr, ctr_measured = measure_ctr(loaded, raw[0].uri, cases), True
+                if ctr is not None:
+                    ctr["segmenter"] = models[cell]["heart_segmenter"]
+            if images:
+                explained[cell] = explain_images(cell, models[cell]["model_dir"], loaded, images)
+            del loaded
         result = comparison.analyse(
             cases, scores, models, settings["internal_sites"], settings["external_site"],
             prevalence=settings["deployment_prevalence"],
             min_per_class=settings["fairness_min_per_class"], ctr=ctr)
         with tempfile.TemporaryDirectory() as local:
-            overlays, note = write_overlays(models, overlay_images(raw[0].uri), local)
+            overlays, note = write_overlays(models, explained, local)
             if input_dict.get("crop_report"):
                 result["sites"] = copy_site_figure(input_dict["crop_report"][0].uri, local)
             comparison_report.write(result, local, overlays, note)

@@ -159,30 +159,40 @@ def test_explain_hook_gets_raw_images_and_each_models_export(inputs, monkeypatch
     root, trained, _ = inputs
     calls = []
 
-    def write_overlays(model_dir, images, out_dir):
+    def load(model_dir, loaded):
+        assert "serving_examples" in loaded.signatures   # the export already loaded, reused
+        return model_dir
+
+    def explain(model_dir, images):
         calls.append((model_dir, [name for name, _ in images]))
+        assert all(tf.io.decode_image(data).shape[0] > 0 for _, data in images)
+        return [f"{model_dir}:{name}" for name, _ in images]
+
+    def write_figures(model_dir, explanations, out_dir):
+        assert explanations[0].startswith(model_dir)
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, "first.png")
         tf.io.write_file(path, tf.io.encode_png(tf.zeros([4, 4, 1], tf.uint8)))
-        assert all(tf.io.decode_image(data).shape[0] > 0 for _, data in images)
         return [path]
 
-    def comparison_figure(models, images, path):
-        calls.append((sorted(models), len(images)))
+    def comparison_figure(per_model, path):
+        # Each model's own explanations, computed once: not explained again for this figure.
+        calls.append((sorted(per_model), len(next(iter(per_model.values())))))
+        assert len({e.split(":")[0] for es in per_model.values() for e in es}) == 2
         tf.io.write_file(path, tf.io.encode_png(tf.zeros([4, 4, 1], tf.uint8)))
         return path
 
     fake = types.ModuleType("cardio.evaluation.explain")
-    fake.write_overlays = write_overlays
+    fake.load, fake.explain, fake.write_figures = load, explain, write_figures
     fake.comparison_figure = comparison_figure
     import cardio.evaluation
     monkeypatch.setitem(sys.modules, "cardio.evaluation.explain", fake)
     monkeypatch.setattr(cardio.evaluation, "explain", fake, raising=False)
     out = _run(root, trained, "with_explain")
-    assert [os.path.normpath(d).split(os.sep)[-3] for d, _ in calls[:2]] == sorted(CELLS)
+    assert sorted(os.path.normpath(d).split(os.sep)[-3] for d, _ in calls[:2]) == sorted(CELLS)
     names = calls[0][1]
     # The study's Figure 6: the backbone's two weightings side by side on the same images.
-    assert calls[2] == (["50-50", "75-25"], len(names))
+    assert len(calls) == 3 and calls[2] == (["50-50", "75-25"], len(names))
     assert (out / "overlays" / "weightings_tiny.png").exists()
     assert sum(n.startswith("test-cardiomegaly") for n in names) == MC.OVERLAY_IMAGES
     assert sum(n.startswith("external-normal") for n in names) == 1

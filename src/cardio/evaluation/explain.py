@@ -74,9 +74,10 @@ def newest_version(model_dir: str) -> str:
     return os.path.join(model_dir, max(versions, key=int)) if versions else model_dir
 
 
-def load(model_dir: str) -> ExplainModel:
+def load(model_dir: str, loaded=None) -> ExplainModel:
     """Loads a pushed or exported cardio model: a version directory
-    (`<serving_root>/<model>/<version>/`) or a model's base path (its newest version)."""
+    (`<serving_root>/<model>/<version>/`) or a model's base path (its newest version).
+    `loaded`: that directory's `tf.saved_model.load` result, when the caller has it already."""
     if not tf.io.gfile.isdir(model_dir):
         raise ExplainError(f"{model_dir}: no such model directory")
     model_dir = newest_version(model_dir)
@@ -89,7 +90,7 @@ def load(model_dir: str) -> ExplainModel:
                            f"(no assets.extra/cardio_metadata.json)")
     with tf.io.gfile.GFile(metadata_file) as f:
         metadata = json.load(f)
-    loaded = tf.saved_model.load(model_dir)
+    loaded = loaded if loaded is not None else tf.saved_model.load(model_dir)
     if saliency.EXPLAIN not in loaded.signatures:
         raise ExplainError(f"{model_dir}: exported without the '{saliency.EXPLAIN}' signature "
                            f"(has {sorted(loaded.signatures)}); retrain or re-export it with this "
@@ -266,27 +267,30 @@ def write_overlays(model_dir, images, out_dir: str) -> list[str]:
     Grad-CAM and guided backprop from the served model in `model_dir` (or `load()`'s result).
     Returns the paths written."""
     model = load(model_dir) if isinstance(model_dir, str) else model_dir
+    return write_figures(model, explain(model, images), out_dir)
+
+
+def write_figures(model: ExplainModel, explanations: list, out_dir: str) -> list[str]:
+    """`write_overlays` for explanations already computed with `model` (`explain()`'s result)."""
     threshold = model.metadata.get("operating_threshold")
     taken: set = set()
     return [figure(e, os.path.join(out_dir, overlay_name(e.name, taken)), model.title, threshold,
                    model.cropped)
-            for e in explain(model, images)]
+            for e in explanations]
 
 
-def comparison_figure(models: dict, images, path: str) -> str:
+def comparison_figure(per_model: dict, path: str) -> str:
     """The study's Figure 6: one row per image; original with crop box and the crop, then a
-    Grad-CAM and a guided-backprop column per model (e.g. {"75-25": dir, "50-50": dir}; a
-    value may also be `load()`'s result)."""
+    Grad-CAM and a guided-backprop column per model. `per_model`: {label: `explain()`'s result}
+    (e.g. {"75-25": [...], "50-50": [...]}), every list on the same images in the same order."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    images = list(images)
-    per_model = {label: explain(model, images) for label, model in models.items()}
-    columns = 2 + 2 * len(models)
-    fig, axes = plt.subplots(len(images), columns, figsize=(2.6 * columns, 2.9 * len(images)),
-                             squeeze=False)
     first = next(iter(per_model.values()))
+    columns = 2 + 2 * len(per_model)
+    fig, axes = plt.subplots(len(first), columns, figsize=(2.6 * columns, 2.9 * len(first)),
+                             squeeze=False)
     for row, e in enumerate(first):
         _draw_original(axes[row, 0], e)
         _draw_crop(axes[row, 1], e)
