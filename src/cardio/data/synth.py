@@ -129,14 +129,18 @@ def draw(rng: np.random.Generator, ctr: float, site: SiteProfile, size: int | No
     img[stomach & body] -= 0.15
 
     # Posterior ribs arc down and out from the spine; clavicles; spine with vertebral bodies.
+    # (Each side's arc shape and extent computed once, not once per rib: the same arithmetic.)
+    sides = []
+    for side in (-1, 1):
+        x = np.maximum(u * side, 0)
+        sides.append((0.16 * (x / thorax_half) ** 1.5, 0.05 * (x / thorax_half) ** 3,
+                       (x > 0.03) & (x < thorax_half + 0.03)))
     for k in range(9):
         y0 = lung_top - 0.01 + k * (dome - lung_top) / 9.5
         width = 0.008 + 0.004 * k / 9
-        for side in (-1, 1):
-            x = np.maximum(u * side, 0)
-            arc = y0 + 0.16 * (x / thorax_half) ** 1.5 - 0.05 * (x / thorax_half) ** 3
-            rib = (np.abs(v - arc) < width) & (x > 0.03) & (x < thorax_half + 0.03)
-            img[rib] += 0.08
+        for rise, fall, extent in sides:
+            rib = (np.abs(v - (y0 + rise - fall)) < width) & extent
+            np.add(img, 0.08, out=img, where=rib)
     for side in (-1, 1):
         clav = np.abs(v - (-0.3 + 0.12 * (np.abs(u) - 0.05))) < 0.016
         img[clav & (u * side > 0.03) & (np.abs(u) < thorax_half + 0.05)] += 0.15
