@@ -87,7 +87,8 @@ class CardioServingModule(tf.Module):
         return (decode.resize_for_model(stored, self.image_size), box, flags,
                 *ctr.measure(lungs[1], heart))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGE_BYTES)])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=F.IMAGE_BYTES)],
+                 autograph=False)
     def serve_images(self, image_bytes):
         size = self.image_size
         image_spec = (tf.TensorSpec([size, size, 3], tf.float32), tf.TensorSpec([4], tf.float32),
@@ -110,7 +111,8 @@ class CardioServingModule(tf.Module):
             result[F.CTR_QC] = tf.cast(ctr_flags, tf.int64)   # cardio.imaging.ctr.CTR_QC_FLAGS
         return result
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")],
+                 autograph=False)
     def serve_examples(self, examples):
         parsed = tf.io.parse_example(examples, {F.IMAGE: tf.io.FixedLenFeature([], tf.string)})
         size = self.image_size

@@ -21,7 +21,7 @@ from cardio import features as F
 def classify_function(module):
     """The `classify` signature of a CardioServingModule (runs its serving_default)."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")], autograph=False)
     def classify(inputs):
         parsed = tf.io.parse_example(inputs, {F.IMAGE: tf.io.FixedLenFeature([], tf.string)})
         probability = module.serve_images(parsed[F.IMAGE])[F.PROBABILITY]

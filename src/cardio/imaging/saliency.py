@@ -197,7 +197,8 @@ def signature(module, box_key: str, qc_key: str):
     image_size = module.image_size
     explainer = Saliency(module.model)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
+                 autograph=False)
     def explain(image_bytes):
         images, boxes, flags = tf.map_fn(
             module._raw_image, image_bytes,
