@@ -253,8 +253,13 @@ def write_overlays(models: dict, explained: dict, out_dir: str) -> tuple[dict, s
         if model is None:
             failures.append(explanations)
             continue
-        target = os.path.join(out_dir, "overlays", name)
-        paths = explain.write_figures(model, explanations, target)
+        try:
+            target = os.path.join(out_dir, "overlays", name)
+            paths = explain.write_figures(model, explanations, target)
+        except Exception as error:   # a drawing failure must not hide the comparison either
+            logging.exception("overlays for %s failed", name)
+            failures.append(f"{name}: {type(error).__name__}: {error}")
+            continue
         overlays[name] = [os.path.relpath(p, out_dir) for p in paths]
     # The study's Figure 6: per backbone, its class weightings side by side on the same images
     # (shown first in the report).
