@@ -42,7 +42,7 @@ import os
 import tensorflow as tf
 import tensorflow_model_analysis as tfma_lib
 from tensorflow_model_analysis.proto import config_pb2 as tfma
-from tfx import v1 as tfx
+from tfx.components.evaluator.component import Evaluator as TfxEvaluator
 from tfx.components.evaluator import executor as tfx_evaluator
 from tfx.dsl.components.base import executor_spec
 from tfx.types import standard_artifacts, standard_component_specs as keys
@@ -206,7 +206,7 @@ def fail_refused(model_uri: str, blessing, evaluation_uri: str) -> list[str]:
     return reasons
 
 
-class CellEvaluator(tfx.components.Evaluator):
+class CellEvaluator(TfxEvaluator):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(Executor)
 
 

@@ -22,7 +22,10 @@ import re
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
-from tfx import v1 as tfx
+from tfx.dsl.components.common.importer import Importer
+from tfx.orchestration.data_types import RuntimeParameter
+from tfx.orchestration.kubeflow.v2.kubeflow_v2_dag_runner import (KubeflowV2DagRunner,
+                                                                 KubeflowV2DagRunnerConfig)
 from tfx.dsl.components.base import executor_spec
 
 import cardio
@@ -283,7 +286,7 @@ def schema_uri(pipeline_root: str) -> str:
 
 
 def _runtime_parameter(name: str, ptype: type, default):
-    return tfx.dsl.experimental.RuntimeParameter(name=name, ptype=ptype, default=default)
+    return RuntimeParameter(name=name, ptype=ptype, default=default)
 
 
 def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, pipeline_root: str,
@@ -357,9 +360,9 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
                     resources.gpu_type))
         elif node.id.startswith(DATA_STAGE_PREFIXES):
             node.with_platform_config(resource_spec(*resources.for_node(node.id, "beam")))
-        elif hasattr(node, "with_platform_config") and not isinstance(node, tfx.dsl.Importer):
+        elif hasattr(node, "with_platform_config") and not isinstance(node, Importer):
             node.with_platform_config(resource_spec(*resources.for_node(node.id, "default")))
-        if not isinstance(node, tfx.dsl.Importer):
+        if not isinstance(node, Importer):
             storage[node.id] = resources.ephemeral_storage_gb(node)
         if workers_per_cpu and isinstance(node.executor_spec, executor_spec.BeamExecutorSpec):
             # In-pod Beam: this stage's own CPU request sets its workers (no pipeline-wide count).
@@ -372,8 +375,8 @@ def compile_pipeline(config: PipelineConfig, output_file: str, data_root: str, p
                 LEARNING_RATE: config.learning_rate}
     if config.spans is not None:   # a span range fixed at compile time: no range parameter
         del defaults[RANGE_CONFIG]
-    runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
-        config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+    runner = KubeflowV2DagRunner(
+        config=KubeflowV2DagRunnerConfig(
             default_image=image_map, use_pipeline_spec_2_1=True),
         output_dir=output_dir, output_filename=os.path.basename(output_file))
     job = runner.run(pipeline, parameter_values=defaults, write_out=False)

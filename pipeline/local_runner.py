@@ -6,7 +6,8 @@ import logging
 import os
 import time
 
-from tfx import v1 as tfx
+from tfx.orchestration import metadata
+from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
 from cardio import features as F, schemas
 from cardio.pipeline.configs import PipelineConfig
@@ -24,10 +25,10 @@ def run(config: PipelineConfig, data_root: str, pipeline_root: str, serving_root
     pipeline = create_pipeline(
         config, data_root=data_root, pipeline_root=pipeline_root, serving_root=serving_root,
         schema_file=schema_file,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+        metadata_connection_config=metadata.sqlite_metadata_connection_config(
             metadata_path(pipeline_root)))
     with component_progress(len(pipeline.components)):
-        tfx.orchestration.LocalDagRunner().run(pipeline)
+        LocalDagRunner().run(pipeline)
 
 
 @contextlib.contextmanager

@@ -4,7 +4,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from tfx import v1 as tfx
+from tfx.components import ExampleValidator, ImportExampleGen, Pusher, StatisticsGen
+from tfx.components.schema_gen.import_schema_gen.component import ImportSchemaGen
+from tfx.dsl.components.common.importer import Importer
+from tfx.orchestration.pipeline import Pipeline
+from tfx.proto import example_gen_pb2, pusher_pb2, range_config_pb2, trainer_pb2
+from tfx.types import standard_artifacts
 from tfx.dsl.components.base import executor_spec
 
 from cardio import features as F
@@ -25,8 +30,8 @@ from cardio.pipeline.configs import PipelineConfig
 
 def example_gen_input_config(splits=F.SPLITS):
     """One split per directory of the newest `span-{SPAN}` (see cardio/data/convert.py)."""
-    return tfx.proto.Input(splits=[
-        tfx.proto.Input.Split(name=split, pattern=f"span-{{SPAN}}/{split}/*")
+    return example_gen_pb2.Input(splits=[
+        example_gen_pb2.Input.Split(name=split, pattern=f"span-{{SPAN}}/{split}/*")
         for split in splits])
 
 
@@ -35,16 +40,16 @@ def span_range_config(spans):
     if spans is None:
         return None
     first, last = spans
-    return tfx.proto.RangeConfig(static_range=tfx.proto.StaticRange(
+    return range_config_pb2.RangeConfig(static_range=range_config_pb2.StaticRange(
         start_span_number=first, end_span_number=last))
 
 
 def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                     serving_root: str, schema_file: str,
                     metadata_connection_config=None,
-                    import_schema: bool = False) -> tfx.dsl.Pipeline:
+                    import_schema: bool = False) -> Pipeline:
     # Radiograph TFRecords of the newest span (or the configured span range), split by directory.
-    example_gen = tfx.components.ImportExampleGen(
+    example_gen = ImportExampleGen(
         input_base=data_root, input_config=example_gen_input_config(config.splits),
         range_config=span_range_config(config.spans))
     # The curated schema (schemas/, with the deployment's sites), not one inferred from the span.
@@ -52,18 +57,18 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         # On Kubeflow: imported as an artifact (the directory of `schema_file`), so that every
         # consumer's launcher downloads it like any input, from a MinIO/S3 root too (a file read
         # by parameter would need TensorFlow to open the object store). Same task name.
-        schema_gen = tfx.dsl.Importer(
+        schema_gen = Importer(
             source_uri=os.path.dirname(schema_file),
-            artifact_type=tfx.types.standard_artifacts.Schema).with_id("ImportSchemaGen")
+            artifact_type=standard_artifacts.Schema).with_id("ImportSchemaGen")
         schema = schema_gen.outputs["result"]
     else:
-        schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file)
+        schema_gen = ImportSchemaGen(schema_file=schema_file)
         schema = schema_gen.outputs["schema"]
     # Feature statistics of every split (TFDV); the schema makes label and bit depth categorical.
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"],
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"],
                                                   schema=schema)
     # Anomalies (unknown site, label outside {0, 1}, missing image) stop the run before training.
-    example_validator = tfx.components.ExampleValidator(
+    example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema)
     # Fails the run on any anomaly, so an anomalous span trains nothing.
     anomaly_gate = AnomalyGate(anomalies=example_validator.outputs["anomalies"])
@@ -87,8 +92,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     crop_report = None
     if config.segmenter_uri:
         # The lung U-Net, imported so that lineage records which one cropped the data.
-        segmenter = tfx.dsl.Importer(source_uri=config.segmenter_uri,
-                                     artifact_type=tfx.types.standard_artifacts.Model).with_id(
+        segmenter = Importer(source_uri=config.segmenter_uri,
+                                     artifact_type=standard_artifacts.Model).with_id(
                                          "LungSegmenter")
         # Every split cropped to the chest cavity (Beam), box and QC flags kept per example.
         lung_crop = LungCrop(examples=examples, segmenter=segmenter.outputs["result"],
@@ -111,8 +116,8 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
             run_fn="cardio.trainer.task.run_fn",
             examples=examples,
             schema=schema,
-            train_args=tfx.proto.TrainArgs(splits=[F.TRAIN]),
-            eval_args=tfx.proto.EvalArgs(splits=[F.VALIDATION]),
+            train_args=trainer_pb2.TrainArgs(splits=[F.TRAIN]),
+            eval_args=trainer_pb2.EvalArgs(splits=[F.VALIDATION]),
             custom_config=config.trainer_custom_config(cell)).with_id(f"Trainer.{cell.name}")
         # The anomaly and drift gates must pass before any training starts.
         trainer.add_upstream_node(anomaly_gate)
@@ -126,10 +131,10 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
                                          confidence_intervals=config.confidence_intervals)
         # Blessed models land in <serving_root>/<model name>/<version>/, as TF Serving reads it,
         # copied atomically; models.config and the batching file follow (components/pusher.py).
-        pusher = tfx.components.Pusher(
+        pusher = Pusher(
             model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
-            push_destination=tfx.proto.PushDestination(
-                filesystem=tfx.proto.PushDestination.Filesystem(
+            push_destination=pusher_pb2.PushDestination(
+                filesystem=pusher_pb2.PushDestination.Filesystem(
                     base_directory=os.path.join(serving_root, cell.name))),
             custom_config={"batching": dataclasses.asdict(config.batching)},
             custom_executor_spec=executor_spec.ExecutorClassSpec(pusher_lib.Executor)).with_id(
@@ -148,7 +153,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         examples, trained, config, raw_examples=example_gen.outputs["examples"],
         crop_report=crop_report.outputs["report"] if crop_report else None))
 
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=config.pipeline_name, pipeline_root=pipeline_root, components=components,
         enable_cache=True, metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_pipeline_args))
