@@ -318,12 +318,8 @@ def _preloaded_modules(spec: dict) -> list[str]:
     return sorted(modules)
 
 
-# Every TFX task's process pays about 8.5 s of CPU to import TFX's entrypoint and its executor
-# before its work starts, as a pod does: here a dozen tasks a run, in a suite that is CPU-bound.
-# So `python -m` tasks of this interpreter run as processes forked from multiprocessing's fork
-# server, which has imported those modules once (`set_forkserver_preload`; imported only: no
-# TensorFlow runtime exists before the fork). Each task is still its own process, with its own
-# argv, environment, working directory, log and exit status; any other command runs as it is.
+# Why `python -m` tasks fork from here: the module docstring. The server only imports (no
+# TensorFlow runtime exists before the fork).
 _FORK_SERVER = multiprocessing.get_context("forkserver")
 
 
