@@ -67,7 +67,7 @@ RANGES = {
     "image_size": {"minimum": 32}, "crop_size": {"minimum": 32}, "epochs": _POSITIVE,
     "batch_size": _POSITIVE, "learning_rate": {"exclusiveMinimum": 0, "maximum": 10},
     "lr_factor": _PROBABILITY, "lr_patience": _COUNT, "positive_copies": _COUNT,
-    "steps_per_epoch": _POSITIVE, "target_sensitivity": _PROBABILITY,
+    "steps_per_epoch": _POSITIVE, "target_sensitivity": _PROBABILITY, "decoded_cache_bytes": _COUNT,
     "min_validation_positives": _COUNT, "min_split_positives": _COUNT, "seed": _COUNT,
     "deployment_prevalence": _PROBABILITY, "fairness_min_per_class": _COUNT,
     "drift_max_categorical_linf": {"exclusiveMinimum": 0, "maximum": 1},

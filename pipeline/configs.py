@@ -62,6 +62,9 @@ class PipelineConfig:
     positive_copies: int = 1
     mixed_precision: bool = True           # float16 compute when training on GPUs
     steps_per_epoch: int | None = None     # None: one pass over the training split per epoch
+    # Training and validation decoded once and kept in memory when they take no more than this
+    # decoded (images x size^2 x 3 x 4 bytes); larger splits are decoded again every epoch.
+    decoded_cache_bytes: int = 1 << 30
     target_sensitivity: float = 0.9
     # Fewer validation positives: the Trainer refuses calibration and the operating threshold,
     # and the gate fails the model naming why (trainer/calibration.py).
@@ -151,6 +154,7 @@ class PipelineConfig:
                 "augment_positives": self.augment_positives,
                 "positive_copies": self.positive_copies,
                 "mixed_precision": self.mixed_precision, "steps_per_epoch": self.steps_per_epoch,
+                "decoded_cache_bytes": self.decoded_cache_bytes,
                 "target_sensitivity": self.target_sensitivity,
                 "min_validation_positives": self.min_validation_positives, "seed": self.seed,
                 "deterministic": self.deterministic, "crop_size": self.crop_size,

@@ -126,6 +126,20 @@ def test_input_pipeline_augments_only_positives_and_is_deterministic(tiny_span):
     assert x1.shape[1:] == (64, 64, 3) and float(tf.reduce_max(x1)) <= 255.0
 
 
+def test_decoding_once_gives_every_epoch_the_same_batches(tiny_span):
+    """The Trainer keeps a small split decoded in memory: three epochs of shuffled, augmented
+    training batches and the validation batches are the ones decoding every epoch gives."""
+    pattern = str(tiny_span / "span-1" / "*" / "*.tfrecord.gz")
+    # 15 batches of 5 run into a third epoch of the 24 images (and their positives' copies).
+    for training in (True, False):
+        batches = [list(data.make_dataset(pattern, 5, 48, training=training, deterministic=True,
+                                          seed=4, repeat=True, cache_decoded=cache).take(15))
+                   for cache in (False, True)]
+        for (x, y), (x_cached, y_cached) in zip(*batches, strict=True):
+            np.testing.assert_array_equal(x, x_cached)
+            np.testing.assert_array_equal(y, y_cached)
+
+
 @pytest.mark.parametrize("copies", [0, 3])
 def test_augmented_copies_change_the_class_ratio_per_epoch(tiny_span, copies):
     """The study's augmentation adds cardiomegaly copies: one epoch holds every original image

@@ -77,11 +77,20 @@ def random_affine(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return out[0]
 
 
+def decoded_bytes(examples: int, image_size: int) -> int:
+    """The memory a split of `examples` takes decoded (float32, three channels)."""
+    return examples * image_size * image_size * 3 * 4
+
+
 def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool,
                  deterministic: bool = False, seed: int = 0, augment_positives: bool = True,
                  repeat: bool | None = None, drop_remainder: bool = False,
-                 workers: int = 1, positive_copies: int = 1) -> tf.data.Dataset:
+                 workers: int = 1, positive_copies: int = 1,
+                 cache_decoded: bool = False) -> tf.data.Dataset:
     """Yields (images [N, size, size, 3] in 0-255, labels [N] float32).
+
+    `cache_decoded`: decode each image once and hold the decoded split in memory (about
+    `decoded_bytes`), for splits read every epoch that fit; the batches are the same either way.
 
     `workers`: training processes sharing the data (MultiWorkerMirroredStrategy). Each reads its
     own files when there are enough of them, else every example and keeps its share."""
@@ -91,17 +100,27 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
     else:
         ds = tf.data.TFRecordDataset(files, compression_type="GZIP",
                                      num_parallel_reads=min(len(files), tf.data.AUTOTUNE))
-    if training:
-        ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
-    if repeat if repeat is not None else training:
-        ds = ds.repeat()
 
     def parse_and_decode(serialized):
         parsed = tf.io.parse_single_example(serialized, FEATURE_SPEC)
         return decode.preprocess(parsed[F.IMAGE], image_size), tf.cast(parsed[F.LABEL], tf.float32)
 
-    ds = ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=deterministic or not training)
+    def decoded(ds):
+        return ds.map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=deterministic or not training)
+
+    repeated = repeat if repeat is not None else training
+    if cache_decoded:
+        # Decoded once, kept in memory: the shuffle sees the same elements in the same order,
+        # so each epoch is the one the uncached path gives, without decoding every image again.
+        ds = decoded(ds).cache()
+    if training:
+        ds = ds.shuffle(1024, seed=seed, reshuffle_each_iteration=True)
+    if repeated:
+        ds = ds.repeat()
+    if not cache_decoded:
+        # Records are shuffled before they are decoded: a buffer of PNGs, not of decoded images.
+        ds = decoded(ds)
     if training and augment_positives and positive_copies > 0:
         # Every cardiomegaly image is followed by its augmented copies. Stateless seeds from a
         # counter keep a deterministic run reproducible.

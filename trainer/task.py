@@ -52,6 +52,9 @@ class TrainingConfig:
     deterministic: bool = True            # same examples + config + seed -> the same model
     segmenter_weights: str | None = None  # the U-Net the crop stage used; None: no crop stage
     crop_size: int = 512                  # side of the stored crops (see components/lung_crop.py)
+    # A split read every epoch is decoded once and kept in memory when it takes no more than
+    # this decoded (trainer.data.decoded_bytes); a larger one is decoded again every epoch.
+    decoded_cache_bytes: int = 1 << 30
 
     @classmethod
     def from_custom_config(cls, custom_config: dict | None) -> "TrainingConfig":
@@ -139,19 +142,25 @@ def train_and_export(fn_args):
     copies = (config.positive_copies * count_positives(fn_args.train_files)
               if config.augment_positives else 0)
     steps_per_epoch = config.steps_per_epoch or math.ceil((n_train + copies) / config.batch_size)
+    n_validation = count_examples(fn_args.eval_files)
+    cache = (data.decoded_bytes(n_train + n_validation, config.image_size)
+             <= config.decoded_cache_bytes)
+    logging.info("%d training and %d validation images %s", n_train, n_validation,
+                 "decoded once, kept in memory" if cache else "decoded every epoch (too many "
+                 "to keep decoded: decoded_cache_bytes)")
     # The global batch is split across replicas, so each step sees `batch_size` images in all.
     train_ds = data.make_dataset(fn_args.train_files, config.batch_size, config.image_size,
                                  training=True, deterministic=config.deterministic, seed=config.seed,
                                  augment_positives=config.augment_positives,
                                  positive_copies=config.positive_copies,
-                                 workers=distribution.cluster_workers())
+                                 workers=distribution.cluster_workers(), cache_decoded=cache)
     # Split across replicas, a short last batch can leave a replica an empty batch, which some
     # CPU kernels reject; validation loss (for the LR schedule) does without it. The operating
     # threshold below still scores every validation image.
     val_ds = data.make_dataset(fn_args.eval_files, config.batch_size, config.image_size,
                                training=False, deterministic=config.deterministic,
                                drop_remainder=strategy.num_replicas_in_sync > 1,
-                               workers=distribution.cluster_workers())
+                               workers=distribution.cluster_workers(), cache_decoded=cache)
     backup = backup_dir(fn_args, config)
     logging.info("epoch checkpoints (resumed from when present): %s", backup)
     callbacks = [
