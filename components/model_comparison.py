@@ -19,6 +19,7 @@ TFX channels have one producer each, so the component's spec is built per grid: 
 """
 from __future__ import annotations
 
+import concurrent.futures
 import csv
 import json
 import logging
@@ -310,30 +311,36 @@ class Executor(base_executor.BaseExecutor):
 
         cases = read_cases(examples.uri)
         images = overlay_images(raw[0].uri) if explain_module() else []
-        models, scores, explained, ctr, ctr_measured = {}, {}, {}, None, False
+        models, scores, explained, ctr_future = {}, {}, {}, None
         # Each export is loaded once, for everything it is asked here, and released before the
-        # next: a whole grid's exports at once would not fit a small pod.
-        for cell in cells:
-            models[cell] = model_info(cell, single("model", cell), single("model_run", cell),
-                                      single("blessing", cell), single("pushed_model", cell))
-            loaded = tf.saved_model.load(models[cell]["model_dir"])
-            logging.info("scoring %s on %s", cell, ", ".join(SCORED_SPLITS))
-            scores[cell] = score(loaded, examples.uri)
-            # The CTR comes from the segmenters, the same in every export of a run: any one serves.
-            if not ctr_measured and models[cell].get("heart_segmenter"):
-                logging.info("measuring the served CTR on %s", ", ".join(CTR_SPLITS))
-                ctr, ctr_measured = measure_ctr(loaded, raw[0].uri, cases), True
-                if ctr is not None:
-                    ctr["segmenter"] = models[cell]["heart_segmenter"]
-            if images:
-                explained[cell] = explain_images(cell, models[cell]["model_dir"], loaded, images)
-            del loaded
-        result = comparison.analyse(
-            cases, scores, models, settings["internal_sites"], settings["external_site"],
-            prevalence=settings["deployment_prevalence"],
-            min_per_class=settings["fairness_min_per_class"], ctr=ctr)
-        with tempfile.TemporaryDirectory() as local:
+        # next: a whole grid's exports at once would not fit a small pod. The served CTR (three
+        # U-Net passes a radiograph, the longest part here) is measured on a thread beside the
+        # rest, TensorFlow releasing the GIL: at most two exports are held, its own and the next.
+        with tempfile.TemporaryDirectory() as local, \
+                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ctr") as background:
+            for cell in cells:
+                models[cell] = model_info(cell, single("model", cell), single("model_run", cell),
+                                          single("blessing", cell), single("pushed_model", cell))
+                loaded = tf.saved_model.load(models[cell]["model_dir"])
+                # From the segmenters, the same in every export of a run: any one serves.
+                if ctr_future is None and models[cell].get("heart_segmenter"):
+                    logging.info("measuring the served CTR on %s", ", ".join(CTR_SPLITS))
+                    ctr_future = background.submit(measure_ctr, loaded, raw[0].uri, cases)
+                    segmenter = models[cell]["heart_segmenter"]
+                logging.info("scoring %s on %s", cell, ", ".join(SCORED_SPLITS))
+                scores[cell] = score(loaded, examples.uri)
+                if images:
+                    explained[cell] = explain_images(cell, models[cell]["model_dir"], loaded,
+                                                     images)
+                del loaded
             overlays, note = write_overlays(models, explained, local)
+            ctr = ctr_future.result() if ctr_future else None
+            if ctr is not None:
+                ctr["segmenter"] = segmenter
+            result = comparison.analyse(
+                cases, scores, models, settings["internal_sites"], settings["external_site"],
+                prevalence=settings["deployment_prevalence"],
+                min_per_class=settings["fairness_min_per_class"], ctr=ctr)
             if input_dict.get("crop_report"):
                 result["sites"] = copy_site_figure(input_dict["crop_report"][0].uri, local)
             comparison_report.write(result, local, overlays, note)
