@@ -7,6 +7,7 @@ sites look alike). Cropping should bring the sites' image distributions closer.
 """
 import json
 import os
+import warnings
 
 import numpy as np
 import tensorflow as tf
@@ -56,8 +57,12 @@ def site_separability(vectors, sites, seed: int = 0) -> float:
     keep = np.isin(sites, [a, b])
     x, y = vectors[keep], (sites[keep] == a).astype(int)
     folds = int(min(5, np.bincount(y).min()))
-    scores = cross_val_predict(LogisticRegression(max_iter=2000, C=0.1), x, y, cv=folds,
-                               method="predict_proba")[:, 1]
+    with warnings.catch_warnings():
+        # scikit-learn 1.5 passes L-BFGS-B its print level (`iprint`), which the locked SciPy
+        # (1.18) no longer takes and warns of on every fit; it only ever set what L-BFGS-B prints.
+        warnings.filterwarnings("ignore", message="Unknown solver options: iprint")
+        scores = cross_val_predict(LogisticRegression(max_iter=2000, C=0.1), x, y, cv=folds,
+                                   method="predict_proba")[:, 1]
     from sklearn.metrics import roc_auc_score
     return float(roc_auc_score(y, scores))
 

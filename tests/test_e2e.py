@@ -82,6 +82,14 @@ def test_progress_shows_every_component_to_the_end(e2e):
     assert progress[-1][:2] == (str(total), str(total))
 
 
+def test_the_run_prints_no_library_warnings(e2e):
+    """What a user reads is the project's own lines: no Python warning of a library (the
+    CropReport's scikit-learn fits printed SciPy's OptimizeWarning ten times)."""
+    warned = [line for line in (e2e.stdout + e2e.stderr).splitlines()
+              if re.search(r"\b\w*Warning: ", line)]
+    assert not warned, "\n".join(warned[:5])
+
+
 def test_evaluation_is_per_site_and_never_pools_sites(e2e):
     evaluation = outputs.latest_output(_store(e2e), PIPELINE, f"Evaluator.{CELL.name}", "evaluation")
     result = evaluator.load(evaluation.uri)
