@@ -131,8 +131,8 @@ def make_dataset(file_patterns, batch_size: int, image_size: int, training: bool
                     image, tf.stack([tf.cast(seed, tf.int64), i * (positive_copies + 1) + j])),
                     lambda: image), label))
 
-        ds = ds.enumerate().interleave(lambda i, xy: with_copies(i, *xy), cycle_length=1,
-                                       deterministic=True)
+        # One input at a time (cycle_length 1, no parallel calls): in order by construction.
+        ds = ds.enumerate().interleave(lambda i, xy: with_copies(i, *xy), cycle_length=1)
         # Spread an image's copies over several batches (a small buffer: decoded images).
         ds = ds.shuffle(64, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
