@@ -58,8 +58,9 @@ def site_separability(vectors, sites, seed: int = 0) -> float:
     x, y = vectors[keep], (sites[keep] == a).astype(int)
     folds = int(min(5, np.bincount(y).min()))
     with warnings.catch_warnings():
-        # scikit-learn 1.5 passes L-BFGS-B its print level (`iprint`), which the locked SciPy
-        # (1.18) no longer takes and warns of on every fit; it only ever set what L-BFGS-B prints.
+        # scikit-learn 1.5 passes L-BFGS-B its print level (`iprint`, linear_model/_logistic.py),
+        # which the locked SciPy 1.18 no longer takes (optimize/_lbfgsb_py.py has no such option)
+        # and warns of on every fit; it only ever set what L-BFGS-B prints.
         warnings.filterwarnings("ignore", message="Unknown solver options: iprint")
         scores = cross_val_predict(LogisticRegression(max_iter=2000, C=0.1), x, y, cv=folds,
                                    method="predict_proba")[:, 1]

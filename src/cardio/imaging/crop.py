@@ -38,8 +38,8 @@ def label_components(mask: tf.Tensor) -> tf.Tensor:
     labels = tf.reshape(tf.range(1, h * w + 1), [h, w]) * foreground
 
     def grow(labels, _):
-        # The 3x3 maximum as shifted slices: TensorFlow's CPU max_pool2d on int32 is the slow
-        # generic kernel (10 times slower here, and this loop runs for every image served).
+        # The 3x3 maximum as shifted slices: TensorFlow's CPU max_pool2d on int32 measured 10
+        # times slower on these 64x64 grids, and this loop runs three times per image served.
         padded = tf.pad(labels, [[1, 1], [1, 1]])
         rows = tf.maximum(tf.maximum(padded[:-2], padded[1:-1]), padded[2:])
         pooled = tf.maximum(tf.maximum(rows[:, :-2], rows[:, 1:-1]), rows[:, 2:])
