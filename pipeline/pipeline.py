@@ -65,8 +65,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
         schema_gen = ImportSchemaGen(schema_file=schema_file)
         schema = schema_gen.outputs["schema"]
     # Feature statistics of every split (TFDV); the schema makes label and bit depth categorical.
-    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"],
-                                                  schema=schema)
+    statistics_gen = StatisticsGen(examples=example_gen.outputs["examples"], schema=schema)
     # Anomalies (unknown site, label outside {0, 1}, missing image) stop the run before training.
     example_validator = ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema)
@@ -93,8 +92,7 @@ def create_pipeline(config: PipelineConfig, data_root: str, pipeline_root: str,
     if config.segmenter_uri:
         # The lung U-Net, imported so that lineage records which one cropped the data.
         segmenter = Importer(source_uri=config.segmenter_uri,
-                                     artifact_type=standard_artifacts.Model).with_id(
-                                         "LungSegmenter")
+                             artifact_type=standard_artifacts.Model).with_id("LungSegmenter")
         # Every split cropped to the chest cavity (Beam), box and QC flags kept per example.
         lung_crop = LungCrop(examples=examples, segmenter=segmenter.outputs["result"],
                              output_size=config.crop_size)
